@@ -1,0 +1,116 @@
+"""Input validation shared by every public function.
+
+Each check raises ``ValueError`` naming the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _desc(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+    if isinstance(x, np.ndarray):
+        return f"ndarray of shape {x.shape}, dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def as_tensor(name: str, x: Any, *, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+    """Convert ``x`` (tensor, ndarray or nested list) to a floating tensor, or raise naming ``name``."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray | list | tuple):
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    else:
+        raise ValueError(f"{name}: expected a torch.Tensor or numpy array, got {_desc(x)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected a floating dtype {FLOAT_DTYPES}, got {_desc(t)}")
+    if dtype is not None or device is not None:
+        t = t.to(dtype=dtype or t.dtype, device=device or t.device)
+    return t
+
+
+def check_shape(name: str, t: torch.Tensor, shape: Sequence[int | None], layout: str = "") -> None:
+    """Check ``t.shape`` against ``shape`` (``None`` = any size). ``layout`` names the axes, e.g. ``[B, T, H, K]``."""
+    ok = t.ndim == len(shape) and all(s is None or s == n for s, n in zip(shape, t.shape, strict=True))
+    if not ok:
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        lay = f" {layout}" if layout else ""
+        raise ValueError(f"{name}: expected shape {want}{lay}, got {_desc(t)}")
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        n = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name}: expected finite values, got {n} NaN/inf entries in {_desc(t)}")
+
+
+def check_range(
+    name: str,
+    t: torch.Tensor,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
+    """Check every entry of ``t`` lies in the interval (``lo_open``/``hi_open`` choose open ends)."""
+    check_finite(name, t)
+    if t.numel() == 0:
+        return
+    mn, mx = float(t.min()), float(t.max())
+    bad = (lo is not None and (mn <= lo if lo_open else mn < lo)) or (
+        hi is not None and (mx >= hi if hi_open else mx > hi)
+    )
+    if bad:
+        interval = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name}: expected values in {interval}, got min {mn:.6g}, max {mx:.6g}")
+
+
+def check_scalar(
+    name: str,
+    x: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    integer: bool = False,
+) -> float:
+    """Validate a Python scalar and return it (as float, or int when ``integer``)."""
+    if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating):
+        raise ValueError(f"{name}: expected a {'integer' if integer else 'real number'}, got {_desc(x)}")
+    if integer and not float(x).is_integer():
+        raise ValueError(f"{name}: expected an integer, got {x!r}")
+    v = float(x)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {x!r}")
+    bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
+        hi is not None and (v >= hi if hi_open else v > hi)
+    )
+    if bad:
+        interval = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name}: expected a value in {interval}, got {x!r}")
+    return int(v) if integer else v
+
+
+def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    """Check ``t`` has the same dtype and device as ``ref``."""
+    if t.dtype != ref.dtype:
+        raise ValueError(f"{name}: expected dtype {ref.dtype} (same as {ref_name}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name}: expected device {ref.device} (same as {ref_name}), got {t.device}")
+
+
+def check_choice(name: str, x: Any, choices: Sequence[Any]) -> Any:
+    if x not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {x!r}")
+    return x

@@ -1,0 +1,1 @@
+"""Claims registry (C1–C8): each claim is a function returning a :class:`ClaimResult`."""

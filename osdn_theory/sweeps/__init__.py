@@ -1,0 +1,1 @@
+"""Sweeps of APF forgetting schedules on synthetic streams: runner, executors, results store."""

@@ -1,0 +1,54 @@
+"""Numerical tolerances, stated once for the whole project.
+
+Every comparison in tests, claims and benchmarks takes its tolerance from here, keyed by the dtype
+of the computation being checked. The metric is the relative RMS error
+``‖out − ref‖ / max(‖ref‖, floor)`` (see :func:`rel_err`), with ``ref`` always computed in float64.
+
+| dtype    | relative tolerance | why                                                        |
+|----------|--------------------|------------------------------------------------------------|
+| float64  | 1e-10              | reference precision; algebraically equal forms agree to ~1e-13 |
+| float32  | 1e-5               | IEEE fp32 accumulation over a few hundred tokens           |
+| tf32     | 1e-3               | fp32 dots on tensor cores (10-bit mantissa inputs)         |
+| float16  | 5e-3               | fp16 inputs, fp32 accumulation                             |
+| bfloat16 | 1e-2               | bf16 inputs (8-bit mantissa), fp32 accumulation            |
+"""
+
+from __future__ import annotations
+
+import torch
+
+RTOL: dict[torch.dtype | str, float] = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    "tf32": 1e-3,
+    torch.float16: 5e-3,
+    torch.bfloat16: 1e-2,
+}
+
+#: Stricter bound for forms that are algebraically identical in float64 (recurrence vs chunk form).
+EXACT_FLOAT64 = 1e-12
+
+#: Absolute floor on the norm of the reference, so an all-zero reference does not divide by zero.
+ABS_FLOOR = 1e-30
+
+
+def rtol(dtype: torch.dtype | str) -> float:
+    """Relative tolerance for results computed in ``dtype`` (see the module table)."""
+    try:
+        return RTOL[dtype]
+    except KeyError:
+        raise ValueError(f"rtol: no tolerance is stated for dtype {dtype!r}; known: {list(RTOL)}") from None
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative RMS error ``‖out − ref‖ / max(‖ref‖, ABS_FLOOR)``, computed in float64.
+
+    NaN or inf anywhere in ``out`` gives ``inf`` so that it never passes a tolerance.
+    """
+    if out.shape != ref.shape:
+        raise ValueError(f"rel_err: shapes differ, out {tuple(out.shape)} vs ref {tuple(ref.shape)}")
+    o = out.detach().to(torch.float64).cpu()
+    r = ref.detach().to(torch.float64).cpu()
+    if not torch.isfinite(o).all():
+        return float("inf")
+    return float(torch.linalg.vector_norm(o - r) / max(float(torch.linalg.vector_norm(r)), ABS_FLOOR))
