@@ -116,12 +116,19 @@ def osdn_chunkwise(
         torch.zeros(B, H, K, V, dtype=x.k.dtype, device=x.k.device)
         if x.initial_state is None
         else x.initial_state.clone()
-    )  # M = S_0ᵀ
-    o = torch.empty(B, H, NT, C, V, dtype=x.k.dtype, device=x.k.device)
+    ).reshape(B * H, K, V)  # M = S_0ᵀ
+    flat = lambda t: t.reshape(B * H, NT, *t.shape[3:])
+    W, U_tilde, qg, scores = flat(W), flat(U_tilde), flat(qg), flat(scores)
+    ktc_end_T = flat(ktc_end).transpose(-1, -2)  # [BH, NT, K, C]
+    o = torch.empty(B * H, NT, C, V, dtype=x.k.dtype, device=x.k.device)
+    chunk_decay = None if g is None else torch.exp(g[..., -1]).reshape(B * H, NT)
     for n in range(NT):
-        U = U_tilde[:, :, n] - W[:, :, n] @ M  # [B,H,C,V]
-        o[:, :, n] = x.scale * (qg[:, :, n] @ M + scores[:, :, n] @ U)
-        decay = 1.0 if g is None else torch.exp(g[:, :, n, -1])[..., None, None]
-        M = decay * M + ktc_end[:, :, n].transpose(-1, -2) @ U
+        U = torch.baddbmm(U_tilde[:, n], W[:, n], M, alpha=-1.0)  # Ũ − W S_0ᵀ
+        torch.baddbmm(torch.bmm(scores[:, n], U), qg[:, n], M, out=o[:, n])
+        if chunk_decay is not None:
+            M = M * chunk_decay[:, n, None, None]
+        M = torch.baddbmm(M, ktc_end_T[:, n], U)
+    o.mul_(x.scale)
+    M = M.reshape(B, H, K, V)
     o = o.reshape(B, H, Tp, V)[:, :, :T].permute(0, 2, 1, 3).contiguous()
     return o, (M if output_final_state else None)

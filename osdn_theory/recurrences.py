@@ -238,7 +238,9 @@ def delta_rule_recurrent(
     Implemented independently of the OSDN path's write key (plain ``k`` as write key) so that the
     ``d ≡ 1`` equivalence test compares two code paths, not one.
     """
-    x = prepare_inputs(q, k, v, beta, None, alpha=alpha, scale=scale, initial_state=initial_state, dtype=dtype)
+    x = prepare_inputs(
+        q, k, v, beta, None, alpha=alpha, scale=scale, initial_state=initial_state, dtype=dtype
+    )
     B, T, H, K, V = x.shape
     S = (
         torch.zeros(B, H, V, K, dtype=x.k.dtype, device=x.k.device)
@@ -253,7 +255,9 @@ def delta_rule_recurrent(
         kk, b = x.k[:, t], x.beta[:, t, :, None, None]
         e_pre[:, t] = torch.einsum("bhvk,bhk->bhv", a * S, kk) - x.v[:, t]
         # S_t = α S (I − β k kᵀ) + β v kᵀ
-        S = (a * S) @ (eye - b * kk[..., :, None] * kk[..., None, :]) + b * x.v[:, t, :, :, None] * kk[..., None, :]
+        S = (a * S) @ (eye - b * kk[..., :, None] * kk[..., None, :]) + b * x.v[:, t, :, :, None] * kk[
+            ..., None, :
+        ]
         r_post[:, t] = torch.einsum("bhvk,bhk->bhv", S, kk) - x.v[:, t]
         o[:, t] = x.scale * torch.einsum("bhvk,bhk->bhv", S, x.q[:, t])
     final = S.transpose(-1, -2).contiguous() if output_final_state else None
