@@ -57,8 +57,9 @@ def main(argv=None) -> list[dict]:
         d = torch.exp(0.3 * torch.randn(B, T, H, K, generator=g, dtype=torch.float64))
         ref = osdn_recurrent(q, k, v, beta, d)[0]
         out = osdn_chunkwise(q, k, v, beta, d, chunk_size=C)[0]
-        t_loop = _time(lambda: osdn_recurrent(q, k, v, beta, d), args.repeats)
-        t_chunk = _time(lambda: osdn_chunkwise(q, k, v, beta, d, chunk_size=C), args.repeats)
+        args_ = (q, k, v, beta, d)
+        t_loop = _time(lambda a=args_: osdn_recurrent(*a), args.repeats)
+        t_chunk = _time(lambda a=args_, c=C: osdn_chunkwise(*a, chunk_size=c), args.repeats)
         rows.append(
             dict(
                 B=B,
