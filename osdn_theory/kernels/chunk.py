@@ -1,0 +1,264 @@
+"""``chunk_osdn``: the chunkwise OSDN kernel (Triton forward and backward behind ``torch.autograd``).
+
+OSDN is DeltaNet with write key ``k̃ = c · d ⊙ k`` (spec §2–3). Per chunk of ``C`` tokens::
+
+    A⁻¹ = (I + diag(β) · tril₋₁(Γ ⊙ K K̃ᵀ))⁻¹,   T = A⁻¹ diag(β)
+    W = T diag(e^g) K,   Ũ = T V,   U = Ũ − W h_n
+    h_{n+1} = e^{g_C} h_n + (diag(e^{g_C − g}) K̃)ᵀ U
+    O = scale · (diag(e^g) Q h_n + tril₀(Γ ⊙ Q K̃ᵀ) U)
+
+with ``g`` the in-chunk cumulative sum of ``log α`` (``g ≡ 0`` ungated) and ``Γ_{r,i} = e^{g_r − g_i}``.
+The forward keeps only the inputs and ``A⁻¹`` for the backward, which recomputes the chunk states.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._validate import as_tensor, check_range, check_scalar, check_shape
+from . import stages
+
+__all__ = ["chunk_osdn"]
+
+_CHUNK_SIZES = (16, 32, 64)
+_MAX_DIM = 256
+
+
+def _chunk_tables(cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, device) -> tuple[Any, ...]:
+    """``cu_seqlens`` (int32), per-sequence first chunk index and ``bounds [NC, 2]`` (chunk start, seq end)."""
+    if cu_seqlens is None:
+        nt = -(-T // C)
+        cu = torch.arange(0, B * T + 1, T, device=device, dtype=torch.int32)
+        offs = torch.arange(0, B * nt + 1, nt, device=device, dtype=torch.int32)
+        j = torch.arange(nt, device=device, dtype=torch.int32)
+        b = torch.arange(B, device=device, dtype=torch.int32)
+        start = (b[:, None] * T + j[None, :] * C).reshape(-1)
+        end = ((b + 1) * T)[:, None].expand(B, nt).reshape(-1)
+        bounds = torch.stack([start, end], 1).contiguous()
+        return cu, offs, bounds, B * nt
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    starts = cu_seqlens[:-1].tolist()
+    rows, offs = [], [0]
+    for s, n in zip(starts, lens, strict=True):
+        nt = -(-n // C)
+        rows += [(s + j * C, s + n) for j in range(nt)]
+        offs.append(offs[-1] + nt)
+    bounds = torch.tensor(rows, dtype=torch.int32, device=device).reshape(-1, 2)
+    return (
+        cu_seqlens.to(torch.int32).contiguous(),
+        torch.tensor(offs, dtype=torch.int32, device=device),
+        bounds,
+        offs[-1],
+    )
+
+
+class _ChunkOSDN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state):
+        cu, offs, bounds, NC = tables
+        kt, c, g, ai = stages.gram_solve(k, d, beta, log_alpha, bounds, s_max, C)
+        w, u = stages.wy_factors(k, v, beta, g, ai, bounds, C)
+        h, vnew, ht = stages.state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state)
+        del w, u
+        o = stages.output(q, kt, vnew, h, g, bounds, scale, C)
+        ctx.save_for_backward(q, k, v, beta, d, log_alpha, h0, ai)
+        ctx.meta = (scale, s_max, C, tables)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, beta, d, log_alpha, h0, ai = ctx.saved_tensors
+        scale, s_max, C, tables = ctx.meta
+        cu, offs, bounds, NC = tables
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        kt, c, g, _ = stages.gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=False)
+        w, u = stages.wy_factors(k, v, beta, g, ai, bounds, C)
+        h, vnew, _ = stages.state_pass(kt, w, u, g, h0, cu, offs, NC, C, False)
+        del u
+        dvl = stages.dv_local(q, kt, g, do, bounds, scale, C)
+        dh, du, dh0 = stages.dh_pass(q, kt, w, g, do, dvl, dht, cu, offs, NC, scale, C, h0 is not None)
+        del dvl, w
+        dq, dkt, dw, dg = stages.bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C)
+        del h, dh, vnew
+        dk, dd, dv, db, dla = stages.bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C)
+        return (
+            dq.to(q.dtype),
+            dk.to(k.dtype),
+            dv.to(v.dtype),
+            db.to(beta.dtype),
+            dd.to(d.dtype) if dd is not None else None,
+            dla,
+            dh0,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _check_tensor(name: str, x, ref: torch.Tensor | None, shape, layout: str, *, contiguous: bool = True):
+    t = as_tensor(name, x)
+    check_shape(name, t, shape, layout)
+    if ref is not None:
+        if t.dtype != ref.dtype:
+            raise ValueError(f"{name}: expected dtype {ref.dtype} (same as k), got {t.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{name}: expected device {ref.device} (same as k), got {t.device}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(
+            f"{name}: expected a contiguous tensor (call .contiguous()), got strides {t.stride()}"
+        )
+    return t
+
+
+def chunk_osdn(
+    q,
+    k,
+    v,
+    beta,
+    d=None,
+    *,
+    alpha=None,
+    scale: float | None = None,
+    initial_state=None,
+    output_final_state: bool = False,
+    s_max: float | None = None,
+    chunk_size: int = 64,
+    cu_seqlens=None,
+    d_rule=None,
+    validate: bool = True,
+):
+    """OSDN (DeltaNet with write key ``k̃ = c·d⊙k``) in chunkwise form, Triton forward and backward.
+
+    Args:
+        q: queries of shape ``[B, T, H, K]``.
+        k: read/erase keys of shape ``[B, T, H, K]`` (not normalized here).
+        v: values of shape ``[B, T, H, V]``.
+        beta: write strengths of shape ``[B, T, H]`` in (0, 1].
+        d: diagonal preconditioner of shape ``[B, T, H, K]`` or broadcastable to it, ``> 0``. Default
+            ``None``: DeltaNet (``d ≡ 1``), unless ``d_rule`` computes it.
+        alpha: optional decay of shape ``[B, T, H]`` in (0, 1] (gated OSDN). Default ``None``.
+        scale: read-out scale, default ``K ** -0.5``.
+        initial_state: optional start state of shape ``[N, H, K, V]`` (``N = B``, or the number of sequences
+            with ``cu_seqlens``). Default ``None`` (zeros).
+        output_final_state: also return the final state ``[N, H, K, V]`` (float32; float64 for float64 input).
+        s_max: optional write-gain clip in (0, 2): ``k̃ ← min(1, s_max / s) · k̃`` with ``s = β kᵀ(d ⊙ k)``.
+        chunk_size: tokens per chunk, one of 16, 32, 64 (default 64).
+        cu_seqlens: optional cumulative sequence lengths ``[N + 1]`` (integer) of a packed batch; then
+            ``B`` must be 1 and chunks never straddle sequences.
+        d_rule: optional :class:`osdn_theory.kernels.DRule`: compute ``d`` by the spec's state-free rule
+            (then ``d`` must be ``None``).
+        validate: check value ranges (``β ∈ (0, 1]``, ``α ∈ (0, 1]``, ``d > 0``, finite inputs). This costs
+            one pass over those tensors and a host synchronisation; shapes, dtypes and devices are always
+            checked.
+
+    Returns:
+        ``(o, final_state)``: ``o`` of shape ``[B, T, H, V]`` in the input dtype; ``final_state`` or ``None``.
+
+    Inputs may be float16, bfloat16 or float32 (float64 under the Triton interpreter); accumulation and the
+    state are float32. ``K, V ≤ 256``. Gradients flow to ``q, k, v, beta, d, alpha`` and ``initial_state``.
+    """
+    k = _check_tensor("k", k, None, [None, None, None, None], "[B, T, H, K]")
+    B, T, H, K = k.shape
+    if T == 0:
+        raise ValueError("k: expected at least one token (T >= 1), got T = 0")
+    if k.dtype == torch.float64 and not stages.INTERPRET:
+        raise ValueError(
+            "k: float64 runs only under the Triton interpreter (TRITON_INTERPRET=1); got float64"
+        )
+    if k.device.type != "cuda" and not stages.INTERPRET:
+        raise ValueError(f"k: expected a CUDA tensor (or TRITON_INTERPRET=1), got device {k.device}")
+    if K > _MAX_DIM:
+        raise ValueError(f"k: expected head dim K <= {_MAX_DIM}, got K = {K}")
+    q = _check_tensor("q", q, k, [B, T, H, K], "[B, T, H, K] (same as k)")
+    v = _check_tensor("v", v, k, [B, T, H, None], "[B, T, H, V]")
+    V = v.shape[-1]
+    if V > _MAX_DIM:
+        raise ValueError(f"v: expected head dim V <= {_MAX_DIM}, got V = {V}")
+    beta = _check_tensor("beta", beta, k, [B, T, H], "[B, T, H]", contiguous=False).contiguous()
+    C = int(check_scalar("chunk_size", chunk_size, integer=True))
+    if C not in _CHUNK_SIZES:
+        raise ValueError(f"chunk_size: expected one of {_CHUNK_SIZES}, got {chunk_size!r}")
+    scale = K**-0.5 if scale is None else check_scalar("scale", scale, 0.0, None, lo_open=True)
+    if s_max is not None:
+        s_max = check_scalar("s_max", s_max, 0.0, 2.0, lo_open=True, hi_open=True)
+    if cu_seqlens is not None:
+        if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"cu_seqlens: expected an int32/int64 tensor, got {cu_seqlens!r}")
+        if B != 1:
+            raise ValueError(f"cu_seqlens: expected B = 1 (packed sequences), got B = {B}")
+        if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens: expected shape [N + 1] with N >= 1, got {tuple(cu_seqlens.shape)}")
+        cu_list = cu_seqlens.tolist()
+        if (
+            cu_list[0] != 0
+            or cu_list[-1] != T
+            or any(b <= a for a, b in zip(cu_list, cu_list[1:], strict=False))
+        ):
+            raise ValueError(f"cu_seqlens: expected strictly increasing from 0 to T = {T}, got {cu_list}")
+        cu_seqlens = cu_seqlens.to(k.device)
+        N = len(cu_list) - 1
+    else:
+        N = B
+    if alpha is not None:
+        alpha = _check_tensor("alpha", alpha, k, [B, T, H], "[B, T, H]", contiguous=False)
+    if d_rule is not None:
+        if d is not None:
+            raise ValueError("d_rule: expected d = None when a d_rule is given, got both")
+        d = d_rule.compute(k, beta, cu_seqlens=cu_seqlens)
+    if d is not None:
+        d = as_tensor("d", d)
+        if d.dtype != k.dtype or d.device != k.device:
+            raise ValueError(
+                f"d: expected dtype {k.dtype} and device {k.device} (same as k), got {d.dtype}, {d.device}"
+            )
+        try:
+            d = torch.broadcast_to(d, (B, T, H, K))
+        except RuntimeError:
+            raise ValueError(
+                f"d: expected a shape that broadcasts to [B, T, H, K] = {[B, T, H, K]}, got {tuple(d.shape)}"
+            ) from None
+        d = d.contiguous()
+    if initial_state is not None:
+        initial_state = as_tensor("initial_state", initial_state)
+        check_shape("initial_state", initial_state, [N, H, K, V], "[N, H, K, V]")
+        if initial_state.device != k.device:
+            raise ValueError(
+                f"initial_state: expected device {k.device} (same as k), got {initial_state.device}"
+            )
+        f = torch.float64 if k.dtype == torch.float64 else torch.float32
+        initial_state = initial_state.to(f).contiguous()
+    if validate:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            check_range(name, t)
+        check_range("beta", beta, 0.0, 1.0, lo_open=True)
+        if d is not None:
+            check_range("d", d, 0.0, None, lo_open=True)
+        if alpha is not None:
+            check_range("alpha", alpha, 0.0, 1.0, lo_open=True)
+    log_alpha = None
+    if alpha is not None:
+        log_alpha = torch.log(
+            alpha.to(torch.float64 if k.dtype == torch.float64 else torch.float32)
+        ).contiguous()
+    tables = _chunk_tables(cu_seqlens, B, T, C, k.device)
+    NT = B * T
+    o, ht = _ChunkOSDN.apply(
+        q.reshape(NT, H, K),
+        k.reshape(NT, H, K),
+        v.reshape(NT, H, V),
+        beta.reshape(NT, H),
+        d.reshape(NT, H, K) if d is not None else None,
+        log_alpha.reshape(NT, H) if log_alpha is not None else None,
+        initial_state,
+        float(scale),
+        s_max,
+        C,
+        tables,
+        bool(output_final_state),
+    )
+    return o.reshape(B, T, H, V), (ht if output_final_state else None)

@@ -1,0 +1,627 @@
+"""Triton stages of the chunkwise OSDN pipeline (spec §3) and their launchers.
+
+Every tensor is in the packed layout: time is flattened to ``N = B·T`` (or the packed length of a
+variable-length batch) and sequences are described by ``cu_seqlens``; chunks never straddle two sequences.
+Shapes below use ``N`` tokens, ``H`` heads, ``NC`` chunks in total, ``C`` tokens per chunk.
+
+Forward stages (each has a plain-torch twin in :mod:`osdn_theory.kernels.reference`):
+
+1. :func:`gram_solve` — write key ``k̃ = c·d⊙k`` (clip factor ``c``), in-chunk log-decay ``g`` and
+   ``A⁻¹ = (I + diag(β)·tril₋₁(Γ ⊙ K K̃ᵀ))⁻¹`` per chunk.
+2. :func:`wy_factors` — ``W = A⁻¹ diag(β) diag(e^g) K`` and ``Ũ = A⁻¹ diag(β) V``.
+3. :func:`state_pass` — inter-chunk recurrence: start state ``h_n`` of each chunk and ``U = Ũ − W h_n``.
+4. :func:`output` — ``O = scale·(diag(e^g) Q h_n + tril₀(Γ ⊙ Q K̃ᵀ) U)``.
+
+Backward stages: :func:`dv_local`, :func:`dh_pass` (reverse state recurrence), :func:`bwd_dqk` (gradients
+through scores and state reads) and :func:`bwd_wy` (gradients through the WY factors, the triangular solve,
+the Gram matrix, the decay and the write key).
+
+Under ``TRITON_INTERPRET=1`` every stage runs on the CPU, in float64 too (the dots accumulate in float64).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def acc_dtype(dtype: torch.dtype):
+    """Accumulator dtype inside the kernels: float64 for float64 inputs (interpreter), else float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _warps(n: int) -> int:
+    return 1 if INTERPRET else n
+
+
+def _bv(V: int, progs: int) -> int:
+    """Block over the value dimension: 64 normally; smaller when few programs would run in parallel."""
+    bv = min(64, triton.next_power_of_2(V))
+    if INTERPRET:
+        return max(16, bv)
+    while bv > 16 and progs * triton.cdiv(V, bv) < 256:
+        bv //= 2
+    return max(16, bv)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+@triton.jit
+def _mm(a, b, DT: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr):
+    """``a @ b`` with operands in the input dtype ``DT`` and ``ACC`` accumulation (IEEE for float32)."""
+    if IEEE:
+        return tl.dot(a.to(DT), b.to(DT), input_precision="ieee", out_dtype=ACC)
+    else:
+        return tl.dot(a.to(DT), b.to(DT), out_dtype=ACC)
+
+
+@triton.jit
+def _rows(ptr, t, rmask, stride, offs, ncols, ACC: tl.constexpr):
+    """Load rows ``t`` (int64 row offsets) × columns ``offs`` of a row-major matrix, zero outside."""
+    m = rmask[:, None] & (offs[None, :] < ncols)
+    return tl.load(ptr + t[:, None] * stride + offs[None, :], mask=m, other=0.0).to(ACC)
+
+
+@triton.jit
+def _store_rows(ptr, x, t, rmask, stride, offs, ncols):
+    m = rmask[:, None] & (offs[None, :] < ncols)
+    tl.store(ptr + t[:, None] * stride + offs[None, :], x.to(ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _decay(g, rows, cols, STRICT: tl.constexpr):
+    """``Γ_{r,i} = exp(g_r − g_i)`` on the (strictly, if ``STRICT``) lower triangle, 0 above."""
+    if STRICT:
+        m = rows[:, None] > cols[None, :]
+    else:
+        m = rows[:, None] >= cols[None, :]
+    diff = tl.where(m, g[:, None] - g[None, :], 0.0)
+    return tl.where(m, tl.exp(diff), 0.0)
+
+
+@triton.jit
+def _last(x, offs, nv):
+    """The entry of vector ``x`` at index ``nv − 1`` (last valid row of a chunk)."""
+    return tl.sum(tl.where(offs == nv - 1, x, 0.0), 0)
+
+
+@triton.jit
+def _unit_lower_inverse(L, offs, C: tl.constexpr, ACC: tl.constexpr):
+    """``(I + L)⁻¹`` for strictly lower ``L`` (C×C) by forward substitution, one row at a time.
+
+    Row ``i`` of the inverse is ``e_i − Σ_{j<i} L_{ij} (I + L)⁻¹_{j,:}``; rows ``j ≥ i`` are still ``e_j`` when
+    row ``i`` is formed, and ``L_{ij} = 0`` for them, so the whole matrix can take part in the sum.
+    """
+    X = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(ACC)
+    for i in range(1, C):
+        li = tl.sum(tl.where(offs[:, None] == i, L, 0.0), 0)  # row i of L, indexed by j
+        xi = tl.where(offs == i, 1.0, 0.0) - tl.sum(li[:, None] * X, 0)
+        X = tl.where(offs[:, None] == i, xi[None, :], X)
+    return X
+
+
+# ------------------------------------------------------------------------- stage 1: write key, Gram, solve
+
+
+@triton.jit
+def _gram_solve_kernel(
+    k, d, beta, log_alpha, kt_out, c_out, g_out, ai_out, bounds,
+    H, K, s_max,
+    C: tl.constexpr, BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr,
+    SOLVE: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    DT: tl.constexpr = k.dtype.element_ty
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h  # row index into [N, H, ·]
+    b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
+    kk = _rows(k, t, rmask, K, ok, K, ACC)
+    kt = kk
+    if HAS_D:
+        kt = kk * _rows(d, t, rmask, K, ok, K, ACC)
+    if CLIP:
+        s_raw = b * tl.sum(kk * kt, 1)
+        c = tl.where(s_raw > s_max, s_max / tl.where(s_raw > s_max, s_raw, 1.0), 1.0)
+        kt = kt * c[:, None]
+        tl.store(c_out + t, c.to(c_out.dtype.element_ty), mask=rmask)
+    _store_rows(kt_out, kt, t, rmask, K, ok, K)
+    if GATED:
+        la = tl.load(log_alpha + t, mask=rmask, other=0.0).to(ACC)
+        g = tl.cumsum(la, 0)
+        tl.store(g_out + t, g.to(g_out.dtype.element_ty), mask=rmask)
+    if SOLVE:
+        kt = kt.to(kt_out.dtype.element_ty).to(ACC)  # later stages see the stored (rounded) write key
+        G = _mm(kk, tl.trans(kt), DT, ACC, IEEE)
+        if GATED:
+            G = G * _decay(g, oc, oc, True)
+        L = tl.where(oc[:, None] > oc[None, :], b[:, None] * G, 0.0)
+        X = _unit_lower_inverse(L, oc, C, ACC)
+        _store_rows(ai_out, X, t, rmask, C, oc, C)
+
+
+def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
+    """Stage 1. ``k, d: [N, H, K]``, ``beta, log_alpha: [N, H]``, ``bounds: [NC, 2]`` int32 (chunk start
+    token, end of its sequence). Returns ``(kt [N,H,K], c [N,H] fp32 or None, g [N,H] fp32 or None,
+    Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``."""
+    N, H, K = k.shape
+    NC = bounds.shape[0]
+    f = torch.float64 if k.dtype == torch.float64 else torch.float32
+    kt = torch.empty_like(k)
+    c = torch.empty(N, H, device=k.device, dtype=f) if s_max is not None else None
+    g = torch.empty(N, H, device=k.device, dtype=f) if log_alpha is not None else None
+    ai = torch.empty(N, H, C, device=k.device, dtype=f) if solve else kt
+    _gram_solve_kernel[(NC, H)](
+        k, d if d is not None else k, beta, log_alpha if log_alpha is not None else beta, kt,
+        c if c is not None else ai, g if g is not None else ai, ai, bounds,
+        H, K, float(s_max) if s_max is not None else 1.0,
+        C=C, BK=max(16, triton.next_power_of_2(K)), HAS_D=d is not None, CLIP=s_max is not None,
+        GATED=log_alpha is not None, SOLVE=solve, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32,
+        num_warps=_warps(4),
+    )  # fmt: skip
+    return kt, c, g, (ai if solve else None)
+
+
+# ----------------------------------------------------------------------------------- stage 2: WY factors
+
+
+@triton.jit
+def _wy_kernel(
+    k, v, beta, g, ai, w_out, u_out, bounds,
+    H, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    DT: tl.constexpr = k.dtype.element_ty
+    oc = tl.arange(0, C)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
+    Tm = _rows(ai, t, rmask, C, oc, C, ACC) * b[None, :]  # T = A⁻¹ diag(β)
+    if GATED:
+        eg = tl.exp(tl.load(g + t, mask=rmask, other=0.0).to(ACC))
+    for i_k in range(tl.cdiv(K, BK)):
+        ok = i_k * BK + tl.arange(0, BK)
+        kk = _rows(k, t, rmask, K, ok, K, ACC)
+        if GATED:
+            kk = kk * eg[:, None]
+        _store_rows(w_out, _mm(Tm, kk, DT, ACC, IEEE), t, rmask, K, ok, K)
+    for i_v in range(tl.cdiv(V, BV)):
+        ov = i_v * BV + tl.arange(0, BV)
+        vv = _rows(v, t, rmask, V, ov, V, ACC)
+        _store_rows(u_out, _mm(Tm, vv, DT, ACC, IEEE), t, rmask, V, ov, V)
+
+
+def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None):
+    """Stage 2. Returns ``W: [N, H, K]`` and ``Ũ: [N, H, V]`` (in ``inter_dtype``, default the input dtype)."""
+    N, H, K = k.shape
+    V = v.shape[-1]
+    dt = inter_dtype or k.dtype
+    w = torch.empty(N, H, K, device=k.device, dtype=dt)
+    u = torch.empty(N, H, V, device=k.device, dtype=dt)
+    _wy_kernel[(bounds.shape[0], H)](
+        k, v, beta, g if g is not None else beta, ai, w, u, bounds, H, K, V,
+        C=C, BK=min(64, max(16, triton.next_power_of_2(K))), BV=min(64, max(16, triton.next_power_of_2(V))),
+        GATED=g is not None, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32, num_warps=_warps(4),
+    )  # fmt: skip
+    return w, u
+
+
+# ------------------------------------------------------------------------- stage 3: inter-chunk recurrence
+
+
+@triton.jit
+def _state_kernel(
+    kt, w, u, g, h0, h_out, vnew_out, ht_out, cu_seqlens, chunk_offsets,
+    H, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, USE_H0: tl.constexpr,
+    STORE_HT: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    boc = tl.load(chunk_offsets + i_n).to(tl.int64)
+    DT: tl.constexpr = kt.dtype.element_ty
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    kv = (ok[:, None] < K) & (ov[None, :] < V)
+    kvoff = ok[:, None] * V + ov[None, :]
+    M = tl.zeros([BK, BV], dtype=ACC)  # Sᵀ block: rows key dim, columns value dim
+    if USE_H0:
+        M += tl.load(h0 + i_nh.to(tl.int64) * K * V + kvoff, mask=kv, other=0.0).to(ACC)
+    for n in range(tl.cdiv(Tn, C)):
+        nv = tl.minimum(Tn - n * C, C)
+        rmask = oc < nv
+        t = (bos + n * C + oc) * H + i_h
+        tl.store(h_out + ((boc + n) * H + i_h) * K * V + kvoff, M.to(h_out.dtype.element_ty), mask=kv)
+        W = _rows(w, t, rmask, K, ok, K, ACC)
+        U = _rows(u, t, rmask, V, ov, V, ACC) - _mm(W, M, DT, ACC, IEEE)
+        _store_rows(vnew_out, U, t, rmask, V, ov, V)
+        ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+        if GATED:
+            gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
+            g_last = _last(gg, oc, nv)
+            ktc = ktc * tl.where(rmask, tl.exp(g_last - gg), 0.0)[:, None]
+            M = M * tl.exp(g_last)
+        M += _mm(tl.trans(ktc), U, DT, ACC, IEEE)
+    if STORE_HT:
+        tl.store(ht_out + i_nh.to(tl.int64) * K * V + kvoff, M.to(ht_out.dtype.element_ty), mask=kv)
+
+
+def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_state, inter_dtype=None):
+    """Stage 3. Returns ``h: [NC, H, K, V]`` (start state of each chunk), ``U: [N, H, V]`` (``v_new``) and the
+    final state ``[S, H, K, V]`` (fp32/fp64, ``S`` sequences) or None. ``h0: [S, H, K, V]`` or None."""
+    N, H, K = kt.shape
+    V = u.shape[-1]
+    S = cu_seqlens.numel() - 1
+    dt = inter_dtype or kt.dtype
+    f = torch.float64 if kt.dtype == torch.float64 else torch.float32
+    h = torch.empty(NC, H, K, V, device=kt.device, dtype=dt)
+    vnew = torch.empty(N, H, V, device=kt.device, dtype=dt)
+    ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
+    BV = _bv(V, S * H)
+    _state_kernel[(triton.cdiv(V, BV), S * H)](
+        kt, w, u, g if g is not None else u, h0 if h0 is not None else h, h, vnew, ht if ht is not None else h,
+        cu_seqlens, chunk_offsets, H, K, V,
+        C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None, USE_H0=h0 is not None,
+        STORE_HT=output_final_state, ACC=acc_dtype(kt.dtype), IEEE=kt.dtype == torch.float32,
+        num_warps=_warps(4 if K <= 64 else 8),
+    )  # fmt: skip
+    return h, vnew, ht
+
+
+# ------------------------------------------------------------------------------------------ stage 4: output
+
+
+@triton.jit
+def _output_kernel(
+    q, kt, vnew, h, g, o, bounds, scale,
+    H, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    DT: tl.constexpr = q.dtype.element_ty
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    qq = _rows(q, t, rmask, K, ok, K, ACC)
+    ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+    P = _mm(qq, tl.trans(ktc), DT, ACC, IEEE)
+    if GATED:
+        gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
+        P = P * _decay(gg, oc, oc, False)
+        qq = qq * tl.exp(gg)[:, None]
+    else:
+        P = tl.where(oc[:, None] >= oc[None, :], P, 0.0)
+    kv = (ok[:, None] < K) & (ov[None, :] < V)
+    M = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + ok[:, None] * V + ov[None, :], mask=kv, other=0.0)
+    U = _rows(vnew, t, rmask, V, ov, V, ACC)
+    O = scale * (_mm(qq, M, DT, ACC, IEEE) + _mm(P, U, DT, ACC, IEEE))
+    _store_rows(o, O, t, rmask, V, ov, V)
+
+
+def output(q, kt, vnew, h, g, bounds, scale, C):
+    """Stage 4. Returns ``o: [N, H, V]`` in the input dtype."""
+    N, H, K = q.shape
+    V = vnew.shape[-1]
+    NC = bounds.shape[0]
+    o = torch.empty(N, H, V, device=q.device, dtype=q.dtype)
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    _output_kernel[(triton.cdiv(V, BV), NC, H)](
+        q, kt, vnew, h, g if g is not None else q, o, bounds, float(scale), H, K, V,
+        C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None,
+        ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, num_warps=_warps(4),
+    )  # fmt: skip
+    return o
+
+
+# ---------------------------------------------------------------------------------------------- backward
+
+
+@triton.jit
+def _dv_local_kernel(
+    q, kt, g, do, dv_out, bounds, scale,
+    H, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    DT: tl.constexpr = q.dtype.element_ty
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    qq = _rows(q, t, rmask, K, ok, K, ACC)
+    ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+    P = _mm(qq, tl.trans(ktc), DT, ACC, IEEE)
+    if GATED:
+        gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
+        P = P * _decay(gg, oc, oc, False)
+    else:
+        P = tl.where(oc[:, None] >= oc[None, :], P, 0.0)
+    dO = _rows(do, t, rmask, V, ov, V, ACC)
+    _store_rows(dv_out, scale * _mm(tl.trans(P), dO, DT, ACC, IEEE), t, rmask, V, ov, V)
+
+
+def dv_local(q, kt, g, do, bounds, scale, C, inter_dtype=None):
+    """``scale · tril₀(Γ ⊙ Q K̃ᵀ)ᵀ dO``: the part of ``dU`` that does not depend on later chunks."""
+    N, H, K = q.shape
+    V = do.shape[-1]
+    dv = torch.empty(N, H, V, device=q.device, dtype=inter_dtype or q.dtype)
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    _dv_local_kernel[(triton.cdiv(V, BV), bounds.shape[0], H)](
+        q, kt, g if g is not None else q, do, dv, bounds, float(scale), H, K, V,
+        C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None,
+        ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, num_warps=_warps(4),
+    )  # fmt: skip
+    return dv
+
+
+@triton.jit
+def _dh_kernel(
+    q, kt, w, g, do, dvl, dht, dh_out, du_out, dh0_out, cu_seqlens, chunk_offsets, scale,
+    H, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    boc = tl.load(chunk_offsets + i_n).to(tl.int64)
+    DT: tl.constexpr = q.dtype.element_ty
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    kv = (ok[:, None] < K) & (ov[None, :] < V)
+    kvoff = ok[:, None] * V + ov[None, :]
+    dM = tl.zeros([BK, BV], dtype=ACC)
+    if USE_DHT:
+        dM += tl.load(dht + i_nh.to(tl.int64) * K * V + kvoff, mask=kv, other=0.0).to(ACC)
+    NT = tl.cdiv(Tn, C)
+    for j in range(NT):
+        n = NT - 1 - j
+        nv = tl.minimum(Tn - n * C, C)
+        rmask = oc < nv
+        t = (bos + n * C + oc) * H + i_h
+        tl.store(dh_out + ((boc + n) * H + i_h) * K * V + kvoff, dM.to(dh_out.dtype.element_ty), mask=kv)
+        qq = _rows(q, t, rmask, K, ok, K, ACC)
+        ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+        W = _rows(w, t, rmask, K, ok, K, ACC)
+        dO = _rows(do, t, rmask, V, ov, V, ACC)
+        if GATED:
+            gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
+            g_last = _last(gg, oc, nv)
+            ktc = ktc * tl.where(rmask, tl.exp(g_last - gg), 0.0)[:, None]
+            qq = qq * tl.exp(gg)[:, None]
+        dU = _rows(dvl, t, rmask, V, ov, V, ACC) + _mm(ktc, dM, DT, ACC, IEEE)
+        _store_rows(du_out, dU, t, rmask, V, ov, V)
+        if GATED:
+            dM = dM * tl.exp(g_last)
+        dM += scale * _mm(tl.trans(qq), dO, DT, ACC, IEEE) - _mm(tl.trans(W), dU, DT, ACC, IEEE)
+    if STORE_DH0:
+        tl.store(dh0_out + i_nh.to(tl.int64) * K * V + kvoff, dM.to(dh0_out.dtype.element_ty), mask=kv)
+
+
+def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, need_dh0, inter_dtype=None):
+    """Reverse state recurrence. Returns ``dh: [NC, H, K, V]`` (gradient w.r.t. each chunk's end state),
+    ``dU: [N, H, V]`` and ``dh0: [S, H, K, V]`` (fp32/fp64) or None."""
+    N, H, K = q.shape
+    V = do.shape[-1]
+    S = cu_seqlens.numel() - 1
+    dt = inter_dtype or q.dtype
+    f = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dh = torch.empty(NC, H, K, V, device=q.device, dtype=dt)
+    du = torch.empty(N, H, V, device=q.device, dtype=dt)
+    dh0 = torch.empty(S, H, K, V, device=q.device, dtype=f) if need_dh0 else None
+    BV = _bv(V, S * H)
+    _dh_kernel[(triton.cdiv(V, BV), S * H)](
+        q, kt, w, g if g is not None else q, do, dvl, dht if dht is not None else dh, dh, du,
+        dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,
+        C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None, USE_DHT=dht is not None,
+        STORE_DH0=need_dh0, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32,
+        num_warps=_warps(4 if K <= 64 else 8),
+    )  # fmt: skip
+    return dh, du, dh0
+
+
+@triton.jit
+def _bwd_dqk_kernel(
+    q, kt, g, vnew, h, do, dh, du, dq_out, dkt_out, dw_out, dg_out, bounds, scale,
+    H, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    DT: tl.constexpr = q.dtype.element_ty
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    hb = (i_c.to(tl.int64) * H + i_h) * K * V
+    dQ = tl.zeros([C, BK], dtype=ACC)  # dO Mᵀ
+    dKe = tl.zeros([C, BK], dtype=ACC)  # U dM'ᵀ  (gradient w.r.t. the decayed write key)
+    dW = tl.zeros([C, BK], dtype=ACC)  # −dU Mᵀ
+    dP = tl.zeros([C, C], dtype=ACC)  # dO Uᵀ
+    hdh = tl.zeros([BK], dtype=ACC)  # Σ_v M ⊙ dM' (decay of the carried state)
+    for i_v in range(tl.cdiv(V, BV)):
+        ov = i_v * BV + tl.arange(0, BV)
+        kv = (ok[:, None] < K) & (ov[None, :] < V)
+        M = tl.load(h + hb + ok[:, None] * V + ov[None, :], mask=kv, other=0.0).to(ACC)
+        dM = tl.load(dh + hb + ok[:, None] * V + ov[None, :], mask=kv, other=0.0).to(ACC)
+        U = _rows(vnew, t, rmask, V, ov, V, ACC)
+        dO = _rows(do, t, rmask, V, ov, V, ACC)
+        dU = _rows(du, t, rmask, V, ov, V, ACC)
+        dQ += _mm(dO, tl.trans(M), DT, ACC, IEEE)
+        dKe += _mm(U, tl.trans(dM), DT, ACC, IEEE)
+        dW -= _mm(dU, tl.trans(M), DT, ACC, IEEE)
+        dP += _mm(dO, tl.trans(U), DT, ACC, IEEE)
+        if GATED:
+            hdh += tl.sum(M * dM, 1)
+    qq = _rows(q, t, rmask, K, ok, K, ACC)
+    ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+    S = _mm(qq, tl.trans(ktc), DT, ACC, IEEE)
+    if GATED:
+        gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
+        g_last = _last(gg, oc, nv)
+        dP = scale * dP * _decay(gg, oc, oc, False)
+        dQ = scale * dQ * tl.exp(gg)[:, None]
+        ke = tl.where(rmask, tl.exp(g_last - gg), 0.0)
+        Z = dP * S
+        Y = tl.sum(dKe * ktc, 1) * ke
+        dg = tl.sum(qq * dQ, 1) + tl.sum(Z, 1) - tl.sum(Z, 0) - Y
+        dg += tl.where(oc == nv - 1, tl.sum(Y, 0) + tl.exp(g_last) * tl.sum(hdh, 0), 0.0)
+        tl.store(dg_out + t, dg.to(dg_out.dtype.element_ty), mask=rmask)
+        dKe = dKe * ke[:, None]
+    else:
+        dP = scale * tl.where(oc[:, None] >= oc[None, :], dP, 0.0)
+        dQ = scale * dQ
+    dQ += _mm(dP, ktc, DT, ACC, IEEE)
+    dKe += _mm(tl.trans(dP), qq, DT, ACC, IEEE)
+    _store_rows(dq_out, dQ, t, rmask, K, ok, K)
+    _store_rows(dkt_out, dKe, t, rmask, K, ok, K)
+    _store_rows(dw_out, dW, t, rmask, K, ok, K)
+
+
+def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
+    """Gradients through the reads: ``dq`` (complete), partial ``dk̃`` and ``dg``, and ``dW`` (all fp32/fp64)."""
+    N, H, K = q.shape
+    V = do.shape[-1]
+    f = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dq = torch.empty(N, H, K, device=q.device, dtype=f)
+    dkt = torch.empty(N, H, K, device=q.device, dtype=f)
+    dw = torch.empty(N, H, K, device=q.device, dtype=f)
+    dg = torch.empty(N, H, device=q.device, dtype=f) if g is not None else None
+    _bwd_dqk_kernel[(bounds.shape[0], H)](
+        q, kt, g if g is not None else q, vnew, h, do, dh, du, dq, dkt, dw, dg if dg is not None else dq,
+        bounds, float(scale), H, K, V,
+        C=C, BK=max(16, triton.next_power_of_2(K)), BV=min(64, max(16, triton.next_power_of_2(V))),
+        GATED=g is not None, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32,
+        num_warps=_warps(4 if K <= 64 else 8),
+    )  # fmt: skip
+    return dq, dkt, dw, dg
+
+
+@triton.jit
+def _bwd_wy_kernel(
+    k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, dk_out, dd_out, dv_out, db_out, dla_out, bounds,
+    H, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr,
+    GATED: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    DT: tl.constexpr = k.dtype.element_ty
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
+    Ai = _rows(ai, t, rmask, C, oc, C, ACC)
+    Tm = Ai * b[None, :]
+    kk = _rows(k, t, rmask, K, ok, K, ACC)
+    ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+    kg = kk
+    if GATED:
+        gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
+        eg = tl.where(rmask, tl.exp(gg), 0.0)
+        kg = kk * eg[:, None]
+    dW = _rows(dw, t, rmask, K, ok, K, ACC)
+    dT = _mm(dW, tl.trans(kg), DT, ACC, IEEE)
+    for i_v in range(tl.cdiv(V, BV)):
+        ov = i_v * BV + tl.arange(0, BV)
+        dU = _rows(du, t, rmask, V, ov, V, ACC)
+        vv = _rows(v, t, rmask, V, ov, V, ACC)
+        dT += _mm(dU, tl.trans(vv), DT, ACC, IEEE)
+        _store_rows(dv_out, _mm(tl.trans(Tm), dU, DT, ACC, IEEE), t, rmask, V, ov, V)
+    dKg = _mm(tl.trans(Tm), dW, DT, ACC, IEEE)
+    db = tl.sum(dT * Ai, 0)  # through T = A⁻¹ diag(β)
+    dAi = dT * b[None, :]
+    # A⁻¹ = X: dA = −Xᵀ dX Xᵀ, kept on the strictly lower triangle where A depends on β and the Gram.
+    dA = -_mm(_mm(tl.trans(Ai), dAi, DT, ACC, IEEE), tl.trans(Ai), DT, ACC, IEEE)
+    dL = tl.where(oc[:, None] > oc[None, :], dA, 0.0)
+    G = _mm(kk, tl.trans(ktc), DT, ACC, IEEE)
+    if GATED:
+        G = G * _decay(gg, oc, oc, True)
+    db += tl.sum(dL * G, 1)
+    dGe = dL * b[:, None]  # gradient w.r.t. (Γ ⊙ K K̃ᵀ)
+    if GATED:
+        Z2 = dGe * G
+        dgt = tl.load(dg + t, mask=rmask, other=0.0).to(ACC) + tl.sum(dKg * kg, 1) + tl.sum(Z2, 1)
+        dgt -= tl.sum(Z2, 0)
+        dla = tl.cumsum(tl.where(rmask, dgt, 0.0), 0, reverse=True)  # g = in-chunk cumsum of log α
+        tl.store(dla_out + t, dla.to(dla_out.dtype.element_ty), mask=rmask)
+        dGe = dGe * _decay(gg, oc, oc, True)
+        dKg = dKg * eg[:, None]
+    dK = dKg + _mm(dGe, ktc, DT, ACC, IEEE)
+    dKt = _rows(dkt, t, rmask, K, ok, K, ACC) + _mm(tl.trans(dGe), kk, DT, ACC, IEEE)
+    # write key k̃ = c · d ⊙ k with s_raw = β Σ d k² and c = min(1, s_max / s_raw)
+    if HAS_D:
+        dd = _rows(d, t, rmask, K, ok, K, ACC)
+    else:
+        dd = tl.where(rmask[:, None] & (ok[None, :] < K), 1.0, 0.0).to(ACC)
+    if CLIP:
+        cc = tl.load(c + t, mask=rmask, other=1.0).to(ACC)
+    else:
+        cc = tl.where(rmask, 1.0, 0.0).to(ACC)
+    dK += cc[:, None] * dd * dKt
+    grad_d = cc[:, None] * kk * dKt
+    if CLIP:
+        dc = tl.sum(dKt * dd * kk, 1)
+        dsum = tl.sum(dd * kk * kk, 1)
+        s_raw = b * dsum
+        gam = tl.where(cc < 1.0, -dc * cc / tl.where(cc < 1.0, s_raw, 1.0), 0.0)  # ∂L/∂s_raw
+        db += gam * dsum
+        dK += (2.0 * gam * b)[:, None] * dd * kk
+        grad_d += (gam * b)[:, None] * kk * kk
+    if HAS_D:
+        _store_rows(dd_out, grad_d, t, rmask, K, ok, K)
+    _store_rows(dk_out, dK, t, rmask, K, ok, K)
+    tl.store(db_out + t, db.to(db_out.dtype.element_ty), mask=rmask)
+
+
+def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
+    """Gradients through WY factors, solve, Gram, decay and write key: returns ``dk, dd (or None), dv, dβ,
+    d log α (or None)`` in fp32/fp64."""
+    N, H, K = k.shape
+    V = v.shape[-1]
+    f = torch.float64 if k.dtype == torch.float64 else torch.float32
+    dk = torch.empty(N, H, K, device=k.device, dtype=f)
+    dd = torch.empty(N, H, K, device=k.device, dtype=f) if d is not None else None
+    dv = torch.empty(N, H, V, device=k.device, dtype=f)
+    db = torch.empty(N, H, device=k.device, dtype=f)
+    dla = torch.empty(N, H, device=k.device, dtype=f) if g is not None else None
+    _bwd_wy_kernel[(bounds.shape[0], H)](
+        k, d if d is not None else k, c if c is not None else db, kt, v, beta, g if g is not None else db, ai,
+        dw, du, dkt, dg if dg is not None else db, dk, dd if dd is not None else dk, dv, db,
+        dla if dla is not None else db, bounds, H, K, V,
+        C=C, BK=max(16, triton.next_power_of_2(K)), BV=min(64, max(16, triton.next_power_of_2(V))),
+        HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, ACC=acc_dtype(k.dtype),
+        IEEE=k.dtype == torch.float32, num_warps=_warps(4 if K <= 64 else 8),
+    )  # fmt: skip
+    return dk, dd, dv, db, dla
