@@ -629,8 +629,8 @@ def expected_feedback(d, a, beta) -> torch.Tensor:
     Returns ``[...]``."""
     d = as_tensor("d", d, dtype=torch.float64)
     a = as_tensor("a", a, dtype=torch.float64)
-    check_range("a", a, 0.0, None, lo_open=True)
-    check_range("d", d)
+    check_range("a", a.detach(), 0.0, None, lo_open=True)
+    check_range("d", d.detach())
     if d.shape[-1:] != a.shape[-1:]:
         raise ValueError(f"d: expected last dimension K = {a.shape[-1]} (as a), got {tuple(d.shape)}")
     beta = check_scalar("beta", beta, 0.0, 1.0, lo_open=True)
