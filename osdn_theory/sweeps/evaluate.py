@@ -1,0 +1,299 @@
+"""Evaluate a batch of runs that differ only in their seed: stack the seeds along B, run once, score each.
+
+Pipeline per batch (float64 torch, all seeds stacked along the batch axis B):
+
+1. build each seed's stream (``[1, T, H, K]`` keys etc.) and concatenate along B;
+2. the preconditioner: ``d ≡ 1`` (DeltaNet), the state-free d-scan (OSDN, keys only, before the memory),
+   token-local Newton, or RLS (full-matrix comparator, its own recurrence);
+3. the memory in chunk form (:func:`osdn_theory.chunkwise.osdn_chunkwise`), one call per segment chained
+   through ``initial_state`` so the state at every segment end is available. Queries are the *next* key,
+   ``q_t = k_{t+1}`` with ``scale = 1``, so the read-out ``o_t = S_t k_{t+1}`` gives the pre-write residual
+   ``e_{t+1} = S_t k_{t+1} − v_{t+1}`` of every token; the post-write residual is ``r⁺_t = (1 − s_t) e_t``;
+4. the metrics of spec §8–§9 per seed (per head, then averaged over heads):
+
+   - ``cal_early`` / ``cal_late``: calibration loss ``(1 − s_t)²`` averaged over the first / last ``window``
+     tokens of each segment after the first (the segments that start with a shift), then over segments;
+     ``cal_early_first``: the first segment's early loss (cold start). Per segment in ``series``.
+   - ``d_err_end``: ``‖d_t − d*_seg‖ / ‖d*_seg‖`` at each segment's last token (``d*_seg`` =
+     :func:`osdn_theory.comparators.fixed_point_d` of the segment's feature variances and mean β), mean
+     over segments; NaN for RLS (no diagonal d).
+   - ``recovery_time``: tokens after a shift until ``‖d_t − d*_seg‖/‖d*_seg‖ ≤ recovery_tol`` (censored at
+     the segment length when never reached; ``recovered_frac`` counts the shifts that did recover).
+   - ``triggers``: APF trigger firings (summed over heads).
+   - ``r1``: stored-set residual ratio R1 of each segment's tokens under the state at that segment's end,
+     mean over segments (``r1_final``: last segment); ``r2``: token-local write ratio R2 over the stream.
+   - ``recall_acc``: nearest-codebook recall accuracy on streams with queries (MQAR/JRT).
+   - ``cal_profile`` (series): ``(1 − s_t)²`` from ``profile_before`` tokens before to ``profile_after`` tokens
+     after each shift, averaged over shifts and heads.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from ..chunkwise import osdn_chunkwise
+from ..recurrences import Diagnostics, write_key
+from .registry import build_stream, method_builder
+from .spec import config_hash, method_label
+
+__all__ = ["evaluate_batch", "evaluate_runs", "stack_streams"]
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _label(cfg: dict) -> str:
+    return f"{cfg['stream'].get('family')}/{method_label(cfg['method'])}/seed{cfg['seed']}"
+
+
+def evaluate_batch(run_dicts: list[dict]) -> list[dict]:
+    """Evaluate runs (each ``{"stream", "method", "seed", "metrics"}``) → one record per run; never raises.
+
+    The runs are evaluated stacked (they must differ only in their seed). If the stacked evaluation fails,
+    each run is evaluated alone, so one bad run is recorded as failed (with its traceback) and the others
+    still succeed.
+    """
+    t0 = time.perf_counter()
+    try:
+        metrics, series = evaluate_runs(run_dicts)
+        dt = (time.perf_counter() - t0) / len(run_dicts)
+        return [
+            _record(cfg, "ok", dt, len(run_dicts), metrics=m, series=s)
+            for cfg, m, s in zip(run_dicts, metrics, series, strict=True)
+        ]
+    except Exception as err:  # noqa: BLE001 - recorded, never lost
+        if len(run_dicts) > 1:
+            out = []
+            for cfg in run_dicts:
+                out += evaluate_batch([cfg])
+            return out
+        tb = traceback.format_exc()
+        return [
+            _record(
+                run_dicts[0],
+                "failed",
+                time.perf_counter() - t0,
+                1,
+                error=f"{type(err).__name__}: {err}",
+                traceback=tb,
+            )
+        ]
+
+
+def _record(cfg: dict, status: str, elapsed: float, batch: int, **extra) -> dict:
+    return {
+        "hash": config_hash(cfg),
+        "label": _label(cfg),
+        "status": status,
+        "config": cfg,
+        "elapsed_s": elapsed,
+        "batch_size": batch,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "finished": _now(),
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _cat(datas: list[Any], name: str):
+    vals = [getattr(d, name) for d in datas]
+    if any(v is None for v in vals):
+        return None
+    return torch.cat(vals, 0)
+
+
+def stack_streams(datas: list[Any]) -> dict[str, Any]:
+    """Concatenate per-seed :class:`~osdn_theory.streams.StreamData` along B (segment starts must agree).
+
+    Returns a dict of stacked tensors (``k, v, beta``, optional ``a_seg [B, H, S, K]``, MQAR fields) plus
+    ``segment_starts`` and ``rows``: the batch rows of each input (a stream config's ``batch`` realisations).
+    """
+    starts = [tuple(int(x) for x in d.segment_starts) for d in datas]
+    if any(s != starts[0] for s in starts):
+        raise ValueError("stream: expected the same segment starts for every seed of a batch")
+    out: dict[str, Any] = {"segment_starts": list(starts[0])}
+    for name in (
+        "k",
+        "v",
+        "beta",
+        "a_seg",
+        "stored_keys",
+        "stored_values",
+        "query_keys",
+        "target_ids",
+        "codebook",
+    ):
+        out[name] = _cat(datas, name)
+    rows, r0 = [], 0
+    for d in datas:
+        n = d.k.shape[0]
+        rows.append(slice(r0, r0 + n))
+        r0 += n
+    out["rows"] = rows
+    return out
+
+
+def _segments(starts: list[int], T: int) -> list[tuple[int, int]]:
+    st = sorted(set([0] + [b for b in starts if 0 < b < T]))
+    return list(zip(st, st[1:] + [T], strict=True))
+
+
+def _preconditioner(m: dict, k: torch.Tensor, beta: torch.Tensor):
+    """``(d or None, triggers [B, H] or None)`` for DeltaNet, token-local Newton or the OSDN d-scan."""
+    if m["name"] == "deltanet":
+        return None, None
+    if m["name"] == "token_local":
+        from ..comparators import token_local_newton_d
+
+        return token_local_newton_d(k, beta), None
+    from ..preconditioners import d_scan
+
+    scan = d_scan(k, beta, **m["kwargs"])
+    return scan.d, scan.triggered.sum(1).to(torch.float64)
+
+
+def _memory(k, v, beta, d, s_max, segs):
+    """Chunk-form memory per segment; returns (pre-write residuals e ``[B, T, H, V]``, states at segment ends)."""
+    T = k.shape[1]
+    q = torch.cat([k[:, 1:], k[:, -1:]], 1)  # q_t = k_{t+1}: o_t = S_t k_{t+1} (last query unused)
+    e = torch.zeros_like(v)
+    e[:, 0] = -v[:, 0]  # S_0 = 0
+    state, ends = None, []
+    for s0, s1 in segs:
+        o, state = osdn_chunkwise(
+            q[:, s0:s1],
+            k[:, s0:s1],
+            v[:, s0:s1],
+            beta[:, s0:s1],
+            None if d is None else d[:, s0:s1],
+            scale=1.0,
+            initial_state=state,
+            output_final_state=True,
+            s_max=s_max,
+        )
+        hi = min(s1, T - 1)  # e_{t+1} = S_t k_{t+1} − v_{t+1}
+        e[:, s0 + 1 : hi + 1] = o[:, : hi - s0] - v[:, s0 + 1 : hi + 1]
+        ends.append(state)
+    return e, ends
+
+
+def evaluate_runs(run_dicts: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Stacked evaluation of runs that share stream config and method; returns per-run (metrics, series)."""
+    from .. import metrics as M
+    from ..comparators import fixed_point_d
+
+    if not run_dicts:
+        raise ValueError("run_dicts: expected at least one run")
+    base = {key: val for key, val in run_dicts[0].items() if key != "seed"}
+    for r in run_dicts[1:]:
+        if {key: val for key, val in r.items() if key != "seed"} != base:
+            raise ValueError("run_dicts: expected runs that differ only in their seed")
+    mset = run_dicts[0]["metrics"]
+    m = method_builder(run_dicts[0]["method"])
+    x = stack_streams([build_stream(run_dicts[0]["stream"], r["seed"]) for r in run_dicts])
+    k, v, beta = x["k"], x["v"], x["beta"]
+    B, T, H, K = k.shape
+    segs = _segments(x["segment_starts"], T)
+    nS = len(segs)
+
+    trig = None
+    if m["name"] == "rls":
+        from ..comparators import rls
+
+        _, _, diag = rls(k, k, v, **m["kwargs"], diagnostics=True, keep_states=True)
+        s, d = diag.write_gain, None
+        ends = [diag.states[:, s1 - 1] for _, s1 in segs]
+        diag_std = Diagnostics(diag.residual_pre, diag.residual_post, s, torch.ones_like(s))
+    else:
+        d, trig = _preconditioner(m, k, beta)
+        _, s, c = write_key(k, beta, d, m["s_max"])
+        e, ends = _memory(k, v, beta, d, m["s_max"], segs)
+        diag_std = Diagnostics(e, (1.0 - s)[..., None] * e, s, c)
+
+    cal = M.write_gain_feedback(s)  # (1 − s_t)², [B, T, H]
+    W = mset["window"]
+    early = torch.stack([cal[:, a : min(b, a + W)].mean(1) for a, b in segs], 1)  # [B, S, H]
+    late = torch.stack([cal[:, max(a, b - W) : b].mean(1) for a, b in segs], 1)
+
+    if x["stored_keys"] is not None:  # MQAR / JRT: the stored set is the key-value pairs
+        r1_seg = M.stored_set_residual_ratio(ends[-1], x["stored_keys"], x["stored_values"])[:, None]
+    else:  # each segment's tokens under the state at that segment's end
+        r1_seg = torch.stack(
+            [
+                M.stored_set_residual_ratio(st, k[:, a:b], v[:, a:b])
+                for st, (a, b) in zip(ends, segs, strict=True)
+            ],
+            1,
+        )  # [B, S, H]
+    r2 = M.token_local_write_ratio(diag_std)  # [B, H]
+    recall = None
+    if x["query_keys"] is not None:
+        recall = M.recall_accuracy(ends[-1], x["query_keys"], x["target_ids"], x["codebook"])  # [B, H]
+
+    # distance to the per-segment fixed point d*_seg and recovery after each shift
+    d_err_end = torch.full((B, nS, H), float("nan"), dtype=torch.float64)
+    rec = torch.full((B, nS, H), float("nan"), dtype=torch.float64)
+    recovered = torch.zeros((B, nS, H), dtype=torch.bool)
+    has_dstar = x["a_seg"] is not None and m["name"] != "rls"
+    if has_dstar:
+        dd = torch.ones_like(k) if d is None else d
+        for j, (a, b) in enumerate(segs):
+            dstar = fixed_point_d(x["a_seg"][:, :, j], beta[:, a:b].mean(1))  # [B, H, K]
+            err = (dd[:, a:b] - dstar[:, None]).norm(dim=-1) / dstar[:, None].norm(dim=-1)  # [B, L, H]
+            d_err_end[:, j] = err[:, -1]
+            ok = err <= mset["recovery_tol"]
+            anyok = ok.any(1)
+            first = ok.to(torch.int64).argmax(1)
+            rec[:, j] = torch.where(anyok, first, b - a).to(torch.float64)
+            recovered[:, j] = anyok
+
+    pb, pa = mset["profile_before"], mset["profile_after"]
+    prof = [cal[:, a - pb : a + pa].mean(-1) for a, _ in segs[1:] if a - pb >= 0 and a + pa <= T]
+    profile = torch.stack(prof, 0).mean(0) if prof else None  # [B, pb + pa]
+
+    shift = slice(1, None) if nS > 1 else slice(0, None)  # segments that start with a shift
+    nan = float("nan")
+    out_m, out_s = [], []
+    for rows in x["rows"]:
+        R = lambda t, rows=rows: t[rows]  # noqa: E731
+        mm = {
+            "T": T,
+            "K": K,
+            "H": H,
+            "realisations": rows.stop - rows.start,
+            "segments": nS,
+            "cal_early": float(R(early)[:, shift].mean()),
+            "cal_late": float(R(late)[:, shift].mean()),
+            "cal_early_first": float(R(early)[:, 0].mean()),
+            "cal_mean": float(R(cal).mean()),
+            "d_err_end": float(R(d_err_end)[:, shift].mean()) if has_dstar else nan,
+            "recovery_time": float(R(rec)[:, shift].mean()) if has_dstar else nan,
+            "recovered_frac": float(R(recovered)[:, shift].to(torch.float64).mean()) if has_dstar else nan,
+            "triggers": nan if trig is None else float(R(trig).sum(-1).mean()),
+            "r1": float(R(r1_seg).mean()),
+            "r1_final": float(R(r1_seg)[:, -1].mean()),
+            "r2": float(R(r2).mean()),
+            "recall_acc": nan if recall is None else float(R(recall).mean()),
+        }
+        ss = {
+            "cal_seg_early": R(early).mean((0, 2)).tolist(),
+            "cal_seg_late": R(late).mean((0, 2)).tolist(),
+            "d_err_seg": R(d_err_end).mean((0, 2)).tolist(),
+            "recovery_seg": R(rec).mean((0, 2)).tolist(),
+            "r1_seg": R(r1_seg).mean((0, 2)).tolist(),
+            "cal_profile": None if profile is None else R(profile).mean(0).tolist(),
+        }
+        out_m.append(mm)
+        out_s.append(ss)
+    return out_m, out_s

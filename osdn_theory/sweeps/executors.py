@@ -1,0 +1,130 @@
+"""Executor backends of a sweep: in-process (serial), a local process pool, and Dask.
+
+Every backend exposes the same two calls used by the runner: ``submit(fn, *args) -> future`` and
+``as_completed(futures)`` yielding futures as they finish (each with ``.result()``), plus ``shutdown()``.
+
+- ``serial``: runs each task in the calling process at ``submit`` time (debugging, tiny sweeps, notebooks).
+- ``local`` (default): :class:`concurrent.futures.ProcessPoolExecutor` with ``workers`` processes
+  (default: the CPU count), ``spawn`` start method, one torch thread per worker.
+- ``dask``: a :class:`dask.distributed.Client` connected to ``scheduler`` (an address such as
+  ``tcp://host:8786``), or, without an address, to a fresh ``LocalCluster(n_workers=workers,
+  threads_per_worker=1)``. On a SLURM cluster start the workers with dask-jobqueue and pass the address::
+
+      from dask_jobqueue import SLURMCluster
+      cluster = SLURMCluster(cores=1, processes=1, memory="4GB", walltime="02:00:00")
+      cluster.scale(jobs=32)
+      print(cluster.scheduler_address)   # then: osdn sweep FILE --out DIR --executor dask --scheduler ADDR
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+__all__ = ["EXECUTORS", "make_executor", "SerialExecutor", "LocalExecutor", "DaskExecutor"]
+
+EXECUTORS = ("local", "serial", "dask")
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class SerialExecutor:
+    """Runs tasks in this process, eagerly (a finished :class:`concurrent.futures.Future` per task)."""
+
+    name = "serial"
+    workers = 1
+
+    def submit(self, fn: Callable, *args: Any) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller through the future
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            fut.set_exception(err)
+        return fut
+
+    def as_completed(self, futures: Iterable[cf.Future]) -> Iterator[cf.Future]:
+        yield from futures
+
+    def shutdown(self, cancel: bool = False) -> None:
+        pass
+
+
+class LocalExecutor:
+    """A process pool on this machine (``spawn`` start method; each worker uses one torch thread)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = cf.ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
+        )
+
+    def submit(self, fn: Callable, *args: Any) -> cf.Future:
+        return self._pool.submit(fn, *args)
+
+    def as_completed(self, futures: Iterable[cf.Future]) -> Iterator[cf.Future]:
+        return cf.as_completed(list(futures))
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class DaskExecutor:
+    """Tasks on a Dask cluster: ``scheduler`` address, or a new ``LocalCluster`` with ``workers`` workers."""
+
+    name = "dask"
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None):
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError as err:  # pragma: no cover - depends on the installed extras
+            raise ValueError(
+                "executor: 'dask' needs dask[distributed]; install the extra: pip install 'osdn_theory[dask]'"
+            ) from err
+        self._cluster = None
+        if scheduler:
+            self.client = Client(scheduler)
+        else:
+            self._cluster = LocalCluster(
+                n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, dashboard_address=None
+            )
+            self.client = Client(self._cluster)
+        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def submit(self, fn: Callable, *args: Any):
+        return self.client.submit(fn, *args, pure=False)
+
+    def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
+        from dask.distributed import as_completed
+
+        return iter(as_completed(list(futures)))
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def make_executor(kind: str = "local", *, workers: int | None = None, scheduler: str | None = None):
+    """Build an executor by name: ``"local"`` (default), ``"serial"`` or ``"dask"``."""
+    if kind not in EXECUTORS:
+        raise ValueError(f"executor: expected one of {list(EXECUTORS)}, got {kind!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    if scheduler is not None and kind != "dask":
+        raise ValueError(f"scheduler: only used with executor 'dask', got executor {kind!r}")
+    if kind == "serial":
+        return SerialExecutor()
+    if kind == "local":
+        return LocalExecutor(workers)
+    return DaskExecutor(scheduler, workers)
