@@ -43,9 +43,10 @@ Step rules (serialisable, :func:`to_dict` / :func:`from_dict`):
 Positivity: ``positivity="floor"`` (default) sets ``d ← max(d, d_min)`` after every update (``d_min``
 defaults to :data:`DEFAULT_D_MIN`). The floor is a one-sided box projection: where it acts the update is
 not affine, so each result reports ``floor_active`` per token and ``affine`` overall. ``positivity="none"``
-applies no projection and raises ``ValueError`` (naming ``positivity``) at the first token whose update
-would produce ``d ≤ 0``, since every OSDN solver needs ``d > 0``. The write-gain clip ``s_max`` of
-:func:`osdn_adaptive` acts on the write key only and never on the scanned ``d``.
+applies no projection: :func:`d_scan` then returns the exact (affine) recurrence even where it leaves the
+positive orthant (``DScan.nonpositive`` flags those tokens), while :func:`osdn_adaptive`, whose memory
+write needs ``d > 0``, raises ``ValueError`` naming ``positivity`` at the first ``d ≤ 0``. The write-gain
+clip ``s_max`` of :func:`osdn_adaptive` acts on the write key only and never on the scanned ``d``.
 
 APF (spec §8, :mod:`osdn_theory.apf`): after the step, ``d_{t+1} = (1 − λ_t) d^{upd}_{t+1} + λ_t d^{prior}_t``,
 then the floor.
@@ -131,7 +132,12 @@ class ScheduledStep(StepRule):
         object.__setattr__(self, "schedule", as_schedule(self.schedule, "schedule"))
 
     def eta(self, state, clock, g, L):
-        return self.schedule(clock).to(dtype=g.dtype, device=g.device)
+        eta = self.schedule(clock).to(dtype=g.dtype, device=g.device)
+        if bool((eta < 0).any()):
+            raise ValueError(
+                f"step: expected a schedule of non-negative steps, got η = {float(eta.min()):.6g}"
+            )
+        return eta
 
 
 @_register
@@ -234,6 +240,8 @@ class DScan:
         lam: ``[B, T, H]``, the APF rate ``λ_t`` used to form ``d_{t+1}`` (0 without APF).
         triggered: bool ``[B, T, H]``, APF trigger firings.
         floor_active: bool ``[B, T, H]``, tokens where the positivity floor changed ``d_{t+1}``.
+        nonpositive: bool ``[B, T, H]``, tokens whose ``d_t`` has an entry ``≤ 0`` (only possible with
+            ``positivity="none"``; such a ``d`` cannot drive an OSDN write).
         prior: ``[B, T, H, K]`` APF prior ``d^{prior}_t`` (``None`` without APF).
         rule: the feedback rule.
         affine: whether ``d_init ↦ d`` is affine for this run (state-free rule, step and APF rate independent
@@ -252,6 +260,10 @@ class DScan:
     prior: torch.Tensor | None
     rule: str
     affine: bool
+
+    @property
+    def nonpositive(self) -> torch.Tensor:
+        return (self.d <= 0).any(-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,8 +352,10 @@ def _positivity(positivity, d_min) -> float | None:
 class _Update:
     """One d-update per token: step rule, APF gate, positivity. Shared by the scan and the joint loop."""
 
-    def __init__(self, step: StepRule, apf: APF | None, floor: float | None, B, H, K, dtype, device):
-        self.step_rule, self.apf, self.floor = step, apf, floor
+    def __init__(
+        self, step: StepRule, apf: APF | None, floor: float | None, strict: bool, B, H, K, dtype, device
+    ):
+        self.step_rule, self.apf, self.floor, self.strict = step, apf, floor, strict
         self.step_state = step.init(B, H, K, dtype, device)
         self.clock = torch.ones(B, H, dtype=torch.long, device=device)
         if apf is not None:
@@ -370,10 +384,11 @@ class _Update:
                 "0 < 2 η_t β_t² ‖u_t‖² < 2 — use a smaller step or NormalizedStep(c) with c in (0, 2)"
             )
         if self.floor is None:
-            if bool((d_new <= 0).any()):
+            if self.strict and bool((d_new <= 0).any()):
                 raise ValueError(
                     f"positivity: with 'none' the update of token t = {t} produced d <= 0 "
-                    f"(min {float(d_new.min()):.6g}); use positivity='floor' (d_min > 0) or a smaller step"
+                    f"(min {float(d_new.min()):.6g}), but the memory write needs d > 0; use positivity='floor' "
+                    "(d_min > 0) or a smaller step"
                 )
             floor_active = torch.zeros(r.shape, dtype=torch.bool, device=r.device)
         else:
@@ -501,7 +516,7 @@ def d_scan(
             (→ :class:`ScheduledStep`).
         d_init: ``d_1 > 0``: a number (default 1.0, DeltaNet), or a tensor ``[K]``, ``[H, K]`` or ``[B, H, K]``.
         d_min: floor of ``positivity="floor"`` (default :data:`DEFAULT_D_MIN`); must be ``None`` with "none".
-        positivity: ``"floor"`` (default) or ``"none"`` (raise if some ``d ≤ 0`` would be produced).
+        positivity: ``"floor"`` (default) or ``"none"`` (no projection; ``d ≤ 0`` is returned and flagged).
         apf: optional :class:`osdn_theory.apf.APF` gate (or its dictionary).
         alpha: optional decay ``[B, T, H]`` in (0, 1]; validated only — neither state-free feedback depends
             on it (``r⁺_t = (1 − s_t) e_t`` also holds with ``e_t = α_t S_{t−1} k_t − v_t``).
@@ -524,7 +539,7 @@ def d_scan(
     dt, dev = k.dtype, k.device
     d = _d_init(d_init, B, H, K, dt, dev)
     u = k * k
-    upd = _Update(step_rule, apf, floor, B, H, K, dt, dev)
+    upd = _Update(step_rule, apf, floor, False, B, H, K, dt, dev)
     buf = _alloc(B, T, H, K, step_rule, apf, dt, dev)
     for t in range(T):
         u_t, b_t = u[:, t], beta[:, t]
@@ -623,7 +638,8 @@ def osdn_adaptive(
         v: values of shape ``[B, T, H, V]``.
         beta: write strengths of shape ``[B, T, H]`` in (0, 1].
         rule: ``"ratio"`` (default), ``"hyper"``, ``"raw"`` or ``"next"`` (module docstring).
-        step, d_init, d_min, positivity, apf: as in :func:`d_scan`.
+        step, d_init, d_min, apf: as in :func:`d_scan`.
+        positivity: ``"floor"`` (default) or ``"none"`` (raise ``ValueError`` at the first ``d ≤ 0``).
         alpha: optional decay ``[B, T, H]`` in (0, 1] (gated OSDN).
         s_max: optional write-gain clip in (0, 2) (spec §2), applied to the write key only.
         scale: read-out scale, default ``K ** -0.5``.
@@ -651,6 +667,12 @@ def osdn_adaptive(
             alpha=x.alpha,
             dtype=None,
         )
+        if positivity == "none" and bool(scan.nonpositive.any()):
+            t = int(scan.nonpositive.any(0).any(-1).nonzero()[0, 0]) + 1
+            raise ValueError(
+                f"positivity: with 'none' the d-scan reached d <= 0 at token t = {t} (min {float(scan.d.min()):.6g}), "
+                "but the memory write needs d > 0; use positivity='floor' (d_min > 0) or a smaller step"
+            )
         o, final, diag = osdn_recurrent(
             x.q,
             x.k,
@@ -678,7 +700,7 @@ def _joint(x, rule, step_rule, apf, floor, d_init, output_final_state) -> Adapti
     dt, dev = x.k.dtype, x.k.device
     d = _d_init(d_init, B, H, K, dt, dev)
     u = x.k * x.k
-    upd = _Update(step_rule, apf, floor, B, H, K, dt, dev)
+    upd = _Update(step_rule, apf, floor, True, B, H, K, dt, dev)
     buf = _alloc(B, T, H, K, step_rule, apf, dt, dev)
     M = torch.zeros(B, H, K, V, dtype=dt, device=dev) if x.initial_state is None else x.initial_state.clone()
     o = torch.empty(B, T, H, V, dtype=dt, device=dev)
