@@ -5,5 +5,6 @@ that computes ``d`` from the keys). The stages live in :mod:`.stages`, their tor
 """
 
 from .chunk import chunk_osdn
+from .drule import DRule, d_ratio_scan
 
-__all__ = ["chunk_osdn"]
+__all__ = ["chunk_osdn", "DRule", "d_ratio_scan"]

@@ -19,6 +19,7 @@ import torch
 
 from .._validate import as_tensor, check_range, check_scalar, check_shape
 from . import stages
+from .drule import DRule
 
 __all__ = ["chunk_osdn"]
 
@@ -207,9 +208,11 @@ def chunk_osdn(
     if alpha is not None:
         alpha = _check_tensor("alpha", alpha, k, [B, T, H], "[B, T, H]", contiguous=False)
     if d_rule is not None:
+        if not isinstance(d_rule, DRule):
+            raise ValueError(f"d_rule: expected an osdn_theory.kernels.DRule, got {type(d_rule).__name__}")
         if d is not None:
             raise ValueError("d_rule: expected d = None when a d_rule is given, got both")
-        d = d_rule.compute(k, beta, cu_seqlens=cu_seqlens)
+        d = d_rule.compute(k, beta, cu_seqlens=cu_seqlens, chunk_size=C)
     if d is not None:
         d = as_tensor("d", d)
         if d.dtype != k.dtype or d.device != k.device:
@@ -234,12 +237,12 @@ def chunk_osdn(
         initial_state = initial_state.to(f).contiguous()
     if validate:
         for name, t in (("q", q), ("k", k), ("v", v)):
-            check_range(name, t)
-        check_range("beta", beta, 0.0, 1.0, lo_open=True)
+            check_range(name, t.detach())
+        check_range("beta", beta.detach(), 0.0, 1.0, lo_open=True)
         if d is not None:
-            check_range("d", d, 0.0, None, lo_open=True)
+            check_range("d", d.detach(), 0.0, None, lo_open=True)
         if alpha is not None:
-            check_range("alpha", alpha, 0.0, 1.0, lo_open=True)
+            check_range("alpha", alpha.detach(), 0.0, 1.0, lo_open=True)
     log_alpha = None
     if alpha is not None:
         log_alpha = torch.log(

@@ -1,0 +1,140 @@
+"""The state-free ``ratio`` rule for the preconditioner ``d`` (spec §5, claim C5), run as a delta rule.
+
+With ``u_t = k_t ⊙ k_t`` and the normalized step ``η_t = c / (2 β_t² ‖u_t‖²)`` the rule is
+
+    d_{t+1} = d_t + c · (1/β_t − u_tᵀ d_t) · u_t / ‖u_t‖²,      d_1 = d_init,
+
+i.e. a delta rule on a one-column memory with key ``û_t = u_t / ‖u_t‖``, strength ``c`` and value
+``1 / (β_t ‖u_t‖)`` (tokens with ``u_t = 0`` leave ``d`` unchanged). Token ``t`` is written with ``d_t``
+(the value *before* its own update). The scan therefore reuses the chunk stages (Gram/solve, WY, state
+pass) with a value width of 16 (one used column) and a small read-out kernel that forms every ``d_t``:
+``d_r = h_n + Σ_{i<r} U_i û_i`` within chunk ``n``. Positivity: ``d`` is floored at read-out,
+``max(d_t, d_min)``, which keeps the scan affine (spec §5).
+
+The rule's output is treated as a constant of the keys (no gradient flows through the rule into ``k``
+or ``β``), like an optimizer's preconditioner state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .._validate import as_tensor, check_choice, check_scalar
+from . import stages
+
+__all__ = ["DRule", "d_ratio_scan"]
+
+_VPAD = 16
+
+
+@triton.jit
+def _d_readout_kernel(
+    u, vnew, h, d_out, bounds, d_min,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    m = rmask[:, None] & (ok[None, :] < K)
+    uu = tl.load(u + t[:, None] * K + ok[None, :], mask=m, other=0.0).to(ACC)
+    U0 = tl.load(vnew + t * VP, mask=rmask, other=0.0).to(ACC)
+    h0 = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * VP + ok * VP, mask=ok < K, other=0.0).to(ACC)
+    inc = U0[:, None] * uu
+    D = h0[None, :] + tl.cumsum(inc, 0) - inc
+    tl.store(d_out + t[:, None] * K + ok[None, :], tl.maximum(D, d_min).to(d_out.dtype.element_ty), mask=m)
+
+
+def d_ratio_scan(k, beta, *, c: float, d_init, d_min: float, cu_seqlens=None, chunk_size: int = 64):
+    """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``) from the ratio rule; see the module docstring.
+
+    Args:
+        k: keys of shape ``[B, T, H, K]``; beta: ``[B, T, H]``; d_init: scalar, ``[K]``, ``[H, K]`` or
+            ``[N, H, K]`` (``N`` sequences); cu_seqlens: optional ``[N + 1]`` packed-sequence offsets.
+    """
+    from .chunk import _chunk_tables
+
+    B, T, H, K = k.shape
+    f = torch.float64 if k.dtype == torch.float64 else torch.float32
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    kk = k.detach().reshape(B * T, H, K).to(f)
+    u = kk * kk
+    un = torch.linalg.vector_norm(u, dim=-1)  # ‖u_t‖
+    ok = un > 0
+    safe = torch.where(ok, un, torch.ones_like(un))
+    uhat = (u / safe[..., None]).contiguous()
+    strength = torch.where(ok, torch.full_like(un, c), torch.zeros_like(un)).contiguous()
+    vals = torch.zeros(B * T, H, _VPAD, dtype=f, device=k.device)
+    vals[..., 0] = torch.where(ok, 1.0 / (beta.detach().reshape(B * T, H).to(f) * safe), 0.0)
+    di = torch.as_tensor(d_init, dtype=f, device=k.device)
+    h0 = torch.zeros(N, H, K, _VPAD, dtype=f, device=k.device)
+    h0[..., 0] = torch.broadcast_to(di, (N, H, K))
+    cu, offs, bounds, NC = _chunk_tables(cu_seqlens, B, T, chunk_size, k.device)
+    _, _, _, ai = stages.gram_solve(uhat, None, strength, None, bounds, None, chunk_size)
+    w, ut = stages.wy_factors(uhat, vals, strength, None, ai, bounds, chunk_size)
+    h, vnew, _ = stages.state_pass(uhat, w, ut, None, h0, cu, offs, NC, chunk_size, False)
+    d = torch.empty(B * T, H, K, dtype=k.dtype, device=k.device)
+    _d_readout_kernel[(NC, H)](
+        uhat, vnew, h, d, bounds, float(d_min), H, K,
+        C=chunk_size, BK=max(16, triton.next_power_of_2(K)), VP=_VPAD, ACC=stages.acc_dtype(f),
+        num_warps=stages._warps(4),
+    )  # fmt: skip
+    return d.reshape(B, T, H, K)
+
+
+@dataclass(frozen=True)
+class DRule:
+    """Compute ``d`` inside :func:`chunk_osdn` from the keys by the spec's state-free rule.
+
+    Attributes:
+        rule: only ``"ratio"`` (the default rule of spec §5) runs in the kernel path.
+        c: normalized step in (0, 2): ``1 − s_new = (1 − c)(1 − s_old)`` on the current key. Default 0.5.
+        d_init: ``d_1``; a positive scalar or a tensor of shape ``[K]``, ``[H, K]`` or ``[N, H, K]``.
+            Default 1.0.
+        d_min: read-out floor ``d_t ← max(d_t, d_min)`` keeping ``d > 0``; default 1e-4.
+    """
+
+    rule: str = "ratio"
+    c: float = 0.5
+    d_init: float | torch.Tensor = 1.0
+    d_min: float = 1e-4
+
+    def __post_init__(self):
+        check_choice("rule", self.rule, ["ratio"])
+        check_scalar("c", self.c, 0.0, 2.0, lo_open=True, hi_open=True)
+        check_scalar("d_min", self.d_min, 0.0, None, lo_open=True)
+        if isinstance(self.d_init, torch.Tensor):
+            t = as_tensor("d_init", self.d_init)
+            if not bool((t > 0).all()):
+                raise ValueError(f"d_init: expected positive entries, got min {float(t.min()):.3g}")
+        else:
+            check_scalar("d_init", self.d_init, 0.0, None, lo_open=True)
+
+    def compute(self, k: torch.Tensor, beta: torch.Tensor, *, cu_seqlens=None, chunk_size: int = 64):
+        """``d: [B, T, H, K]`` (dtype of ``k``, detached) for keys ``k: [B, T, H, K]``, ``beta: [B, T, H]``."""
+        B, T, H, K = k.shape
+        N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+        if isinstance(self.d_init, torch.Tensor):
+            try:
+                torch.broadcast_shapes(tuple(self.d_init.shape), (N, H, K))
+            except RuntimeError:
+                raise ValueError(
+                    f"d_init: expected a shape broadcastable to [N, H, K] = {[N, H, K]}, got {tuple(self.d_init.shape)}"
+                ) from None
+        return d_ratio_scan(
+            k,
+            beta,
+            c=self.c,
+            d_init=self.d_init,
+            d_min=self.d_min,
+            cu_seqlens=cu_seqlens,
+            chunk_size=chunk_size,
+        )

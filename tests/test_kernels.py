@@ -1,0 +1,318 @@
+"""The Triton chunk kernel against the float64 references (CPU: Triton interpreter, tiny shapes).
+
+Each stage is checked alone against its plain-torch twin; the whole op against the token-by-token
+recurrence (forward and every gradient) and against the torch chunk form; gradcheck on a tiny case.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, reference, stages
+from osdn_theory.kernels.chunk import _chunk_tables
+from osdn_theory.recurrences import delta_rule_recurrent, osdn_recurrent
+from osdn_theory.tolerances import EXACT_FLOAT64, KERNEL_INTERP_FLOAT64, rel_err, rtol
+
+pytestmark = pytest.mark.interpreter
+
+F64 = torch.float64
+
+
+def make_inputs(seed, B=1, T=37, H=2, K=16, V=32, dtype=F64, device="cpu"):
+    """Random OSDN inputs: unit-norm keys, β ∈ [0.05, 0.95], d = exp(0.3 N(0,1)), α ∈ [0.5, 1], h0 ~ N(0,1)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=F64)
+
+    x = dict(
+        q=r(B, T, H, K),
+        k=F.normalize(r(B, T, H, K), dim=-1),
+        v=r(B, T, H, V),
+        beta=torch.rand(B, T, H, generator=g, dtype=F64) * 0.9 + 0.05,
+        d=torch.exp(0.3 * r(B, T, H, K)),
+        alpha=torch.rand(B, T, H, generator=g, dtype=F64) * 0.5 + 0.5,
+        initial_state=r(B, H, K, V),
+    )
+    return {n: t.to(dtype=dtype, device=device) for n, t in x.items()}
+
+
+CASES = {
+    "deltanet": ([], {}),
+    "d": (["d"], {}),
+    "d-clip": (["d"], {"s_max": 0.5}),
+    "d-h0": (["d", "initial_state"], {}),
+    "gated-d-h0": (["d", "alpha", "initial_state"], {}),
+    "gated-clip-nod": (["alpha"], {"s_max": 0.3}),
+}
+
+
+def _pick(x, names):
+    return {n: x[n] for n in ["q", "k", "v", "beta", *names]}
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def _packed(x, names, C, cu=None):
+    B, T, H, K = x["k"].shape
+    V = x["v"].shape[-1]
+    flat = {n: x[n].reshape(B * T, H, -1) for n in ("q", "k", "v", "d")}
+    flat["beta"] = x["beta"].reshape(B * T, H)
+    flat["la"] = torch.log(x["alpha"]).reshape(B * T, H) if "alpha" in names else None
+    d = flat["d"] if "d" in names else None
+    return flat, d, _chunk_tables(cu, B, T, C, x["k"].device), (B, T, H, K, V)
+
+
+@pytest.mark.parametrize("case", ["d-clip", "gated-d-h0"])
+def test_stages_match_torch_twins(case):
+    names, kw = CASES[case]
+    C = 16
+    x = make_inputs(1, B=2, T=21)
+    flat, d, (cu, offs, bounds, NC), (B, T, H, K, V) = _packed(x, names, C)
+    s_max = kw.get("s_max")
+    got = stages.gram_solve(flat["k"], d, flat["beta"], flat["la"], bounds, s_max, C)
+    ref = reference.gram_solve_ref(flat["k"], d, flat["beta"], flat["la"], bounds, s_max, C)
+    for a, b in zip(got, ref, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert rel_err(a, b) < EXACT_FLOAT64
+    kt, c, g, ai = ref
+    w, u = stages.wy_factors(flat["k"], flat["v"], flat["beta"], g, ai, bounds, C)
+    w_ref, u_ref = reference.wy_factors_ref(flat["k"], flat["v"], flat["beta"], g, ai, bounds, C)
+    assert rel_err(w, w_ref) < EXACT_FLOAT64 and rel_err(u, u_ref) < EXACT_FLOAT64
+    h0 = x["initial_state"] if "initial_state" in names else None
+    h, vnew, ht = stages.state_pass(kt, w_ref, u_ref, g, h0, cu, offs, NC, C, True)
+    h_ref, vnew_ref, ht_ref = reference.state_pass_ref(kt, w_ref, u_ref, g, h0, cu, C)
+    for a, b in ((h, h_ref), (vnew, vnew_ref), (ht, ht_ref)):
+        assert rel_err(a, b) < EXACT_FLOAT64
+    o = stages.output(flat["q"], kt, vnew_ref, h_ref, g, bounds, 0.3, C)
+    o_ref = reference.output_ref(flat["q"], kt, vnew_ref, h_ref, g, bounds, 0.3, C)
+    assert rel_err(o, o_ref) < EXACT_FLOAT64
+
+
+def test_stage_solve_is_an_inverse():
+    """Negative control for the stage test: the twin's ``A⁻¹`` must not equal ``A`` itself (β ≠ 0)."""
+    x = make_inputs(2, T=16)
+    flat, d, (_, _, bounds, _), _ = _packed(x, ["d"], 16)
+    _, _, _, ai = stages.gram_solve(flat["k"], d, flat["beta"], None, bounds, None, 16)
+    off = ai.tril(-1) if ai.ndim == 2 else ai[:, 0].tril(-1)
+    assert float(off.abs().max()) > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------ forward
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("T", [37, 64])
+def test_forward_matches_recurrence_float64(case, T):
+    names, kw = CASES[case]
+    x = make_inputs(10 + T, T=T)
+    o, ht = chunk_osdn(**_pick(x, names), **kw, output_final_state=True, chunk_size=16)
+    o_ref, ht_ref = osdn_recurrent(**_pick(x, names), **kw, output_final_state=True)
+    assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64
+    assert rel_err(ht, ht_ref) < KERNEL_INTERP_FLOAT64
+
+
+@pytest.mark.parametrize("C", [32, 64])
+def test_forward_chunk_sizes_and_odd_dims(C):
+    x = make_inputs(3, T=70, H=1, K=20, V=24)
+    names, kw = CASES["gated-d-h0"]
+    o, ht = chunk_osdn(**_pick(x, names), output_final_state=True, chunk_size=C)
+    o_ref, ht_ref = osdn_recurrent(**_pick(x, names), output_final_state=True)
+    assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64 and rel_err(ht, ht_ref) < KERNEL_INTERP_FLOAT64
+
+
+def test_forward_float32_ieee():
+    x = make_inputs(4, T=45)
+    names, kw = CASES["gated-d-h0"]
+    x32 = {n: t.float() for n, t in x.items()}
+    o, ht = chunk_osdn(**_pick(x32, names), output_final_state=True, chunk_size=16)
+    o_ref, ht_ref = osdn_recurrent(**_pick(x32, names), output_final_state=True)  # float64 of the fp32 inputs
+    assert o.dtype == torch.float32 and ht.dtype == torch.float32
+    assert rel_err(o, o_ref) < rtol(torch.float32) and rel_err(ht, ht_ref) < rtol(torch.float32)
+
+
+def test_deltanet_is_d_none_and_d_one():
+    """``d = None`` and ``d ≡ 1`` both give DeltaNet (checked against the independent DeltaNet recurrence)."""
+    x = make_inputs(5, T=30)
+    o_none, _ = chunk_osdn(x["q"], x["k"], x["v"], x["beta"], chunk_size=16)
+    o_one, _ = chunk_osdn(x["q"], x["k"], x["v"], x["beta"], torch.ones_like(x["k"]), chunk_size=16)
+    o_ref, _ = delta_rule_recurrent(x["q"], x["k"], x["v"], x["beta"])
+    assert rel_err(o_none, o_ref) < KERNEL_INTERP_FLOAT64 and rel_err(o_one, o_ref) < KERNEL_INTERP_FLOAT64
+
+
+def test_negative_control_d_matters():
+    """Negative control: OSDN with a non-trivial d is not DeltaNet; the comparison above can fail."""
+    x = make_inputs(6, T=30)
+    o, _ = chunk_osdn(x["q"], x["k"], x["v"], x["beta"], x["d"], chunk_size=16)
+    o_dn, _ = delta_rule_recurrent(x["q"], x["k"], x["v"], x["beta"])
+    assert rel_err(o, o_dn) > 1e3 * KERNEL_INTERP_FLOAT64
+
+
+def test_broadcast_d_and_scale():
+    x = make_inputs(7, T=20)
+    d = torch.exp(torch.linspace(-0.5, 0.5, 16, dtype=F64))
+    o, _ = chunk_osdn(x["q"], x["k"], x["v"], x["beta"], d, scale=0.7, chunk_size=16)
+    o_ref, _ = osdn_recurrent(x["q"], x["k"], x["v"], x["beta"], d, scale=0.7)
+    assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64
+
+
+# ----------------------------------------------------------------------------------------------- backward
+
+
+def _grads(fn, x, names, kw, do, dht, **extra):
+    xs = {n: t.clone().requires_grad_(True) for n, t in _pick(x, names).items()}
+    o, ht = fn(**xs, **kw, output_final_state=True, **extra)
+    ((o * do).sum() + (ht * dht).sum()).backward()
+    return {n: t.grad for n, t in xs.items()}
+
+
+@pytest.mark.parametrize("case", ["deltanet", "d-h0", "d-clip", "gated-d-h0", "gated-clip-nod"])
+def test_backward_matches_recurrence_autograd(case):
+    names, kw = CASES[case]
+    x = make_inputs(20, T=37)
+    g = torch.Generator().manual_seed(21)
+    do = torch.randn(x["v"].shape, generator=g, dtype=F64)
+    dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
+    got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16)
+    ref = _grads(osdn_recurrent, x, names, kw, do, dht)
+    for n in got:
+        assert rel_err(got[n], ref[n]) < KERNEL_INTERP_FLOAT64, n
+
+
+def test_gradcheck_tiny():
+    x = make_inputs(30, T=6, H=1, K=4, V=4)
+    names = ["d", "alpha", "initial_state"]
+    args = [x[n].clone().requires_grad_(True) for n in ["q", "k", "v", "beta", *names]]
+
+    def fn(q, k, v, beta, d, alpha, h0):
+        o, ht = chunk_osdn(
+            q, k, v, beta, d, alpha=alpha, initial_state=h0, s_max=0.9, output_final_state=True, chunk_size=16
+        )
+        return o, ht
+
+    assert torch.autograd.gradcheck(fn, tuple(args), fast_mode=True, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- cu_seqlens
+
+
+def test_varlen_matches_separate_sequences():
+    lens = [5, 23, 17]
+    x = make_inputs(40, B=1, T=sum(lens), H=2)
+    names, kw = CASES["gated-d-h0"]
+    h0 = torch.randn(len(lens), 2, 16, 32, generator=torch.Generator().manual_seed(41), dtype=F64)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    g = torch.Generator().manual_seed(42)
+    do = torch.randn(x["v"].shape, generator=g, dtype=F64)
+    dht = torch.randn(h0.shape, generator=g, dtype=F64)
+    xv = dict(x, initial_state=h0)
+    got = _grads(chunk_osdn, xv, names, kw, do, dht, chunk_size=16, cu_seqlens=cu)
+    xs = {n: t.clone().requires_grad_(True) for n, t in _pick(xv, names).items()}
+    o, ht = chunk_osdn(**xs, output_final_state=True, chunk_size=16, cu_seqlens=cu)
+    loss = (o * do).sum() + (ht * dht).sum()
+    ref_loss = 0.0
+    ys = {n: t.clone().requires_grad_(True) for n, t in _pick(xv, names).items()}
+    for i in range(len(lens)):
+        a, b = int(cu[i]), int(cu[i + 1])
+        seg = {n: (t[:, a:b] if n != "initial_state" else t[i : i + 1]) for n, t in ys.items()}
+        o_i, ht_i = osdn_recurrent(**seg, output_final_state=True)
+        assert rel_err(o[:, a:b], o_i) < KERNEL_INTERP_FLOAT64
+        assert rel_err(ht[i : i + 1], ht_i) < KERNEL_INTERP_FLOAT64
+        ref_loss = ref_loss + (o_i * do[:, a:b]).sum() + (ht_i * dht[i : i + 1]).sum()
+    ref_loss.backward()
+    assert abs(float(loss) - float(ref_loss)) < KERNEL_INTERP_FLOAT64 * abs(float(ref_loss))
+    for n in got:
+        assert rel_err(got[n], ys[n].grad) < KERNEL_INTERP_FLOAT64, n
+
+
+# ------------------------------------------------------------------------------------------------- d rule
+
+
+def _ratio_rule_loop(k, beta, c, d_init):
+    """Spec §5 ratio rule, token by token: d_{t+1} = d_t + c (1 − s_t) u_t / (β_t ‖u_t‖²), s_t = β_t u_tᵀ d_t."""
+    B, T, H, K = k.shape
+    d = torch.broadcast_to(d_init, (B, H, K)).clone()
+    out = torch.empty(B, T, H, K, dtype=k.dtype)
+    for t in range(T):
+        out[:, t] = d
+        u = k[:, t] ** 2
+        s = beta[:, t] * (u * d).sum(-1)
+        d = d + (c * (1 - s) / (beta[:, t] * (u * u).sum(-1)))[..., None] * u
+    return out
+
+
+def test_d_ratio_scan_matches_spec_loop():
+    x = make_inputs(50, B=2, T=37)
+    beta = torch.full_like(x["beta"], 0.8)
+    d0 = torch.exp(0.2 * torch.randn(2, 16, generator=torch.Generator().manual_seed(51), dtype=F64))
+    ref = _ratio_rule_loop(x["k"], beta, 0.3, d0)
+    assert float(ref.min()) > 0  # the floor is inactive here, so the comparison is exact
+    got = d_ratio_scan(x["k"], beta, c=0.3, d_init=d0, d_min=1e-9, chunk_size=16)
+    assert rel_err(got, ref) < KERNEL_INTERP_FLOAT64
+
+
+def test_d_rule_against_preconditioners_d_scan():
+    pre = pytest.importorskip("osdn_theory.preconditioners", reason="preconditioners module not present yet")
+    x = make_inputs(52, B=1, T=30)
+    beta = torch.full_like(x["beta"], 0.8)
+    ref = pre.d_scan(x["k"], beta, rule="ratio", step=pre.NormalizedStep(0.3), d_init=1.0).d
+    got = d_ratio_scan(x["k"], beta, c=0.3, d_init=1.0, d_min=1e-9, chunk_size=16)
+    assert rel_err(got, ref.clamp_min(1e-9)) < KERNEL_INTERP_FLOAT64
+
+
+def test_chunk_osdn_with_d_rule():
+    x = make_inputs(53, B=1, T=40)
+    beta = torch.full_like(x["beta"], 0.8)
+    rule = DRule(c=0.5, d_init=1.0, d_min=1e-9)
+    o, ht = chunk_osdn(x["q"], x["k"], x["v"], beta, d_rule=rule, output_final_state=True, chunk_size=16)
+    d = _ratio_rule_loop(x["k"], beta, 0.5, torch.tensor(1.0, dtype=F64)).clamp_min(1e-9)
+    o_ref, ht_ref = osdn_recurrent(x["q"], x["k"], x["v"], beta, d, output_final_state=True)
+    assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64 and rel_err(ht, ht_ref) < KERNEL_INTERP_FLOAT64
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+def test_input_errors():
+    x = make_inputs(60, T=8, K=4, V=4)
+    q, k, v, b = x["q"], x["k"], x["v"], x["beta"]
+    with pytest.raises(ValueError, match="q"):
+        chunk_osdn(q[:, :4], k, v, b)
+    with pytest.raises(ValueError, match="v"):
+        chunk_osdn(q, k, v.float(), b)
+    with pytest.raises(ValueError, match="k"):
+        big = torch.zeros(1, 2, 1, 257, dtype=F64)
+        chunk_osdn(big, big, torch.zeros(1, 2, 1, 4, dtype=F64), torch.full((1, 2, 1), 0.5, dtype=F64))
+    with pytest.raises(ValueError, match="v"):
+        chunk_osdn(q, k, torch.zeros(1, 8, 2, 300, dtype=F64), b)
+    with pytest.raises(ValueError, match="q"):
+        chunk_osdn(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, b)
+    with pytest.raises(ValueError, match="d"):
+        chunk_osdn(q, k, v, b, -x["d"])
+    with pytest.raises(ValueError, match="d"):
+        chunk_osdn(q, k, v, b, torch.ones(3, dtype=F64))
+    with pytest.raises(ValueError, match="beta"):
+        chunk_osdn(q, k, v, 2 * b)
+    with pytest.raises(ValueError, match="alpha"):
+        chunk_osdn(q, k, v, b, alpha=torch.zeros_like(b))
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_osdn(q, k, v, b, chunk_size=48)
+    with pytest.raises(ValueError, match="s_max"):
+        chunk_osdn(q, k, v, b, s_max=2.5)
+    with pytest.raises(ValueError, match="initial_state"):
+        chunk_osdn(q, k, v, b, initial_state=torch.zeros(1, 2, 4, 5, dtype=F64))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        chunk_osdn(q, k, v, b, cu_seqlens=torch.tensor([0, 5, 5, 8]))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        x2 = make_inputs(61, B=2, T=8, K=4, V=4)
+        chunk_osdn(x2["q"], x2["k"], x2["v"], x2["beta"], cu_seqlens=torch.tensor([0, 8, 16]))
+    with pytest.raises(ValueError, match="d_rule"):
+        chunk_osdn(q, k, v, b, x["d"], d_rule=DRule())
+    with pytest.raises(ValueError, match="c"):
+        DRule(c=2.0)
+    with pytest.raises(ValueError, match="k"):
+        chunk_osdn(q, k.to("meta"), v, b)
