@@ -81,7 +81,7 @@ class BestFixedDiagonal:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# helpers
+# internal utilities
 
 
 def _unit_beta(k: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ class StreamData:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# shared helpers
+# shared utilities
 
 
 def geometric_spectrum(K: int, condition: float, total: float = 1.0) -> np.ndarray:

@@ -254,3 +254,13 @@ def test_argument_errors():
         osgm_chain(np.ones(5), np.ones(5), regret=np.ones(4))
     with pytest.raises(ValueError, match="regret"):
         osgm_chain(np.ones(5), np.zeros(5), regret=-np.ones(5))
+
+
+def test_super_geometric_threshold_cases_stated_in_theory_doc():
+    """ρ_t = 0.9^t with J = 8: (a) needs 7w·ln(1/0.9) ≥ ln 100, i.e. w ≥ 7, so T = 56 passes and T = 48 fails."""
+    for T, verdict in ((56, True), (48, False)):
+        r = super_geometric_test(0.9 ** np.arange(1, T + 1))
+        assert bool(r) is verdict and r.decay_ok is verdict
+        w = T // 8
+        assert abs(r.last / r.first - 0.9 ** (7 * w)) <= TOL * 0.9 ** (7 * w)
+        assert abs(r.last / r.middle - 0.9 ** (4 * w)) <= TOL * 0.9 ** (4 * w)
