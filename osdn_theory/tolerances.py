@@ -28,6 +28,11 @@ RTOL: dict[torch.dtype | str, float] = {
 #: Stricter bound for forms that are algebraically identical in float64 (recurrence vs chunk form).
 EXACT_FLOAT64 = 1e-12
 
+#: z-score for Monte Carlo and sample-statistics checks (sample covariance vs requested covariance,
+#: expectations estimated from finite samples): a correct generator fails one such check with
+#: probability below 1e-8, while a wrong covariance of the tested size fails it with certainty.
+STAT_Z = 6.0
+
 #: Absolute floor on the norm of the reference, so an all-zero reference does not divide by zero.
 ABS_FLOOR = 1e-30
 

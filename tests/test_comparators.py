@@ -29,11 +29,10 @@ from osdn_theory.comparators import (
 )
 from osdn_theory.recurrences import osdn_recurrent
 from osdn_theory.streams import TeacherStream
+from osdn_theory.tolerances import STAT_Z as Z_SCORE
 from osdn_theory.tolerances import rel_err, rtol
 
 TOL = rtol(torch.float64)
-#: z-score bound for Monte Carlo means; a 6-sigma deviation has probability < 2e-9 per check.
-Z_SCORE = 6.0
 
 
 def _inputs(B=2, T=17, H=3, K=5, V=4, seed=0):

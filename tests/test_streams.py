@@ -26,12 +26,10 @@ from osdn_theory.streams import (
     geometric_spectrum,
     to_dict,
 )
+from osdn_theory.tolerances import STAT_Z as Z_SCORE
 from osdn_theory.tolerances import rel_err, rtol
 
 TOL = rtol(torch.float64)
-#: z-score bound for sample statistics. With K² ≤ 64 entries checked per test, a 6-sigma excursion has
-#: probability < 1.3e-7 per test; the streams are seeded, so a pass is reproducible anyway.
-Z_SCORE = 6.0
 
 SMALL = {
     "teacher": dict(T=40, K=4, V=3, batch=2, heads=2),
