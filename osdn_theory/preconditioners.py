@@ -352,10 +352,8 @@ def _positivity(positivity, d_min) -> float | None:
 class _Update:
     """One d-update per token: step rule, APF gate, positivity. Shared by the scan and the joint loop."""
 
-    def __init__(
-        self, step: StepRule, apf: APF | None, floor: float | None, strict: bool, B, H, K, dtype, device
-    ):
-        self.step_rule, self.apf, self.floor, self.strict = step, apf, floor, strict
+    def __init__(self, step: StepRule, apf: APF | None, floor: float | None, B, H, K, dtype, device):
+        self.step_rule, self.apf, self.floor = step, apf, floor
         self.step_state = step.init(B, H, K, dtype, device)
         self.clock = torch.ones(B, H, dtype=torch.long, device=device)
         if apf is not None:
@@ -378,18 +376,7 @@ class _Update:
         if self.apf is not None:
             prior = self.apf.prior.update(self.prior_state, u, beta)
             d_new = (1.0 - lam)[..., None] * d_new + lam[..., None] * prior
-        if not bool(torch.isfinite(d_new).all()):
-            raise ValueError(
-                f"step: the d-update diverged at token t = {t} (non-finite d); the ratio rule is stable iff "
-                "0 < 2 η_t β_t² ‖u_t‖² < 2 — use a smaller step or NormalizedStep(c) with c in (0, 2)"
-            )
         if self.floor is None:
-            if self.strict and bool((d_new <= 0).any()):
-                raise ValueError(
-                    f"positivity: with 'none' the update of token t = {t} produced d <= 0 "
-                    f"(min {float(d_new.min()):.6g}), but the memory write needs d > 0; use positivity='floor' "
-                    "(d_min > 0) or a smaller step"
-                )
             floor_active = torch.zeros(r.shape, dtype=torch.bool, device=r.device)
         else:
             floor_active = (d_new < self.floor).any(-1)
@@ -440,6 +427,28 @@ def _record(buf, t, eta, lam, fired, floor_active, prior):
     buf["floor_active"][:, t] = floor_active
     if prior is not None:
         buf["prior"][:, t] = prior
+
+
+def _first_token(bad: torch.Tensor) -> int:
+    """1-based index of the first token flagged in ``bad: bool [B, T, ...]``."""
+    return int(bad.reshape(bad.shape[0], bad.shape[1], -1).any(-1).any(0).nonzero()[0, 0]) + 1
+
+
+def _check_run(buf, d_final, strict: bool) -> None:
+    """Divergence (always) and ``d ≤ 0`` (when the memory write needs ``d > 0``), checked once per run."""
+    d_all = torch.cat([buf["d"], d_final[:, None]], 1)
+    finite = torch.isfinite(d_all)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"step: the d-update diverged (non-finite d from token t = {_first_token(~finite)}); the ratio rule "
+            "is stable iff 0 < 2 η_t β_t² ‖u_t‖² < 2 — use a smaller step or NormalizedStep(c), c in (0, 2)"
+        )
+    if strict and bool((buf["d"] <= 0).any()):
+        raise ValueError(
+            f"positivity: with 'none' the d-update reached d <= 0 at token t = {_first_token(buf['d'] <= 0)} "
+            f"(min {float(buf['d'].min()):.6g}), but the memory write needs d > 0; use positivity='floor' "
+            "(d_min > 0) or a smaller step"
+        )
 
 
 def _finish(buf, d_final, rule, step_rule, apf) -> DScan:
@@ -539,7 +548,7 @@ def d_scan(
     dt, dev = k.dtype, k.device
     d = _d_init(d_init, B, H, K, dt, dev)
     u = k * k
-    upd = _Update(step_rule, apf, floor, False, B, H, K, dt, dev)
+    upd = _Update(step_rule, apf, floor, B, H, K, dt, dev)
     buf = _alloc(B, T, H, K, step_rule, apf, dt, dev)
     for t in range(T):
         u_t, b_t = u[:, t], beta[:, t]
@@ -549,6 +558,7 @@ def d_scan(
         buf["write_gain"][:, t], buf["feedback"][:, t], buf["rule_feedback"][:, t] = s, r, f
         d, *rest = upd(t + 1, d, g, L, u_t, b_t, r)
         _record(buf, t, *rest)
+    _check_run(buf, d, strict=False)
     return _finish(buf, d, rule, step_rule, apf)
 
 
@@ -667,12 +677,8 @@ def osdn_adaptive(
             alpha=x.alpha,
             dtype=None,
         )
-        if positivity == "none" and bool(scan.nonpositive.any()):
-            t = int(scan.nonpositive.any(0).any(-1).nonzero()[0, 0]) + 1
-            raise ValueError(
-                f"positivity: with 'none' the d-scan reached d <= 0 at token t = {t} (min {float(scan.d.min()):.6g}), "
-                "but the memory write needs d > 0; use positivity='floor' (d_min > 0) or a smaller step"
-            )
+        if positivity == "none":
+            _check_run({"d": scan.d}, scan.d_final, strict=True)
         o, final, diag = osdn_recurrent(
             x.q,
             x.k,
@@ -700,7 +706,7 @@ def _joint(x, rule, step_rule, apf, floor, d_init, output_final_state) -> Adapti
     dt, dev = x.k.dtype, x.k.device
     d = _d_init(d_init, B, H, K, dt, dev)
     u = x.k * x.k
-    upd = _Update(step_rule, apf, floor, True, B, H, K, dt, dev)
+    upd = _Update(step_rule, apf, floor, B, H, K, dt, dev)
     buf = _alloc(B, T, H, K, step_rule, apf, dt, dev)
     M = torch.zeros(B, H, K, V, dtype=dt, device=dev) if x.initial_state is None else x.initial_state.clone()
     o = torch.empty(B, T, H, V, dtype=dt, device=dev)
@@ -751,6 +757,7 @@ def _joint(x, rule, step_rule, apf, floor, d_init, output_final_state) -> Adapti
         buf["lam"][:, T - 1] = 0.0
         if buf["prior"] is not None:
             buf["prior"][:, T - 1] = float("nan")
+    _check_run(buf, d, strict=floor is None)
     scan = _finish(buf, d, rule, step_rule, apf)
     final = M if output_final_state else None
     return AdaptiveResult(o, final, Diagnostics(e_pre, r_post, s_eff, clip), scan)
