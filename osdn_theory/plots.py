@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .sweeps.spec import method_label
+
 __all__ = ["load_results", "plot_sweep", "plot_calibration_profile", "plot_recovery_heatmap", "plot_r1_bars"]
 
 
@@ -32,7 +34,6 @@ def load_results(out: str | Path):
 
     Adds a ``method_label`` column (e.g. ``osdn[ratio,constant(lam=0.01)]``) and ``stream_label``.
     """
-    from .sweeps.spec import method_label
     from .sweeps.store import RESULTS, ResultsStore, records_to_frame
 
     p = Path(out)
@@ -44,6 +45,7 @@ def load_results(out: str | Path):
         raise ValueError(f"out: {str(out)!r} has no successful runs to plot")
     df = records_to_frame(recs)
     df["method_label"] = [method_label(r["config"]["method"]) for r in recs]
+    df["method_cfg"] = [r["config"]["method"] for r in recs]
     df["stream_label"] = [_stream_label(r["config"]["stream"]) for r in recs]
     return df
 
@@ -58,27 +60,69 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", s).strip("_")[:80]
 
 
-def plot_calibration_profile(df, stream_label: str, path: Path, before: int | None = None):
-    """Calibration loss around shifts, one line per method (needs the ``series.cal_profile`` column)."""
+def _family(cfg_method: dict) -> str:
+    """Schedule family of a method config: ``osdn: <rate rule> → <prior>`` for OSDN, else the method name."""
+    name = cfg_method.get("name", "?")
+    if name != "osdn":
+        return method_label(cfg_method)
+    apf = cfg_method.get("apf") or {}
+    rate = (apf.get("rate") or {}).get("name", "no_forgetting")
+    if rate == "no_forgetting":
+        return "osdn: no forgetting"
+    return f"osdn: {rate} → {(apf.get('prior') or {}).get('name', 'ones')}"
+
+
+def _smooth(y: np.ndarray, w: int) -> np.ndarray:
+    if w <= 1 or y.shape[-1] < w:
+        return y
+    ker = np.ones(w) / w
+    return np.apply_along_axis(lambda r: np.convolve(r, ker, mode="same"), -1, y)
+
+
+def plot_calibration_profile(df, stream_label: str, path: Path, before: int | None = None, smooth: int = 8):
+    """Calibration loss around shifts: one line per schedule family (its member with the lowest mean
+    recovery time, then lowest mean calibration loss), mean over seeds, band = seed min–max.
+
+    Needs the ``series.cal_profile`` column. ``smooth``: moving-average width in tokens (display only).
+    """
     plt = _pyplot()
-    sub = df[df["stream_label"] == stream_label]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for lab, g in sorted(sub.groupby("method_label"), key=lambda x: x[0]):
-        prof = np.array([np.asarray(p, dtype=float) for p in g["series.cal_profile"]])
-        x = np.arange(prof.shape[1]) - (before if before is not None else 0)
-        mean = prof.mean(0)
-        (line,) = ax.plot(x, mean, label=f"{lab} (n={len(g)} seeds)", lw=1.3)
-        ax.fill_between(x, prof.min(0), prof.max(0), color=line.get_color(), alpha=0.15, lw=0)
+    sub = df[df["stream_label"] == stream_label].copy()
+    sub["family"] = [_family(m) for m in sub["method_cfg"]]
+    fig, ax = plt.subplots(figsize=(8.0, 4.5))
+    floor = 1e-4
+    for i, (fam, g) in enumerate(sorted(sub.groupby("family"), key=lambda x: x[0])):
+        score = g.groupby("method_label")[["recovery_time", "cal_mean"]].mean().fillna(np.inf)
+        best = score.sort_values(["recovery_time", "cal_mean"]).index[0]
+        gb = g[g["method_label"] == best]
+        prof = _smooth(np.array([np.asarray(p, dtype=float) for p in gb["series.cal_profile"]]), smooth)
+        x = np.arange(prof.shape[1]) - (before or 0)
+        (line,) = ax.plot(
+            x,
+            np.maximum(prof.mean(0), floor),
+            lw=1.4,
+            color=plt.cm.tab20(i % 20),
+            label=f"{fam}:  {best[:110]}",
+        )
+        ax.fill_between(
+            x,
+            np.maximum(prof.min(0), floor),
+            np.maximum(prof.max(0), floor),
+            color=line.get_color(),
+            alpha=0.12,
+            lw=0,
+        )
     ax.axvline(0, color="k", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_xlabel("tokens since distribution shift (shift at 0)")
-    ax.set_ylabel("calibration loss (1 − s_t)²  [dimensionless]")
+    ax.set_ylabel(f"calibration loss (1 − s_t)²  [dimensionless; floored at {floor:g}]")
+    nseeds = sub["seed"].nunique()
     ax.set_title(
-        f"Calibration around shifts — {stream_label}\nmean over shifts, heads, seeds; band = seed min–max"
+        f"Calibration around shifts — {stream_label}\nbest member of each schedule family; mean over shifts, heads "
+        f"and {nseeds} seeds; band = seed min–max; {smooth}-token moving average",
+        fontsize=8,
     )
-    ax.legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    ax.legend(fontsize=5, loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=1, frameon=False)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -109,12 +153,21 @@ def plot_recovery_heatmap(df, stream_label: str, rate_col: str, rate: str, path:
             key = x if p1 is None else (x, y)
             if key in mean.index:
                 grid[i, j] = mean[key]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(xs), 1.6 + 0.6 * len(ys)))
+    fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(xs), 2.2 + 0.6 * len(ys)))
     im = ax.imshow(grid, aspect="auto", cmap="viridis_r", origin="lower")
     for i in range(len(ys)):
         for j in range(len(xs)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", color="w", fontsize=7)
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    color="k",
+                    fontsize=7,
+                    bbox={"facecolor": "w", "alpha": 0.6, "lw": 0, "pad": 1},
+                )
     ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=30, fontsize=7)
     ax.set_xlabel(p0.removeprefix("method."))
     if p1:
@@ -128,31 +181,36 @@ def plot_recovery_heatmap(df, stream_label: str, rate_col: str, rate: str, path:
         f"Recovery time [tokens], APF rate '{rate}'\n{stream_label}, mean of {nseeds} seeds{note}", fontsize=8
     )
     fig.colorbar(im, ax=ax, label="recovery time [tokens]")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def plot_r1_bars(df, stream_label: str, path: Path, metric: str = "r1"):
-    """R1 per method: bar = mean over seeds, black dots = individual seeds."""
+    """R1 per method (horizontal bars): bar = mean over seeds, black dots = individual seeds; log axis."""
     plt = _pyplot()
     sub = df[(df["stream_label"] == stream_label) & df[metric].notna()]
     groups = sorted(sub.groupby("method_label"), key=lambda x: x[0])
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(groups) + 2), 4.8))
+    fig, ax = plt.subplots(figsize=(9.0, 1.5 + 0.22 * len(groups)))
     for i, (_, g) in enumerate(groups):
         vals = g[metric].to_numpy(float)
-        ax.bar(i, vals.mean(), color="C0", alpha=0.6)
+        ax.barh(i, vals.mean(), color="C0", alpha=0.6)
         ax.scatter(
-            np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, s=9, color="k", zorder=3
+            vals, np.full(len(vals), i) + np.linspace(-0.25, 0.25, len(vals)), s=6, color="k", zorder=3
         )
-    ax.set_xticks(range(len(groups)), [lab for lab, _ in groups], rotation=60, ha="right", fontsize=6)
-    ax.set_ylabel("R1 stored-set residual ratio  Σ‖S k_i − v_i‖² / Σ‖v_i‖²")
-    nseeds = sub.groupby("method_label")["seed"].nunique().max() if len(sub) else 0
+    ax.set_yticks(range(len(groups)), [lab for lab, _ in groups], fontsize=5)
+    vals = sub[metric].to_numpy(float)
+    if len(vals) and (vals > 0).all() and vals.max() / vals.min() > 100:
+        ax.set_xscale("log")
+    ax.set_xlabel("R1 stored-set residual ratio  Σ‖S k_i − v_i‖² / Σ‖v_i‖²  [dimensionless]")
+    nseeds = sub["seed"].nunique()
     ax.set_title(
-        f"Recall residual ratio R1 at segment ends — {stream_label}\nbar = mean, dots = {nseeds} seeds"
+        f"Recall residual ratio R1 at segment ends — {stream_label}; bar = mean, dots = {nseeds} seeds",
+        fontsize=8,
     )
-    fig.tight_layout()
+    fig.subplots_adjust(
+        left=0.55, right=0.98, top=1 - 0.5 / fig.get_figheight(), bottom=0.7 / fig.get_figheight()
+    )
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path

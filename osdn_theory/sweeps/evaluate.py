@@ -11,7 +11,8 @@ Pipeline per batch (float64 torch, all seeds stacked along the batch axis B):
    ``e_{t+1} = S_t k_{t+1} − v_{t+1}`` of every token; the post-write residual is ``r⁺_t = (1 − s_t) e_t``;
 4. the metrics of spec §8–§9 per seed (per head, then averaged over heads):
 
-   - ``cal_early`` / ``cal_late``: calibration loss ``(1 − s_t)²`` averaged over the first / last ``window``
+   - ``cal_early`` / ``cal_late``: calibration loss ``(1 − s_t)²`` (``s_t = β_t k_tᵀ D_t k_t`` of the preconditioner
+     itself, before the ``s_max`` clip, so a clip cannot hide stale calibration) averaged over the first / last ``window``
      tokens of each segment after the first (the segments that start with a shift), then over segments;
      ``cal_early_first``: the first segment's early loss (cold start). Per segment in ``series``.
    - ``d_err_end``: ``‖d_t − d*_seg‖ / ‖d*_seg‖`` at each segment's last token (``d*_seg`` =
@@ -21,7 +22,8 @@ Pipeline per batch (float64 torch, all seeds stacked along the batch axis B):
      the segment length when never reached; ``recovered_frac`` counts the shifts that did recover).
    - ``triggers``: APF trigger firings (summed over heads).
    - ``r1``: stored-set residual ratio R1 of each segment's tokens under the state at that segment's end,
-     mean over segments (``r1_final``: last segment); ``r2``: token-local write ratio R2 over the stream.
+     mean over segments (``r1_final``: last segment); ``r2``: token-local write ratio R2 over the stream
+     (with the effective, clipped write gain). ``clip_frac``: fraction of tokens the ``s_max`` clip scaled.
    - ``recall_acc``: nearest-codebook recall accuracy on streams with queries (MQAR/JRT).
    - ``cal_profile`` (series): ``(1 − s_t)²`` from ``profile_before`` tokens before to ``profile_after`` tokens
      after each shift, averaged over shifts and heads.
@@ -213,15 +215,17 @@ def evaluate_runs(run_dicts: list[dict]) -> tuple[list[dict], list[dict]]:
 
         _, _, diag = rls(k, k, v, **m["kwargs"], diagnostics=True, keep_states=True)
         s, d = diag.write_gain, None
+        s_raw = s
         ends = [diag.states[:, s1 - 1] for _, s1 in segs]
         diag_std = Diagnostics(diag.residual_pre, diag.residual_post, s, torch.ones_like(s))
     else:
         d, trig = _preconditioner(m, k, beta)
         _, s, c = write_key(k, beta, d, m["s_max"])
+        s_raw = s / c  # the preconditioner's own calibration, before the safeguard clip
         e, ends = _memory(k, v, beta, d, m["s_max"], segs)
         diag_std = Diagnostics(e, (1.0 - s)[..., None] * e, s, c)
 
-    cal = M.write_gain_feedback(s)  # (1 − s_t)², [B, T, H]
+    cal = M.write_gain_feedback(s_raw)  # (1 − s_t)² with s_t = β_t u_tᵀ d_t before any clip, [B, T, H]
     W = mset["window"]
     early = torch.stack([cal[:, a : min(b, a + W)].mean(1) for a, b in segs], 1)  # [B, S, H]
     late = torch.stack([cal[:, max(a, b - W) : b].mean(1) for a, b in segs], 1)
@@ -281,6 +285,7 @@ def evaluate_runs(run_dicts: list[dict]) -> tuple[list[dict], list[dict]]:
             "recovery_time": float(R(rec)[:, shift].mean()) if has_dstar else nan,
             "recovered_frac": float(R(recovered)[:, shift].to(torch.float64).mean()) if has_dstar else nan,
             "triggers": nan if trig is None else float(R(trig).sum(-1).mean()),
+            "clip_frac": float(R(diag_std.clipped).to(torch.float64).mean()),
             "r1": float(R(r1_seg).mean()),
             "r1_final": float(R(r1_seg)[:, -1].mean()),
             "r2": float(R(r2).mean()),
