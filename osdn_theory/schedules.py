@@ -18,7 +18,8 @@ write ``{name = "inverse_sqrt", value = 0.5}``::
 The same dictionary machinery (a registry keyed by ``name``) serialises the step rules of
 :mod:`osdn_theory.preconditioners` and the forgetting gates of :mod:`osdn_theory.apf`; names are unique
 across the three modules. Dictionaries contain only numbers, booleans, strings, lists and nested
-dictionaries (``None`` fields are omitted), so they can be written to TOML or JSON as they are.
+dictionaries (``None`` fields are omitted), so they can be written to TOML or JSON as they are;
+:func:`config_to_dict` / :func:`config_from_dict` handle any of these objects (a sweep runner needs only them).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ __all__ = [
     "to_dict",
     "from_dict",
     "registered_names",
+    "config_to_dict",
+    "config_from_dict",
 ]
 
 # ---------------------------------------------------------------------------------------------------------
@@ -97,12 +100,18 @@ def _decode(x: Any) -> Any:
     return x
 
 
+def _load_all() -> None:
+    """Register the step rules and APF objects too (their modules import this one, so import them lazily)."""
+    from . import apf, preconditioners  # noqa: F401
+
+
 def _from_dict_any(d: Any, argname: str, kind: type | None = None) -> Any:
     if not isinstance(d, Mapping):
         raise ValueError(f"{argname}: expected a dictionary with a 'name' key, got {_desc(d)}")
     if "name" not in d:
         raise ValueError(f"{argname}: expected a dictionary with a 'name' key, got keys {sorted(d)}")
     name = d["name"]
+    _load_all()
     cls = _REGISTRY.get(name)
     if cls is None or (kind is not None and not issubclass(cls, kind)):
         known = sorted(n for n, c in _REGISTRY.items() if kind is None or issubclass(c, kind))
@@ -117,8 +126,21 @@ def _from_dict_any(d: Any, argname: str, kind: type | None = None) -> Any:
     return cls(**kwargs)
 
 
+def config_to_dict(obj: Serializable) -> dict[str, Any]:
+    """Dictionary form of any registered configuration object: schedule, step rule, APF gate, prior or rate."""
+    if not isinstance(obj, Serializable) or type(obj).name not in _REGISTRY:
+        raise ValueError(f"obj: expected a registered configuration object, got {_desc(obj)}")
+    return obj.to_dict()
+
+
+def config_from_dict(d: Mapping[str, Any]) -> Any:
+    """Inverse of :func:`config_to_dict`: build whatever registered object ``d["name"]`` names."""
+    return _from_dict_any(d, "d")
+
+
 def registered_names() -> list[str]:
-    """Every name that :func:`from_dict` (and the ``from_dict`` of the other modules) understands."""
+    """Every name that :func:`config_from_dict` understands (schedules, step rules, APF objects)."""
+    _load_all()
     return sorted(_REGISTRY)
 
 

@@ -9,8 +9,12 @@ import tomli_w
 import tomllib
 import torch
 
+from osdn_theory.apf import APF, DecayAfterTrigger, RunningJacobiPrior, SpikeTrigger
+from osdn_theory.preconditioners import AdaGradStep, ScheduledStep
 from osdn_theory.schedules import (
     Constant,
+    config_from_dict,
+    config_to_dict,
     from_dict,
     inverse_sqrt,
     join_schedules,
@@ -178,3 +182,27 @@ def test_schedules_are_immutable_values():
     assert a == b and hash(a) == hash(b) and a != Constant(0.5)
     with pytest.raises(AttributeError):
         a.value = 2.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        inverse_sqrt(0.5),
+        ScheduledStep(join_schedules([constant_schedule(0.1), inverse_sqrt(0.3)], [50])),
+        AdaGradStep(0.2, diagonal=False),
+        APF(RunningJacobiPrior(0.1, 0.9), DecayAfterTrigger(0.5, 8.0, SpikeTrigger(0.8, 0.99, 3.0)), True),
+    ],
+    ids=lambda o: o.name,
+)
+def test_generic_config_round_trip(obj):
+    d = config_to_dict(obj)
+    assert config_from_dict(tomllib.loads(tomli_w.dumps({"x": d}))["x"]) == obj
+    names = registered_names()
+    assert {"scheduled", "normalized", "adagrad", "apf", "spike_trigger", "running_jacobi"} <= set(names)
+
+
+def test_generic_config_errors():
+    with pytest.raises(ValueError, match="obj"):
+        config_to_dict({"name": "constant"})
+    with pytest.raises(ValueError, match="name"):
+        config_from_dict({"name": "nope"})
