@@ -242,7 +242,8 @@ class DScan:
         floor_active: bool ``[B, T, H]``, tokens where the positivity floor changed ``d_{t+1}``.
         nonpositive: bool ``[B, T, H]``, tokens whose ``d_t`` has an entry ``≤ 0`` (only possible with
             ``positivity="none"``; such a ``d`` cannot drive an OSDN write).
-        prior: ``[B, T, H, K]`` APF prior ``d^{prior}_t`` (``None`` without APF).
+        prior: ``[B, T, H, K]`` APF prior ``d^{prior}_t`` (``None`` without APF; NaN on the last token of
+            ``next``, whose update never happens).
         rule: the feedback rule.
         affine: whether ``d_init ↦ d`` is affine for this run (state-free rule, step and APF rate independent
             of ``d``, floor never active).
