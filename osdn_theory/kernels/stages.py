@@ -35,6 +35,16 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+#: Register use and spills of the last compiled launch of each stage (GPU only; read by the benchmark).
+RESOURCES: dict[str, tuple[int, int]] = {}
+
+
+def _record(name: str, compiled) -> None:
+    n_regs, n_spills = getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None)
+    if n_regs is not None:
+        RESOURCES[name] = (int(n_regs), int(n_spills))
+
+
 def _warps(n: int) -> int:
     return 1 if INTERPRET else n
 
@@ -160,7 +170,7 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
     c = torch.empty(N, H, device=k.device, dtype=f) if s_max is not None else None
     g = torch.empty(N, H, device=k.device, dtype=f) if log_alpha is not None else None
     ai = torch.empty(N, H, C, device=k.device, dtype=f) if solve else kt
-    _gram_solve_kernel[(NC, H)](
+    _c = _gram_solve_kernel[(NC, H)](
         k, d if d is not None else k, beta, log_alpha if log_alpha is not None else beta, kt,
         c if c is not None else ai, g if g is not None else ai, ai, bounds,
         H, K, float(s_max) if s_max is not None else 1.0,
@@ -168,6 +178,7 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
         GATED=log_alpha is not None, SOLVE=solve, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32,
         num_warps=_warps(4),
     )  # fmt: skip
+    _record("gram_solve", _c)
     return kt, c, g, (ai if solve else None)
 
 
@@ -211,11 +222,12 @@ def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None):
     dt = inter_dtype or k.dtype
     w = torch.empty(N, H, K, device=k.device, dtype=dt)
     u = torch.empty(N, H, V, device=k.device, dtype=dt)
-    _wy_kernel[(bounds.shape[0], H)](
+    _c = _wy_kernel[(bounds.shape[0], H)](
         k, v, beta, g if g is not None else beta, ai, w, u, bounds, H, K, V,
         C=C, BK=min(64, max(16, triton.next_power_of_2(K))), BV=min(64, max(16, triton.next_power_of_2(V))),
         GATED=g is not None, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32, num_warps=_warps(4),
     )  # fmt: skip
+    _record("wy", _c)
     return w, u
 
 
@@ -274,13 +286,14 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
     vnew = torch.empty(N, H, V, device=kt.device, dtype=dt)
     ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
     BV = _bv(V, S * H)
-    _state_kernel[(triton.cdiv(V, BV), S * H)](
+    _c = _state_kernel[(triton.cdiv(V, BV), S * H)](
         kt, w, u, g if g is not None else u, h0 if h0 is not None else h, h, vnew, ht if ht is not None else h,
         cu_seqlens, chunk_offsets, H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None, USE_H0=h0 is not None,
         STORE_HT=output_final_state, ACC=acc_dtype(kt.dtype), IEEE=kt.dtype == torch.float32,
         num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
+    _record("state", _c)
     return h, vnew, ht
 
 
@@ -326,11 +339,12 @@ def output(q, kt, vnew, h, g, bounds, scale, C):
     NC = bounds.shape[0]
     o = torch.empty(N, H, V, device=q.device, dtype=q.dtype)
     BV = min(64, max(16, triton.next_power_of_2(V)))
-    _output_kernel[(triton.cdiv(V, BV), NC, H)](
+    _c = _output_kernel[(triton.cdiv(V, BV), NC, H)](
         q, kt, vnew, h, g if g is not None else q, o, bounds, float(scale), H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None,
         ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, num_warps=_warps(4),
     )  # fmt: skip
+    _record("output", _c)
     return o
 
 
@@ -371,11 +385,12 @@ def dv_local(q, kt, g, do, bounds, scale, C, inter_dtype=None):
     V = do.shape[-1]
     dv = torch.empty(N, H, V, device=q.device, dtype=inter_dtype or q.dtype)
     BV = min(64, max(16, triton.next_power_of_2(V)))
-    _dv_local_kernel[(triton.cdiv(V, BV), bounds.shape[0], H)](
+    _c = _dv_local_kernel[(triton.cdiv(V, BV), bounds.shape[0], H)](
         q, kt, g if g is not None else q, do, dv, bounds, float(scale), H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None,
         ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, num_warps=_warps(4),
     )  # fmt: skip
+    _record("dv_local", _c)
     return dv
 
 
@@ -437,13 +452,14 @@ def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, 
     du = torch.empty(N, H, V, device=q.device, dtype=dt)
     dh0 = torch.empty(S, H, K, V, device=q.device, dtype=f) if need_dh0 else None
     BV = _bv(V, S * H)
-    _dh_kernel[(triton.cdiv(V, BV), S * H)](
+    _c = _dh_kernel[(triton.cdiv(V, BV), S * H)](
         q, kt, w, g if g is not None else q, do, dvl, dht if dht is not None else dh, dh, du,
         dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None, USE_DHT=dht is not None,
         STORE_DH0=need_dh0, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32,
         num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
+    _record("dh", _c)
     return dh, du, dh0
 
 
@@ -516,13 +532,14 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
     dkt = torch.empty(N, H, K, device=q.device, dtype=f)
     dw = torch.empty(N, H, K, device=q.device, dtype=f)
     dg = torch.empty(N, H, device=q.device, dtype=f) if g is not None else None
-    _bwd_dqk_kernel[(bounds.shape[0], H)](
+    _c = _bwd_dqk_kernel[(bounds.shape[0], H)](
         q, kt, g if g is not None else q, vnew, h, do, dh, du, dq, dkt, dw, dg if dg is not None else dq,
         bounds, float(scale), H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=min(64, max(16, triton.next_power_of_2(V))),
         GATED=g is not None, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32,
         num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
+    _record("bwd_dqk", _c)
     return dq, dkt, dw, dg
 
 
@@ -616,7 +633,7 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
     dv = torch.empty(N, H, V, device=k.device, dtype=f)
     db = torch.empty(N, H, device=k.device, dtype=f)
     dla = torch.empty(N, H, device=k.device, dtype=f) if g is not None else None
-    _bwd_wy_kernel[(bounds.shape[0], H)](
+    _c = _bwd_wy_kernel[(bounds.shape[0], H)](
         k, d if d is not None else k, c if c is not None else db, kt, v, beta, g if g is not None else db, ai,
         dw, du, dkt, dg if dg is not None else db, dk, dd if dd is not None else dk, dv, db,
         dla if dla is not None else db, bounds, H, K, V,
@@ -624,4 +641,5 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
         HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, ACC=acc_dtype(k.dtype),
         IEEE=k.dtype == torch.float32, num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
+    _record("bwd_wy", _c)
     return dk, dd, dv, db, dla

@@ -1,0 +1,152 @@
+"""The Triton chunk kernel on a GPU at realistic shapes: bf16 and fp32 against float64, T = 65536,
+variable-length batches, and cross-checks against flash-linear-attention's chunk kernels.
+
+Skipped on machines without CUDA (conftest). Run with ``pytest -m gpu tests/test_kernels_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from osdn_theory.chunkwise import osdn_chunkwise
+from osdn_theory.kernels import chunk_osdn
+from osdn_theory.tolerances import KERNEL_BF16_GRAD, KERNEL_BF16_OUT, rel_err, rtol
+
+pytestmark = pytest.mark.gpu
+
+F64 = torch.float64
+
+
+def make(seed, B, T, H, K, V, dtype):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=g, device="cuda", dtype=torch.float32)
+
+    x = dict(
+        q=r(B, T, H, K),
+        k=F.normalize(r(B, T, H, K), dim=-1),
+        v=r(B, T, H, V),
+        beta=torch.sigmoid(r(B, T, H)),
+        d=torch.exp(0.3 * r(B, T, H, K)),
+        alpha=torch.exp(-0.05 * torch.rand(B, T, H, generator=g, device="cuda")),
+        initial_state=r(B, H, K, V),
+    )
+    return {n: t.to(dtype) for n, t in x.items()}
+
+
+def _pick(x, names):
+    return {n: x[n] for n in ["q", "k", "v", "beta", *names]}
+
+
+def _ref(x, names, **kw):
+    """float64 chunk-form reference on the GPU, from the same (rounded) inputs."""
+    return osdn_chunkwise(**{n: t.to(F64) for n, t in _pick(x, names).items()}, **kw, output_final_state=True)
+
+
+CASES = {
+    "d-clip": (["d"], {"s_max": 0.9}),
+    "d-h0": (["d", "initial_state"], {}),
+    "gated-d-h0": (["d", "alpha", "initial_state"], {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    "shape", [(2, 1000, 4, 128, 128), (1, 777, 3, 64, 96)], ids=lambda s: "x".join(map(str, s))
+)
+def test_gpu_forward(case, dtype, shape):
+    names, kw = CASES[case]
+    x = make(1, *shape, dtype)
+    o, ht = chunk_osdn(**_pick(x, names), **kw, output_final_state=True)
+    o_ref, ht_ref = _ref(x, names, **kw)
+    tol = KERNEL_BF16_OUT if dtype == torch.bfloat16 else rtol(torch.float32)
+    assert o.dtype == dtype and ht.dtype == torch.float32
+    assert rel_err(o, o_ref) < tol and rel_err(ht, ht_ref) < tol
+
+
+def test_gpu_long_sequence_65536():
+    x = make(2, 1, 65536, 2, 64, 64, torch.bfloat16)
+    names = ["d", "initial_state"]
+    o, ht = chunk_osdn(**_pick(x, names), output_final_state=True)
+    o_ref, ht_ref = _ref(x, names)
+    assert rel_err(o, o_ref) < KERNEL_BF16_OUT and rel_err(ht, ht_ref) < KERNEL_BF16_OUT
+
+
+def _grads(fn, x, names, kw, do, dht):
+    xs = {n: t.clone().requires_grad_(True) for n, t in _pick(x, names).items()}
+    o, ht = fn(**xs, **kw, output_final_state=True)
+    ((o.float() * do).sum() + (ht.float() * dht).sum()).backward()
+    return {n: t.grad for n, t in xs.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_backward(case, dtype):
+    names, kw = CASES[case]
+    x = make(3, 2, 500, 4, 128, 128, dtype)
+    g = torch.Generator(device="cuda").manual_seed(4)
+    do = torch.randn(x["v"].shape, generator=g, device="cuda")
+    dht = torch.randn(x["initial_state"].shape, generator=g, device="cuda")
+    got = _grads(chunk_osdn, x, names, kw, do, dht)
+    x64 = {n: t.to(F64) for n, t in x.items()}
+    ref = _grads(osdn_chunkwise, x64, names, kw, do.to(F64), dht.to(F64))
+    tol = KERNEL_BF16_GRAD if dtype == torch.bfloat16 else rtol(torch.float32)
+    errs = {n: rel_err(got[n], ref[n]) for n in got}
+    assert all(e < tol for e in errs.values()), errs
+
+
+def test_gpu_varlen():
+    lens = [1000, 37, 2100, 64]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+    x = make(5, 1, sum(lens), 4, 128, 128, torch.bfloat16)
+    h0 = torch.randn(len(lens), 4, 128, 128, device="cuda")
+    names = ["d", "alpha", "initial_state"]
+    o, ht = chunk_osdn(**_pick(dict(x, initial_state=h0), names), output_final_state=True, cu_seqlens=cu)
+    for i in range(len(lens)):
+        a, b = int(cu[i]), int(cu[i + 1])
+        seg = {n: (t[:, a:b] if n != "initial_state" else h0[i : i + 1]) for n, t in _pick(x, names).items()}
+        o_i, ht_i = osdn_chunkwise(**{n: t.to(F64) for n, t in seg.items()}, output_final_state=True)
+        assert rel_err(o[:, a:b], o_i) < KERNEL_BF16_OUT and rel_err(ht[i : i + 1], ht_i) < KERNEL_BF16_OUT
+
+
+def test_gpu_matches_fla_delta_rule():
+    """``d = None`` against fla's ``chunk_delta_rule`` (both bf16): outputs, final state and gradients."""
+    fla_dr = pytest.importorskip("fla.ops.delta_rule", reason="fla-core is not installed")
+    x = make(6, 2, 2048, 4, 128, 128, torch.bfloat16)
+    g = torch.Generator(device="cuda").manual_seed(7)
+    do = torch.randn(x["v"].shape, generator=g, device="cuda")
+    dht = torch.randn(x["initial_state"].shape, generator=g, device="cuda")
+    names = ["initial_state"]
+
+    def fla_fn(q, k, v, beta, initial_state, output_final_state):
+        return fla_dr.chunk_delta_rule(q, k, v, beta, initial_state=initial_state, output_final_state=True)
+
+    ours = _grads(chunk_osdn, x, names, {}, do, dht)
+    theirs = _grads(fla_fn, x, names, {}, do, dht)
+    o1, h1 = chunk_osdn(**_pick(x, names), output_final_state=True)
+    o2, h2 = fla_fn(**_pick(x, names), output_final_state=True)
+    # each is within its bf16 tolerance of float64, so they agree within the sum of two
+    assert rel_err(o1, o2) < 2 * KERNEL_BF16_OUT and rel_err(h1, h2) < 2 * KERNEL_BF16_OUT
+    for n in ours:
+        assert rel_err(ours[n], theirs[n]) < 2 * KERNEL_BF16_GRAD, n
+
+
+def test_gpu_matches_fla_dplr_with_d():
+    """OSDN with d against fla's ``chunk_dplr_delta_rule``: ``S(I + a bᵀ) + v kᵀ`` with ``a = −β k``,
+    ``b = k̃``, key ``k̃`` and value ``β v`` (peers.md)."""
+    fla_g = pytest.importorskip("fla.ops.generalized_delta_rule", reason="fla-core is not installed")
+    x = make(8, 2, 1024, 4, 64, 64, torch.bfloat16)
+    q, k, v, beta, d = x["q"], x["k"], x["v"], x["beta"], x["d"]
+    kt = (d.float() * k.float()).to(torch.bfloat16)
+    o1, h1 = chunk_osdn(q, k, v, beta, d, output_final_state=True)
+    o2, h2 = fla_g.chunk_dplr_delta_rule(
+        q, kt, (beta[..., None].float() * v.float()).to(torch.bfloat16), (-beta[..., None] * k.float()).to(torch.bfloat16),
+        kt, torch.zeros_like(k, dtype=torch.float32), scale=64**-0.5, output_final_state=True,
+    )  # fmt: skip
+    o_ref, h_ref = _ref(x, ["d"])
+    assert rel_err(o1, o_ref) < KERNEL_BF16_OUT
+    assert rel_err(o1, o2) < 2 * KERNEL_BF16_OUT and rel_err(h1, h2) < 2 * KERNEL_BF16_OUT
