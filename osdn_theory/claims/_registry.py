@@ -226,6 +226,7 @@ def _load_all() -> None:
         contraction,
         exact_quadratic,
         right_preconditioning,
+        super_geometric,
     )
 
 
