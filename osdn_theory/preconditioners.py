@@ -441,8 +441,8 @@ def _check_run(buf, d_final, strict: bool) -> None:
     finite = torch.isfinite(d_all)
     if not bool(finite.all()):
         raise ValueError(
-            f"step: the d-update diverged (non-finite d from token t = {_first_token(~finite)}); the ratio rule "
-            "is stable iff 0 < 2 η_t β_t² ‖u_t‖² < 2 — use a smaller step or NormalizedStep(c), c in (0, 2)"
+            f"step: the d-update diverged (non-finite d from token t = {_first_token(~finite)}); use a smaller "
+            "step (the ratio rule is stable iff 0 < 2 η_t β_t² ‖u_t‖² < 2, e.g. NormalizedStep(c), c in (0, 2))"
         )
     if strict and bool((buf["d"] <= 0).any()):
         raise ValueError(
