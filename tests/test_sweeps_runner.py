@@ -1,0 +1,295 @@
+"""Sweep runner: metrics against the reference solvers, batching, failures, resume after a real kill,
+and the local-process-pool and Dask executors (a real LocalCluster, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from osdn_theory import metrics as M
+from osdn_theory.cli import app
+from osdn_theory.comparators import fixed_point_d
+from osdn_theory.preconditioners import osdn_adaptive
+from osdn_theory.streams import from_dict as stream_from_dict
+from osdn_theory.sweeps.evaluate import evaluate_batch, evaluate_runs
+from osdn_theory.sweeps.executors import make_executor
+from osdn_theory.sweeps.runner import plan_batches, run_sweep
+from osdn_theory.sweeps.spec import DEFAULT_METRICS, load_spec, parse_spec
+from osdn_theory.sweeps.store import RESULTS, ResultsStore
+from osdn_theory.tolerances import rtol
+
+TOL = rtol(torch.float64)
+STREAM = {"family": "piecewise", "T": 96, "K": 4, "V": 2, "segment_len": 32, "condition": 10.0, "noise": 0.1}
+SPIKE = {
+    "name": "osdn",
+    "step": {"name": "normalized", "c": 0.3},
+    "s_max": 1.5,
+    "apf": {
+        "prior": {"name": "running_jacobi", "c": 1 / 6, "ema": 0.9},
+        "rate": {"name": "spike_trigger", "fast": 0.5, "slow": 0.95, "tau": 2.0, "warmup": 8},
+    },
+}
+# passes validation but fails at run time: a huge constant step with positivity="none" drives d below 0
+BAD = {
+    "name": "osdn",
+    "step": {"name": "scheduled", "schedule": {"name": "constant", "value": 50.0}},
+    "positivity": "none",
+}
+METRICS = dict(DEFAULT_METRICS, window=8, profile_before=4, profile_after=16)
+
+
+def _toml(path: Path, methods: list[dict], seeds=(0, 1), stream=STREAM) -> Path:
+    import tomli_w
+
+    path.write_text(
+        tomli_w.dumps(
+            {
+                "name": "t",
+                "seeds": list(seeds),
+                "metrics": METRICS,
+                "stream": [stream],
+                "method": methods,
+            }
+        )
+    )
+    return path
+
+
+def _run(method, seed, stream=STREAM):
+    return {"stream": stream, "method": method, "seed": seed, "metrics": METRICS}
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / RESULTS).read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_metrics_match_the_recurrent_reference():
+    """R2 and R1 from the chunk form with next-key queries equal those of the token-by-token reference."""
+    run = _run(SPIKE, 3)
+    (m,), _ = evaluate_runs([run])
+    data = stream_from_dict(dict(STREAM)).build(3)
+    res = osdn_adaptive(
+        data.k,
+        data.k,
+        data.v,
+        data.beta,
+        step=SPIKE["step"],
+        apf=SPIKE["apf"],
+        s_max=SPIKE["s_max"],
+        output_final_state=True,
+    )
+    r2_ref = float(M.token_local_write_ratio(res.diagnostics).mean())
+    assert abs(m["r2"] - r2_ref) <= TOL * abs(r2_ref)
+    last = data.segment_starts[-1]
+    r1_ref = float(M.stored_set_residual_ratio(res.final_state, data.k[:, last:], data.v[:, last:]).mean())
+    assert abs(m["r1_final"] - r1_ref) <= TOL * abs(r1_ref)
+    cal_ref = float(res.scan.feedback.mean())  # (1 − s)² before the clip
+    assert abs(m["cal_mean"] - cal_ref) <= TOL * cal_ref
+    assert m["triggers"] == float(res.scan.triggered.sum())
+    assert m["clip_frac"] == pytest.approx(float(res.diagnostics.clipped.double().mean()), abs=0)
+
+
+def test_batched_equals_one_by_one():
+    runs = [_run(SPIKE, s) for s in (0, 1, 2)]
+    ms, ss = evaluate_runs(runs)
+    for r, m, s in zip(runs, ms, ss, strict=True):
+        (m1,), (s1,) = evaluate_runs([r])
+        for key, val in m1.items():
+            assert val == pytest.approx(m[key], rel=TOL, abs=0, nan_ok=True), key
+        assert s1["cal_profile"] == pytest.approx(s["cal_profile"], rel=TOL)
+    assert ms[0]["cal_mean"] != ms[1]["cal_mean"]  # different seeds really are different streams
+
+
+def test_deltanet_d_error_by_hand_and_token_local_is_calibrated():
+    (m,), (s,) = evaluate_runs([_run({"name": "deltanet"}, 0)])
+    data = stream_from_dict(dict(STREAM)).build(0)
+    dstar = fixed_point_d(data.a_seg, 1.0)[0, 0]  # [S, K]
+    by_hand = ((1.0 - dstar).norm(dim=-1) / dstar.norm(dim=-1)).tolist()
+    assert s["d_err_seg"] == pytest.approx(by_hand, rel=TOL)
+    assert m["recovery_time"] == 32 and m["recovered_frac"] == 0.0  # d ≡ 1 never reaches d*_seg
+    (t,), _ = evaluate_runs([_run({"name": "token_local"}, 0)])
+    assert t["cal_mean"] <= TOL and t["r2"] <= TOL  # s_t = 1 exactly: every write is exact
+
+
+def test_recovery_metric_separates_forgetting_from_none():
+    """Negative control: a tiny step without forgetting never recovers; a full reset to the running
+    Jacobi prior (λ = 1) tracks d*_seg and recovers after every shift."""
+    stream = dict(STREAM, T=256, segment_len=128, condition=100.0)
+    slow = {"name": "osdn", "step": {"name": "normalized", "c": 0.01}}
+    reset = dict(
+        slow,
+        apf={
+            "prior": {"name": "running_jacobi", "c": 1 / 6, "ema": 0.9},
+            "rate": {"name": "constant_forgetting", "lam": 1.0},
+        },
+    )
+    (ms,), _ = evaluate_runs([_run(slow, 0, stream)])
+    (mr,), _ = evaluate_runs([_run(reset, 0, stream)])
+    assert ms["recovered_frac"] == 0.0 and ms["recovery_time"] == 128
+    assert mr["recovered_frac"] == 1.0 and mr["recovery_time"] < 64
+
+
+def test_rls_and_mqar_recall():
+    (m,), _ = evaluate_runs([_run({"name": "rls", "gamma": 0.99}, 0)])
+    assert 0 <= m["r1"] < 1 and m["recovery_time"] != m["recovery_time"]  # no diagonal d: NaN
+    mqar = {"family": "mqar", "num_pairs": 6, "K": 8, "V": 8, "num_passes": 2, "key_dist": "gaussian"}
+    (md,), _ = evaluate_runs([_run({"name": "deltanet"}, 0, mqar)])
+    (mr,), _ = evaluate_runs([_run({"name": "rls", "lam": 1e-6}, 0, mqar)])
+    assert (
+        0.0 <= md["recall_acc"] <= 1.0 and mr["recall_acc"] == 1.0
+    )  # near-ridgeless RLS stores 6 < K pairs exactly
+
+
+def test_failing_run_is_recorded_not_raised():
+    recs = evaluate_batch([_run(BAD, 0), _run(BAD, 1)])
+    assert [r["status"] for r in recs] == ["failed", "failed"]
+    assert re.match(r"ValueError: (d|positivity)\b", recs[0]["error"]) and "Traceback" in recs[0]["traceback"]
+    with pytest.raises(ValueError, match="differ only in their seed"):
+        evaluate_runs([_run(BAD, 0), _run(SPIKE, 1)])
+
+
+def test_plan_batches_groups_seeds():
+    spec = parse_spec(
+        {"seeds": [0, 1, 2], "stream": [STREAM], "method": [{"name": "deltanet"}, SPIKE], "metrics": METRICS}
+    )
+    batches = plan_batches(spec.runs, 2)
+    assert sorted(len(b) for b in batches) == [1, 1, 2, 2]
+    assert all(len({r.group_key for r in b}) == 1 for b in batches)
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_batches(spec.runs, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the runner
+
+
+def test_serial_sweep_records_failures_and_resumes(tmp_path):
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE, BAD])
+    out = tmp_path / "out"
+    s = run_sweep(f, out, executor="serial", max_runs=2, progress=False)
+    assert (s.executed, s.skipped, s.remaining) == (2, 0, 4)
+    s = run_sweep(f, out, executor="serial", progress=False)
+    assert (s.executed, s.skipped, s.failed, s.remaining) == (4, 2, 2, 0)
+    recs = _lines(out)
+    assert len(recs) == 6 and len({r["hash"] for r in recs}) == 6
+    bad = [r for r in recs if r["status"] == "failed"]
+    assert len(bad) == 2 and all(r["traceback"].startswith("Traceback") for r in bad)
+    s = run_sweep(f, out, executor="serial", progress=False)
+    assert s.executed == 0 and len(_lines(out)) == 6  # nothing repeated
+    s = run_sweep(f, out, executor="serial", progress=False, retry_failed=True)
+    assert s.executed == 2 and s.failed == 2
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == 6 and set(df["status"]) == {"ok", "failed"}
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["n_runs"] == 6 and man["n_ok"] == 4 and man["n_failed"] == 2 and man["seeds"] == [0, 1]
+    assert set(man["runs"]) == set(load_spec(f).hashes) and len(man["sessions"]) == 4
+    assert man["code_version"]["package"] and man["machine"]["cpu_count"] >= 1
+    with pytest.raises(ValueError, match="max_runs"):
+        run_sweep(f, out, executor="serial", max_runs=-1)
+    with pytest.raises(ValueError, match="executor"):
+        make_executor("mpi")
+    with pytest.raises(ValueError, match="scheduler"):
+        make_executor("local", scheduler="tcp://x:1")
+
+
+@pytest.mark.slow
+def test_kill_mid_sweep_then_resume(tmp_path):
+    """Kill the real CLI process mid-sweep (SIGKILL), leave a half-written line, rerun the same command:
+    only the missing runs execute, nothing is lost or duplicated, earlier lines stay byte-identical."""
+    methods = [
+        dict(SPIKE, s_max=x) for x in (1.2, 1.5, 1.8, 1.9)
+    ]  # sequential d-scans: a few tenths of a second per run
+    stream = dict(STREAM, T=1500, segment_len=500)
+    f = _toml(tmp_path / "s.toml", methods, seeds=(0, 1, 2), stream=stream)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "osdn_theory.cli", "sweep", str(f), "--out", str(out)]
+    cmd += ["--executor", "serial", "--batch-size", "1", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if (out / RESULTS).exists() and len((out / RESULTS).read_bytes().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = (out / RESULTS).read_bytes()
+    n_before = before.count(b"\n")
+    assert 3 <= n_before < 12, "the sweep must be killed mid-way for this test to mean anything"
+    with open(out / RESULTS, "ab") as fh:  # a crash in the middle of writing a record
+        fh.write(b'{"hash": "deadbeef", "status": "o')
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"{n_before} already done" in res.stdout
+    after = (out / RESULTS).read_bytes()
+    assert after.startswith(before)
+    recs = _lines(out)
+    hashes = [r["hash"] for r in recs]
+    assert len(hashes) == len(set(hashes)) == 12 and set(hashes) == set(load_spec(f).hashes)
+    assert all(r["status"] == "ok" for r in recs)
+    # the resumed results are the same as an uninterrupted sweep's
+    ref = tmp_path / "ref"
+    run_sweep(f, ref, executor="serial", progress=False)
+    ref_m = {r["hash"]: r["metrics"] for r in _lines(ref)}
+    for r in recs:
+        assert r["metrics"] == pytest.approx(ref_m[r["hash"]], rel=TOL, nan_ok=True)
+
+
+@pytest.mark.slow
+def test_local_pool_and_dask_match_serial(tmp_path):
+    from dask.distributed import LocalCluster
+
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE, BAD])
+    run_sweep(f, tmp_path / "serial", executor="serial", progress=False)
+    ref = {r["hash"]: r for r in _lines(tmp_path / "serial")}
+    s = run_sweep(f, tmp_path / "local", executor="local", workers=2, progress=False)
+    assert s.executed == 6 and s.failed == 2
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster:
+        s = run_sweep(
+            f, tmp_path / "dask", executor="dask", scheduler=cluster.scheduler_address, progress=False
+        )
+    assert s.executed == 6 and s.failed == 2
+    for name in ("local", "dask"):
+        recs = _lines(tmp_path / name)
+        assert {r["hash"] for r in recs} == set(ref)
+        for r in recs:
+            assert r["status"] == ref[r["hash"]]["status"]
+            if r["status"] == "ok":
+                assert r["metrics"] == pytest.approx(ref[r["hash"]]["metrics"], rel=TOL, nan_ok=True)
+
+
+def test_cli_sweep_and_plot(tmp_path):
+    runner = CliRunner()
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE])
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["sweep", str(f), "--out", str(out), "--executor", "serial", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "4 runs, 0 already done, 4 executed (0 failed)" in r.output
+    r = runner.invoke(app, ["plot", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(list((out / "figures").glob("*.png"))) >= 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'seeds = [0]\n[[stream]]\nfamily = "piecewise"\n[[method]]\nname = "osdn"\nrule = "next"\n'
+    )
+    r = runner.invoke(app, ["sweep", str(bad), "--out", str(out)])
+    assert r.exit_code == 2 and "method[0]" in r.output and "rule" in r.output
+    f2 = _toml(tmp_path / "f.toml", [BAD], seeds=(0,))
+    r = runner.invoke(app, ["sweep", str(f2), "--out", str(tmp_path / "o2"), "--executor", "serial"])
+    assert r.exit_code == 1 and "1 failed" in r.output
+    assert ResultsStore(tmp_path / "o2").records  # the failure is on disk
