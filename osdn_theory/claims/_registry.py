@@ -222,10 +222,14 @@ def claim(
 def _load_all() -> None:
     # Importing the claim modules registers them (idempotent).
     from . import (  # noqa: F401
+        adaptive,
         chunk_form,
         contraction,
         exact_quadratic,
+        fixed_point,
+        recall,
         right_preconditioning,
+        rls,
         super_geometric,
     )
 

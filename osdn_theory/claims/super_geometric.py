@@ -9,7 +9,8 @@
 * ``C7-neg`` (negative control): the same with a rotated Hessian ``R diag(σ²) Rᵀ`` — the comparator is not
   diagonal, so the ratios level off at a constant (geometric); the super-geometric test must fail for
   every seed.
-* ``C7`` (SG-token, streaming): see :mod:`osdn_theory.claims.super_geometric_token`.
+* ``C7`` (SG-token, streaming): the ratio rule with L2-normalized keys, ``ρ_t = (1 − s_t)²``; the exact-write
+  comparator ``d = 1/β`` has zero feedback; DeltaNet with fixed β stays flat at ``(1 − β)²``.
 
 Every run asserts the OSGM chain ``M_T ≤ ((1/T)Σρ_t)^T ≤ ((Σρ_t^cmp + Regret_T)/T)^T`` at every T
 (:func:`osdn_theory.metrics.osgm_chain`). With the measured regret the second inequality is an identity; the
@@ -274,5 +275,83 @@ def c7_neg(size: Size, seed: int) -> Outcome:
         series=dict(
             rho_seed0=run0.rho.tolist(),
             log10_F_seed0=(run0.log_F / np.log(10)).tolist(),
+        ),
+    )
+
+
+@claim(
+    "C7",
+    title="SG-token: ratio rule with L2-normalized keys is super-geometric; DeltaNet is flat",
+    statement=(
+        "with ‖k_t‖ = 1 the exact-write comparator d = 1/β is feasible (zero feedback); the ratio rule's "
+        "ρ_t = (1 − s_t)² has window geometric means falling ≥ 100× (super-geometric), Σρ_t stays bounded, the "
+        "OSGM chain holds at every T, while DeltaNet stays flat at (1 − β)²"
+    ),
+    assumptions=[
+        "L2-normalized keys",
+        "fixed β",
+        "ratio rule, normalized step c",
+        "stationary isotropic keys",
+    ],
+    comparison="trend",
+    quick=dict(T=256, K=8, V=4, beta=0.5, c=0.5, seeds=3),
+    full=dict(T=1024, K=32, V=8, beta=0.5, c=0.5, seeds=8),
+)
+def c7_token(size: Size, seed: int) -> Outcome:
+    from ..metrics import contraction_ratios
+    from ..preconditioners import NormalizedStep, osdn_adaptive
+    from ..recurrences import delta_rule_recurrent
+    from ..streams import TeacherStream
+
+    st = TeacherStream(
+        T=size.T, K=size.K, V=size.V, cov="isotropic", normalize_keys=True, beta=size.beta, batch=size.seeds
+    )
+    data = st.build(seed)
+    res = osdn_adaptive(data.q, data.k, data.v, data.beta, rule="ratio", step=NormalizedStep(size.c))
+    _, _, diag_dn = delta_rule_recurrent(data.q, data.k, data.v, data.beta, diagnostics=True)
+    rho_dn_all = contraction_ratios(diag_dn)
+    sg, sg_dn, chains, sums_half, sums_full = [], [], [], [], []
+    for b in range(size.seeds):
+        rho = res.feedback[b, :, 0].numpy()
+        sg.append(super_geometric_test(rho, **_SG_DOC))
+        sg_dn.append(super_geometric_test(rho_dn_all[b, :, 0].numpy(), **_SG_DOC))
+        chains.append(osgm_chain(rho, np.zeros_like(rho)))  # comparator d = 1/β: ρ_cmp ≡ 0
+        sums_half.append(float(rho[: size.T // 2].sum()))
+        sums_full.append(float(rho.sum()))
+    n_sg = sum(bool(x) for x in sg)
+    n_dn = sum(bool(x) for x in sg_dn)
+    chain_ok = all(c.holds for c in chains)
+    # Bounded cumulative feedback: the second half adds less than 1% of the first half's sum.
+    bounded = all(f - h <= 0.01 * h for h, f in zip(sums_half, sums_full, strict=True))
+    passed = n_sg == size.seeds and n_dn == 0 and chain_ok and bounded
+    rho0 = res.feedback[0, :, 0].numpy()
+    return Outcome(
+        measured=float(n_sg) / size.seeds,
+        bound=1.0,
+        passed=passed,
+        evidence=dict(
+            per_seed_super_geometric=[bool(x) for x in sg],
+            per_seed_exponent=[x.exponent for x in sg],
+            per_seed_log10_window_means=[np.log10(x.window_means).round(2).tolist() for x in sg],
+            deltanet_super_geometric=[bool(x) for x in sg_dn],
+            deltanet_window_means=[x.window_means.round(6).tolist() for x in sg_dn],
+            deltanet_expected_ratio=(1 - size.beta) ** 2,
+            sum_rho_first_half=sums_half,
+            sum_rho_total=sums_full,
+            chain_holds_every_T=chain_ok,
+            chain_regret_is_measured=all(c.regret_is_measured for c in chains),
+            test=dict(_SG_DOC, floor=1e-28),
+            T=size.T,
+            K=size.K,
+            beta=size.beta,
+            c=size.c,
+            realisations=size.seeds,
+            stream_seed=seed,
+            dtype="float64",
+        ),
+        series=dict(
+            rho_osdn_seed0=rho0.tolist(),
+            rho_deltanet_seed0=rho_dn_all[0, :, 0].tolist(),
+            log10_M_osdn_seed0=(chains[0].log_product / np.log(10)).tolist(),
         ),
     )
