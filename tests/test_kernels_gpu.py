@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from osdn_theory.chunkwise import osdn_chunkwise
+from osdn_theory.chunkwise import _pad_time, chunk_factors
 from osdn_theory.kernels import chunk_osdn
+from osdn_theory.recurrences import prepare_inputs, write_key
 from osdn_theory.tolerances import KERNEL_BF16_GRAD, KERNEL_BF16_OUT, rel_err, rtol
 
 pytestmark = pytest.mark.gpu
@@ -35,6 +36,45 @@ def make(seed, B, T, H, K, V, dtype):
         initial_state=r(B, H, K, V),
     )
     return {n: t.to(dtype) for n, t in x.items()}
+
+
+def osdn_chunkwise(
+    q, k, v, beta, d=None, *, alpha=None, initial_state=None, s_max=None, output_final_state=True
+):
+    """float64 chunk form (spec §3) written without in-place writes, so autograd runs through it on CUDA."""
+    x = prepare_inputs(q, k, v, beta, d, alpha=alpha, initial_state=initial_state, s_max=s_max, dtype=F64)
+    B, T, H, K, V = x.shape
+    C = 64
+    NT = -(-T // C)
+    kt, _, _ = write_key(x.k, x.beta, x.d, x.s_max)
+
+    def ch(t):
+        t = _pad_time(t, NT * C).reshape(B, NT, C, H, *t.shape[3:])
+        return t.permute(0, 3, 1, 2, *range(4, t.ndim))
+
+    qc, kc, ktc, vc, bc = ch(x.q), ch(x.k), ch(kt), ch(x.v), ch(x.beta)
+    g = ch(torch.log(x.alpha)).cumsum(-1) if x.alpha is not None else None
+    Tm, W = chunk_factors(kc, ktc, bc, g)
+    Ut = Tm @ vc
+    P = qc @ ktc.transpose(-1, -2)
+    if g is not None:
+        P = P * torch.exp((g[..., :, None] - g[..., None, :]).tril())
+        qc = qc * torch.exp(g)[..., None]
+        ktc = ktc * torch.exp(g[..., -1:] - g)[..., None]
+    P = P.tril()
+    M = (
+        x.initial_state
+        if x.initial_state is not None
+        else torch.zeros(B, H, K, V, dtype=F64, device=q.device)
+    )
+    outs = []
+    for n in range(NT):
+        U = Ut[:, :, n] - W[:, :, n] @ M
+        outs.append(x.scale * (qc[:, :, n] @ M + P[:, :, n] @ U))
+        decay = 1.0 if g is None else torch.exp(g[:, :, n, -1])[..., None, None]
+        M = decay * M + ktc[:, :, n].transpose(-1, -2) @ U
+    o = torch.stack(outs, 2).reshape(B, H, NT * C, V)[:, :, :T].transpose(1, 2)
+    return o, M
 
 
 def _pick(x, names):

@@ -49,6 +49,11 @@ def _warps(n: int) -> int:
     return 1 if INTERPRET else n
 
 
+def _stages(dtype: torch.dtype) -> int:
+    """Software-pipelining depth of the kernels with a loop: fp32 tiles are twice as large, so one stage."""
+    return 1 if dtype in (torch.float32, torch.float64) else 2
+
+
 def _bv(V: int, progs: int) -> int:
     """Block over the value dimension: 64 normally; smaller when few programs would run in parallel."""
     bv = min(64, triton.next_power_of_2(V))
@@ -291,7 +296,7 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
         cu_seqlens, chunk_offsets, H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None, USE_H0=h0 is not None,
         STORE_HT=output_final_state, ACC=acc_dtype(kt.dtype), IEEE=kt.dtype == torch.float32,
-        num_warps=_warps(4 if K <= 64 else 8),
+        num_stages=_stages(kt.dtype), num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
     _record("state", _c)
     return h, vnew, ht
@@ -457,7 +462,7 @@ def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, 
         dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None, USE_DHT=dht is not None,
         STORE_DH0=need_dh0, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32,
-        num_warps=_warps(4 if K <= 64 else 8),
+        num_stages=_stages(q.dtype), num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
     _record("dh", _c)
     return dh, du, dh0
@@ -537,7 +542,7 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
         bounds, float(scale), H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=min(64, max(16, triton.next_power_of_2(V))),
         GATED=g is not None, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32,
-        num_warps=_warps(4 if K <= 64 else 8),
+        num_stages=_stages(q.dtype), num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
     _record("bwd_dqk", _c)
     return dq, dkt, dw, dg
@@ -639,7 +644,7 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
         dla if dla is not None else db, bounds, H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), BV=min(64, max(16, triton.next_power_of_2(V))),
         HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, ACC=acc_dtype(k.dtype),
-        IEEE=k.dtype == torch.float32, num_warps=_warps(4 if K <= 64 else 8),
+        IEEE=k.dtype == torch.float32, num_stages=_stages(k.dtype), num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
     _record("bwd_wy", _c)
     return dk, dd, dv, db, dla
