@@ -104,6 +104,18 @@ def test_metrics_match_the_recurrent_reference():
     assert m["clip_frac"] == pytest.approx(float(res.diagnostics.clipped.double().mean()), abs=0)
 
 
+def test_chunk_memory_equals_recurrent_memory():
+    """The fast path (chunk form, next-key queries) and the token-by-token reference give the same metrics."""
+    for method in ({"name": "deltanet"}, SPIKE):
+        (a,), (sa,) = evaluate_runs([_run(method, 1)])
+        (b,), (sb,) = evaluate_runs([_run(method, 1)], memory="recurrent")
+        for key, val in b.items():
+            assert a[key] == pytest.approx(val, rel=TOL, abs=TOL * 1e-6, nan_ok=True), key
+        assert sa["r1_seg"] == pytest.approx(sb["r1_seg"], rel=TOL, abs=TOL * 1e-6)
+    with pytest.raises(ValueError, match="memory"):
+        evaluate_runs([_run(SPIKE, 1)], memory="kernel")
+
+
 def test_batched_equals_one_by_one():
     runs = [_run(SPIKE, s) for s in (0, 1, 2)]
     ms, ss = evaluate_runs(runs)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from ..chunkwise import osdn_chunkwise
-from ..recurrences import Diagnostics, write_key
+from ..recurrences import Diagnostics, osdn_recurrent, write_key
 from .registry import build_stream, method_builder
 from .spec import config_hash, method_label
 
@@ -165,38 +165,45 @@ def _preconditioner(m: dict, k: torch.Tensor, beta: torch.Tensor):
     return scan.d, scan.triggered.sum(1).to(torch.float64)
 
 
-def _memory(k, v, beta, d, s_max, segs):
-    """Chunk-form memory per segment; returns (pre-write residuals e ``[B, T, H, V]``, states at segment ends)."""
+def _memory(k, v, beta, d, s_max, segs, memory: str = "chunk"):
+    """Memory per segment; returns (pre-write residuals e ``[B, T, H, V]``, states at segment ends).
+
+    ``memory="chunk"`` (default): :func:`osdn_chunkwise` with next-key queries ``q_t = k_{t+1}`` and
+    ``scale = 1``, so ``o_t = S_t k_{t+1}`` and ``e_{t+1} = o_t − v_{t+1}``. ``memory="recurrent"``: the
+    token-by-token reference :func:`osdn_theory.recurrences.osdn_recurrent` and its diagnostics (slow; the
+    baseline of the benchmark and a cross-check in the tests).
+    """
     T = k.shape[1]
     q = torch.cat([k[:, 1:], k[:, -1:]], 1)  # q_t = k_{t+1}: o_t = S_t k_{t+1} (last query unused)
     e = torch.zeros_like(v)
     e[:, 0] = -v[:, 0]  # S_0 = 0
     state, ends = None, []
     for s0, s1 in segs:
-        o, state = osdn_chunkwise(
-            q[:, s0:s1],
-            k[:, s0:s1],
-            v[:, s0:s1],
-            beta[:, s0:s1],
-            None if d is None else d[:, s0:s1],
-            scale=1.0,
-            initial_state=state,
-            output_final_state=True,
-            s_max=s_max,
-        )
-        hi = min(s1, T - 1)  # e_{t+1} = S_t k_{t+1} − v_{t+1}
-        e[:, s0 + 1 : hi + 1] = o[:, : hi - s0] - v[:, s0 + 1 : hi + 1]
+        args = (q[:, s0:s1], k[:, s0:s1], v[:, s0:s1], beta[:, s0:s1], None if d is None else d[:, s0:s1])
+        kw = {"scale": 1.0, "initial_state": state, "output_final_state": True, "s_max": s_max}
+        if memory == "recurrent":
+            _, state, diag = osdn_recurrent(*args, **kw, diagnostics=True)
+            e[:, s0:s1] = diag.residual_pre
+        else:
+            o, state = osdn_chunkwise(*args, **kw)
+            hi = min(s1, T - 1)  # e_{t+1} = S_t k_{t+1} − v_{t+1}
+            e[:, s0 + 1 : hi + 1] = o[:, : hi - s0] - v[:, s0 + 1 : hi + 1]
         ends.append(state)
     return e, ends
 
 
-def evaluate_runs(run_dicts: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Stacked evaluation of runs that share stream config and method; returns per-run (metrics, series)."""
+def evaluate_runs(run_dicts: list[dict], *, memory: str = "chunk") -> tuple[list[dict], list[dict]]:
+    """Stacked evaluation of runs that share stream config and method; returns per-run (metrics, series).
+
+    ``memory``: ``"chunk"`` (default, chunk form) or ``"recurrent"`` (token-by-token reference; slow).
+    """
     from .. import metrics as M
     from ..comparators import fixed_point_d
 
     if not run_dicts:
         raise ValueError("run_dicts: expected at least one run")
+    if memory not in ("chunk", "recurrent"):
+        raise ValueError(f"memory: expected 'chunk' or 'recurrent', got {memory!r}")
     base = {key: val for key, val in run_dicts[0].items() if key != "seed"}
     for r in run_dicts[1:]:
         if {key: val for key, val in r.items() if key != "seed"} != base:
@@ -222,7 +229,7 @@ def evaluate_runs(run_dicts: list[dict]) -> tuple[list[dict], list[dict]]:
         d, trig = _preconditioner(m, k, beta)
         _, s, c = write_key(k, beta, d, m["s_max"])
         s_raw = s / c  # the preconditioner's own calibration, before the safeguard clip
-        e, ends = _memory(k, v, beta, d, m["s_max"], segs)
+        e, ends = _memory(k, v, beta, d, m["s_max"], segs, memory)
         diag_std = Diagnostics(e, (1.0 - s)[..., None] * e, s, c)
 
     cal = M.write_gain_feedback(s_raw)  # (1 − s_t)² with s_t = β_t u_tᵀ d_t before any clip, [B, T, H]
