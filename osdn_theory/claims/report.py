@@ -1,0 +1,175 @@
+"""Writing a claims report: ``report.json``, ``report.md`` and figures (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._registry import ClaimResult
+
+__all__ = ["format_number", "summary", "write_figures", "write_report"]
+
+
+def format_number(x: float | None) -> str:
+    """Compact display of a measured value or bound (``—`` for None)."""
+    if x is None:
+        return "—"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax != 0 and (ax < 1e-3 or ax >= 1e5):
+        return f"{x:.3e}"
+    return f"{x:.4g}"
+
+
+def summary(results: Sequence[ClaimResult]) -> dict[str, Any]:
+    """Counts of verdicts and whether the run as a whole passed (no FAIL and no ERROR)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.verdict] = counts.get(r.verdict, 0) + 1
+    failed = [r.label for r in results if r.verdict in ("FAIL", "ERROR")]
+    return dict(counts=counts, failed=failed, ok=not failed, total=len(results))
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import scipy
+    import sympy
+    import torch
+
+    from .. import __version__
+
+    return dict(
+        osdn_theory=__version__,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        numpy=numpy.__version__,
+        scipy=scipy.__version__,
+        sympy=sympy.__version__,
+    )
+
+
+def write_figures(results: Sequence[ClaimResult], out: Path) -> list[str]:
+    """Convergence curves for C7 (incl. the negative control) and contraction histograms for C4.
+
+    Returns the file names written (relative to ``out``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    by = {r.label: r for r in results if r.error is None}
+    written: list[str] = []
+    if any(lab in by for lab in ("C7", "C7-batch", "C7-neg")):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        ax = axes[0]
+        if "C7" in by:
+            s = by["C7"].series
+            ax.semilogy(np.maximum(s["rho_osdn_seed0"], 1e-300), label="OSDN ratio rule ρ_t = (1 − s_t)²")
+            ax.semilogy(s["rho_deltanet_seed0"], label="DeltaNet ρ_t = (1 − β)²")
+            ax.set_title("C7 SG-token (L2-normalized keys)")
+            ax.set_xlabel("token t")
+            ax.set_ylabel("ρ_t")
+            ax.legend(fontsize=8)
+        ax = axes[1]
+        for lab, name in (
+            ("C7-batch", "diagonal Hessian (P* in class)"),
+            ("C7-neg", "rotated Hessian (control)"),
+        ):
+            if lab in by:
+                ax.plot(by[lab].series["log10_F_seed0"], label=f"{lab}: {name}")
+        ax.set_title("C7 SG-batch: OSGM diagonal preconditioning")
+        ax.set_xlabel("iteration j")
+        ax.set_ylabel("log10 F_j / F_0")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "fig_C7_convergence.png", dpi=110)
+        plt.close(fig)
+        written.append("fig_C7_convergence.png")
+    if "C4-bound" in by:
+        s = by["C4-bound"].series
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.hist(s["contraction"], bins=40, alpha=0.7, label="‖r⁺‖/‖e‖ (measured)")
+        ax.hist(s["bound_factor"], bins=40, alpha=0.5, label="bound max(|1 − βd_min‖k‖²|, |1 − βd_max‖k‖²|)")
+        ax.axvline(1.0, color="k", ls="--", lw=1)
+        ax.set_title("C4 token-local contraction (d in a box)")
+        ax.set_xlabel("ratio")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "fig_C4_contraction.png", dpi=110)
+        plt.close(fig)
+        written.append("fig_C4_contraction.png")
+    return written
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(
+    results: Sequence[ClaimResult],
+    out: str | Path,
+    *,
+    budget: str,
+    seed: int,
+    duration_s: float,
+    figures: bool = True,
+) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and (optionally) figures into ``out`` (created if needed)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: expected a directory path, got an existing file {str(out)!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    figs = write_figures(results, out) if figures else []
+    summ = summary(results)
+    payload = dict(
+        budget=budget,
+        seed=seed,
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        duration_s=duration_s,
+        versions=_versions(),
+        summary=summ,
+        figures=figs,
+        claims=[r.to_dict() for r in results],
+    )
+    paths = dict(json=out / "report.json", md=out / "report.md")
+    paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    lines = [
+        "# OSDN theory claims report",
+        "",
+        f"Budget `{budget}`, seed {seed}, {len(results)} claims in {duration_s:.1f} s. "
+        f"Verdicts: {', '.join(f'{k} {v}' for k, v in sorted(summ['counts'].items()))}.",
+        "",
+        "A negative control removes an assumption on purpose; PASS there means the check failed as predicted.",
+        "",
+        "| claim | statement | comparison | measured | bound | verdict | time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        tag = " (negative control)" if r.negative_control else ""
+        lines.append(
+            f"| {r.label}{tag} | {_md_escape(r.statement)} | {r.comparison} | {format_number(r.measured)} | "
+            f"{format_number(r.bound)} | **{r.verdict}** | {r.duration_s:.2f} |"
+        )
+    lines.append("")
+    for f in figs:
+        lines += [f"![{f}]({f})", ""]
+    for r in results:
+        lines += [f"## {r.label}: {r.title}", "", r.statement, ""]
+        if r.assumptions:
+            lines += ["Assumptions: " + "; ".join(r.assumptions) + ".", ""]
+        if r.proof:
+            lines += [f"Symbolic proof: `python -m {r.proof}`.", ""]
+        if r.error:
+            lines += [f"Error: `{r.error}`", ""]
+        ev = json.dumps(r.evidence, ensure_ascii=False, indent=1)
+        lines += ["```json", ev, "```", ""]
+    paths["md"].write_text("\n".join(lines))
+    return paths
