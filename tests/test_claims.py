@@ -1,0 +1,193 @@
+"""The claims registry: every claim passes at the quick budget, the registry logic can fail, inputs validate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from osdn_theory.claims import (
+    COMPARISONS,
+    ClaimResult,
+    Outcome,
+    claim,
+    get_claim,
+    labels,
+    registry,
+    run_claim,
+    run_claims,
+    select,
+)
+from osdn_theory.claims import _registry as reg_mod
+from osdn_theory.claims.contraction import contraction_factor_bound
+from osdn_theory.claims.super_geometric import osgm_diagonal_gd, realizable_set
+from osdn_theory.metrics import super_geometric_test
+
+EXPECTED = {
+    "C1", "C2", "C3", "C4", "C4-bound", "C4-neg-jacobi", "C4-neg-nonsym", "C5", "C5-neg-raw", "C5-normalized",
+    "C6", "C7", "C7-batch", "C7-neg", "C8", "C8-neg-erratum", "R-recall",
+}  # fmt: skip
+
+
+def test_registry_lists_every_claim_in_label_order():
+    labs = labels()
+    assert set(labs) == EXPECTED
+    assert labs[0] == "C1" and labs.index("C4") < labs.index("C4-bound") < labs.index("C5")
+    for spec in registry().values():
+        assert spec.comparison in COMPARISONS
+        assert spec.statement and spec.title
+        assert set(spec.quick) and set(spec.full) >= set(spec.quick)
+
+
+@pytest.mark.parametrize("label", sorted(EXPECTED))
+def test_claim_quick(label):
+    """Each claim at the quick budget: PASS for pass/fail claims, a finite number for measurements."""
+    r = get_claim(label)(budget="quick", seed=0)
+    assert r.error is None
+    d = r.to_dict()
+    json.dumps(d, allow_nan=False)  # JSON-serialisable, no NaN
+    if r.comparison == "measurement":
+        assert r.passed is None and r.verdict == "measured"
+        assert np.isfinite(r.measured)
+    else:
+        assert r.passed is True, f"{label}: measured {r.measured} vs bound {r.bound}; evidence {r.evidence}"
+    assert r.negative_control == ("-neg" in label)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "label", ["C4-neg-nonsym", "C5-neg-raw", "C7-neg", "C7", "C7-batch", "C8-neg-erratum"]
+)
+def test_claim_other_seeds(label):
+    """Claims and negative controls are not tied to one seed."""
+    for seed in (1, 2):
+        assert get_claim(label)(budget="quick", seed=seed).passed is True
+
+
+def test_select_family_and_errors():
+    assert [s.label for s in select("C4")] == ["C4", "C4-bound", "C4-neg-jacobi", "C4-neg-nonsym"]
+    assert [s.label for s in select(["C1", " C8 "])] == ["C1", "C8", "C8-neg-erratum"]
+    with pytest.raises(ValueError, match="only: unknown claim label 'C99'.*valid labels are C1"):
+        select("C1,C99")
+    with pytest.raises(ValueError, match="only: expected at least one"):
+        select(" , ")
+    with pytest.raises(ValueError, match="label: unknown claim 'X'"):
+        get_claim("X")
+    with pytest.raises(ValueError, match="budget"):
+        get_claim("C1").size("medium")
+    with pytest.raises(ValueError, match="seed"):
+        run_claim(get_claim("C1"), seed=-1)
+    with pytest.raises(ValueError, match="budget"):
+        run_claims("C1", budget="huge")
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """A private copy of the registry so test claims do not leak into the real one."""
+    reg_mod._load_all()
+    monkeypatch.setattr(reg_mod, "_REGISTRY", dict(reg_mod._REGISTRY))
+    return reg_mod._REGISTRY
+
+
+@pytest.mark.parametrize(
+    "comparison, measured, bound, expected",
+    [
+        ("equal within tol", 1e-12, 1e-10, True),
+        ("equal within tol", 1e-8, 1e-10, False),
+        ("upper bound", 0.5, 1.0, True),
+        ("upper bound", 1.5, 1.0, False),
+        ("lower bound", 3.0, 2.0, True),
+        ("lower bound", 1.0, 2.0, False),
+        ("upper bound", float("nan"), 1.0, False),
+        ("measurement", 1.0, None, None),
+    ],
+)
+def test_verdict_from_comparison(scratch_registry, comparison, measured, bound, expected):
+    spec = claim("T-x", title="t", statement="s", comparison=comparison, quick=dict(n=1))(
+        lambda size, seed: Outcome(measured=measured, bound=bound)
+    )
+    r = run_claim(spec)
+    assert r.passed is expected
+    json.dumps(r.to_dict(), allow_nan=False)
+
+
+def test_errors_are_recorded_or_raised(scratch_registry):
+    def boom(size, seed):
+        raise RuntimeError("broken claim")
+
+    spec = claim("T-boom", title="t", statement="s", comparison="upper bound", quick=dict(n=1))(boom)
+    r = run_claim(spec, catch=True)
+    assert r.verdict == "ERROR" and r.passed is False and "broken claim" in r.error
+    with pytest.raises(RuntimeError, match="broken claim"):
+        run_claim(spec)
+    trend = claim("T-trend", title="t", statement="s", comparison="trend", quick=dict(n=1))(
+        lambda size, seed: Outcome(measured=1.0)
+    )
+    with pytest.raises(ValueError, match="trend"):
+        run_claim(trend)
+    with pytest.raises(ValueError, match="label: claim 'T-boom' is already registered"):
+        claim("T-boom", title="t", statement="s", comparison="upper bound", quick={})(boom)
+    with pytest.raises(ValueError, match="comparison"):
+        claim("T-y", title="t", statement="s", comparison="roughly", quick={})
+    with pytest.raises(ValueError, match="label"):
+        claim("", title="t", statement="s", comparison="trend", quick={})
+
+
+def test_size_is_read_only_mapping():
+    size = get_claim("C3").size("full")
+    assert size.budget == "full" and size.T == size["T"] and "T" in dict(size)
+    with pytest.raises(AttributeError, match="no parameter"):
+        _ = size.nonexistent
+    with pytest.raises(TypeError):
+        size._values["T"] = 1  # type: ignore[index]
+
+
+def test_claim_result_json_handles_numpy_and_nonfinite():
+    r = ClaimResult(
+        label="L", title="t", statement="s", assumptions=[], measured=1.0, bound=2.0, comparison="upper bound",
+        passed=True, evidence=dict(a=np.float64(1.5), b=np.arange(3), c=torch.tensor([1.0]), d=float("inf")),
+    )  # fmt: skip
+    d = r.to_dict()
+    assert d["evidence"] == dict(a=1.5, b=[0, 1, 2], c=[1.0], d="inf")
+    json.dumps(d, allow_nan=False)
+
+
+def test_contraction_factor_bound_matches_formula():
+    k = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
+    beta = torch.tensor([[[0.5]]], dtype=torch.float64)
+    assert float(contraction_factor_bound(k, beta, 1.0, 3.0)) == pytest.approx(0.5)
+
+
+def test_osgm_solver_validates_and_separates_cases():
+    g = torch.Generator().manual_seed(0)
+    Km, E0, sigma, _ = realizable_set(g, 32, 8, 4, log10_cond=2.0, rotated=False)
+    run = osgm_diagonal_gd(Km, E0, iters=120, eta=50.0 / float(sigma.max() ** 2))
+    assert super_geometric_test(run.rho)
+    assert np.all(run.rho <= 1.0) and run.log_F[-1] < -50
+    Km_r, E0_r, sigma_r, _ = realizable_set(g, 32, 8, 4, log10_cond=2.0, rotated=True)
+    run_r = osgm_diagonal_gd(Km_r, E0_r, iters=120, eta=50.0 / float(sigma_r.max() ** 2))
+    assert not super_geometric_test(run_r.rho)
+    with pytest.raises(ValueError, match="K_mat"):
+        osgm_diagonal_gd(Km[0], E0, iters=3, eta=1.0)
+    with pytest.raises(ValueError, match="E0"):
+        osgm_diagonal_gd(Km, E0[:, :3], iters=3, eta=1.0)
+    with pytest.raises(ValueError, match="E0: expected a nonzero"):
+        osgm_diagonal_gd(Km, torch.zeros_like(E0), iters=3, eta=1.0)
+    with pytest.raises(ValueError, match="iters"):
+        osgm_diagonal_gd(Km, E0, iters=0, eta=1.0)
+    with pytest.raises(ValueError, match="eta"):
+        osgm_diagonal_gd(Km, E0, iters=3, eta=-1.0)
+    with pytest.raises(ValueError, match="p0"):
+        osgm_diagonal_gd(Km, E0, iters=3, eta=1.0, p0=torch.ones(3))
+    with pytest.raises(ValueError, match="p_comparator"):
+        osgm_diagonal_gd(Km, E0, iters=3, eta=1.0, p_comparator=torch.ones(2, 2))
+
+
+def test_osgm_solver_null_step_keeps_objective():
+    """A huge initial preconditioner overshoots: the step is rejected (ρ = 1) and F is unchanged."""
+    g = torch.Generator().manual_seed(1)
+    Km, E0, sigma, _ = realizable_set(g, 16, 4, 2, log10_cond=1.0, rotated=False)
+    run = osgm_diagonal_gd(Km, E0, iters=1, eta=1e-3, p0=torch.full((4,), 100.0, dtype=torch.float64))
+    assert run.null_steps == 1 and run.rho[0] == 1.0 and run.feedback[0] > 1.0 and run.log_F[-1] == 0.0
