@@ -15,7 +15,7 @@ def _parse_only(only: str | None) -> list[str] | None:
     if only is None:
         return None
     try:
-        return [s.name for s in select(only)]
+        return [s.label for s in select(only)]
     except ValueError as exc:
         raise typer.BadParameter(str(exc).removeprefix("only: "), param_hint="--only") from None
 
