@@ -199,6 +199,7 @@ def plot_r1_bars(df, stream_label: str, path: Path, metric: str = "r1"):
             vals, np.full(len(vals), i) + np.linspace(-0.25, 0.25, len(vals)), s=6, color="k", zorder=3
         )
     ax.set_yticks(range(len(groups)), [lab for lab, _ in groups], fontsize=5)
+    ax.set_ylabel("method (sweep config)")
     vals = sub[metric].to_numpy(float)
     if len(vals) and (vals > 0).all() and vals.max() / vals.min() > 100:
         ax.set_xscale("log")
