@@ -35,7 +35,7 @@ C6_MAX_SCALE_ERROR = 0.05
         "step η_t = η_0/√t (decaying), Polyak average over the second half",
     ],
     comparison="lower bound",
-    quick=dict(T=12000, K=8, seeds=4, condition=10.0, beta=1.0, eta0=8.0),
+    quick=dict(T=24000, K=8, seeds=4, condition=10.0, beta=1.0, eta0=8.0),
     full=dict(T=40000, K=16, seeds=8, condition=10.0, beta=1.0, eta0=8.0),
     proof="proofs_check.check_c6_fixed_point",
 )
