@@ -191,3 +191,45 @@ def test_osgm_solver_null_step_keeps_objective():
     Km, E0, sigma, _ = realizable_set(g, 16, 4, 2, log10_cond=1.0, rotated=False)
     run = osgm_diagonal_gd(Km, E0, iters=1, eta=1e-3, p0=torch.full((4,), 100.0, dtype=torch.float64))
     assert run.null_steps == 1 and run.rho[0] == 1.0 and run.feedback[0] > 1.0 and run.log_F[-1] == 0.0
+
+
+def test_nonsym_control_depends_on_the_dropped_assumption():
+    """With d ∝ 1 (symmetric transition) and 0 < s < 2 the spectral norm is ≤ 1: the control's effect is
+    caused by a non-constant d, not by the construction."""
+    from osdn_theory.claims.contraction import _transition
+
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(200, 5, generator=g, dtype=torch.float64)
+    k = k / k.norm(dim=-1, keepdim=True)
+    c = 0.1 + 1.8 * torch.rand(
+        200, 1, generator=g, dtype=torch.float64
+    )  # s = β c ‖k‖² ∈ (0.1, 1.9) for β = 1
+    spec = torch.linalg.matrix_norm(_transition(k, c.expand(-1, 5), 1.0), ord=2)
+    assert float(spec.max()) <= 1 + 1e-12
+
+
+def test_raw_rule_is_state_free_under_the_normalized_step():
+    """Finding behind C5-neg-raw's choice of step: with η = c/L_t, L_t = β²‖e‖²‖u‖², the raw rule's ‖e‖²
+    cancels and it coincides with the ratio rule; the state dependence shows only with a scheduled step."""
+    from osdn_theory.preconditioners import NormalizedStep, osdn_adaptive
+    from osdn_theory.tolerances import rel_err
+
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 32, 1, 4, generator=g, dtype=torch.float64) / 2
+    beta = torch.full((1, 32, 1), 0.7, dtype=torch.float64)
+    v = torch.randn(1, 32, 1, 3, generator=g, dtype=torch.float64)
+    raw = osdn_adaptive(k, k, v, beta, rule="raw", step=NormalizedStep(0.5)).d
+    ratio = osdn_adaptive(k, k, v, beta, rule="ratio", step=NormalizedStep(0.5)).d
+    assert rel_err(raw, ratio) <= 1e-10
+
+
+def test_results_frame_and_report_errors(tmp_path):
+    from osdn_theory.claims import results_frame, write_report
+
+    rs = run_claims("C1,C2")
+    df = results_frame(rs)
+    assert list(df["label"]) == ["C1", "C2"] and list(df["verdict"]) == ["PASS", "PASS"]
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="out: expected a directory"):
+        write_report(rs, f, budget="quick", seed=0, duration_s=0.0)

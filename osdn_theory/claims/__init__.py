@@ -2,6 +2,7 @@
 
 >>> from osdn_theory.claims import run_claims
 >>> results = run_claims("C1,C4", budget="quick", seed=0)   # doctest: +SKIP
+>>> results_frame(results)                                  # doctest: +SKIP
 
 The same registry drives ``osdn verify``, the tests and the notebooks.
 """
@@ -21,6 +22,8 @@ from ._registry import (
     run_claims,
     select,
 )
+from .report import results_frame, write_report
+from .super_geometric import osgm_diagonal_gd
 
 __all__ = [
     "BUDGETS",
@@ -32,8 +35,11 @@ __all__ = [
     "claim",
     "get_claim",
     "labels",
+    "osgm_diagonal_gd",
     "registry",
+    "results_frame",
     "run_claim",
     "run_claims",
     "select",
+    "write_report",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._registry import ClaimResult
 
-__all__ = ["format_number", "summary", "write_figures", "write_report"]
+__all__ = ["format_number", "results_frame", "summary", "write_figures", "write_report"]
 
 
 def format_number(x: float | None) -> str:
@@ -25,6 +25,26 @@ def format_number(x: float | None) -> str:
     if ax != 0 and (ax < 1e-3 or ax >= 1e5):
         return f"{x:.3e}"
     return f"{x:.4g}"
+
+
+def results_frame(results: Sequence[ClaimResult]):
+    """A ``pandas.DataFrame`` with one row per claim (label, title, comparison, measured, bound, verdict,
+    negative_control, duration_s, budget, seed) — for notebooks."""
+    import pandas as pd
+
+    cols = (
+        "label",
+        "title",
+        "comparison",
+        "measured",
+        "bound",
+        "negative_control",
+        "duration_s",
+        "budget",
+        "seed",
+    )
+    rows = [dict({c: getattr(r, c) for c in cols}, verdict=r.verdict) for r in results]
+    return pd.DataFrame(rows, columns=[*cols, "verdict"])
 
 
 def summary(results: Sequence[ClaimResult]) -> dict[str, Any]:
