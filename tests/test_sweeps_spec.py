@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,12 @@ def test_method_labels():
     assert method_label({"name": "rls", "gamma": 0.99}) == "rls(gamma=0.99)"
     lab = method_label(dict(OSDN, s_max=1.5))
     assert lab == "osdn[ratio,normalized(c=0.2),constant_forgetting(lam=0.01),prior=ones(),s_max=1.5]"
+
+
+def test_example_sweep_files_parse():
+    root = Path(__file__).resolve().parents[1] / "sweeps"
+    files = sorted(root.glob("*.toml")) + sorted(root.glob("*.py"))
+    assert {f.name for f in files} >= {"apf_piecewise.toml", "recall_mqar.toml", "shift_families.py"}
+    for f in files:
+        spec = load_spec(f)
+        assert spec.runs and len(set(spec.hashes)) == len(spec.runs)
