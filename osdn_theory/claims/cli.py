@@ -44,7 +44,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def verify(
         quick: bool = typer.Option(
-            True, "--quick/--full", help="Problem sizes: --quick (default, about a minute) or --full."
+            True,
+            "--quick/--full",
+            help="Problem sizes: --quick (default, well under a minute) or --full (about a minute).",
         ),
         only: str | None = typer.Option(
             None,
