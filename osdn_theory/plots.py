@@ -132,19 +132,25 @@ def _method_params(df) -> list[str]:
     return [c for c in cols if df[c].astype(str).nunique() > 1]
 
 
-def plot_recovery_heatmap(df, stream_label: str, rate_col: str, rate: str, path: Path):
-    """Mean recovery time over the swept parameters of one APF rate rule; returns None if nothing is swept."""
+def plot_recovery_heatmap(
+    df, stream_label: str, rate_col: str, rate: str, path: Path, step: str | None = None
+):
+    """Mean recovery time over the swept parameters of one APF rate rule (and one step rule ``step``, if
+    given); returns None if nothing is swept."""
     plt = _pyplot()
     sub = df[(df["stream_label"] == stream_label) & (df[rate_col].astype(str) == rate)]
+    if step is not None and "method.step.name" in sub:
+        sub = sub[sub["method.step.name"].astype(str) == step]
     params = [c for c in _method_params(sub) if c != rate_col]
     if not params:
         return None
     if len(params) == 1:
         params = params + [None]
     p0, p1 = params[0], params[1]
-    extra = params[2:]
-    agg = sub.groupby([c for c in (p0, p1) if c is not None])["recovery_time"]
-    mean, n = agg.mean(), agg.count()
+    keys = [c for c in (p0, p1) if c is not None]
+    # parameters that vary within a heat-map cell (not determined by the two axes) are averaged over
+    extra = [c for c in params[2:] if sub.groupby(keys)[c].apply(lambda x: x.astype(str).nunique()).max() > 1]
+    mean = sub.groupby(keys)["recovery_time"].mean()
     xs = sorted(sub[p0].dropna().unique(), key=_sortkey)
     ys = sorted(sub[p1].dropna().unique(), key=_sortkey) if p1 else [None]
     grid = np.full((len(ys), len(xs)), np.nan)
@@ -175,10 +181,13 @@ def plot_recovery_heatmap(df, stream_label: str, rate_col: str, rate: str, path:
         ax.set_ylabel(p1.removeprefix("method."))
     else:
         ax.set_yticks([])
-    nseeds = int(n.max()) if len(n) else 0
+    nseeds = sub["seed"].nunique()
     note = f"; averaged over {', '.join(e.removeprefix('method.') for e in extra)}" if extra else ""
+    step_txt = f", step '{step}'" if step else ""
     ax.set_title(
-        f"Recovery time [tokens], APF rate '{rate}'\n{stream_label}, mean of {nseeds} seeds{note}", fontsize=8
+        f"Recovery time [tokens], APF rate '{rate}'{step_txt}\n{stream_label}, mean of {nseeds} seeds{note}\n"
+        "(= segment length: never recovered)",
+        fontsize=8,
     )
     fig.colorbar(im, ax=ax, label="recovery time [tokens]")
     fig.savefig(path, dpi=130, bbox_inches="tight")
@@ -247,12 +256,22 @@ def plot_sweep(out: str | Path, *, fmt: str = "png") -> list[Path]:
             )
         rate_col = "method.apf.rate.name"
         if rate_col in df and "recovery_time" in df:
-            for rate in sorted(df.loc[df["stream_label"] == sl, rate_col].dropna().astype(str).unique()):
-                p = plot_recovery_heatmap(
-                    df, sl, rate_col, rate, figdir / f"recovery_heatmap_{tag}_{_slug(rate)}.{fmt}"
+            here = df[df["stream_label"] == sl]
+            steps = here["method.step.name"] if "method.step.name" in here else None
+            for rate in sorted(here[rate_col].dropna().astype(str).unique()):
+                in_rate = here[rate_col].astype(str) == rate
+                names = (
+                    [None]
+                    if steps is None
+                    else sorted(steps[in_rate].dropna().astype(str).unique()) or [None]
                 )
-                if p is not None:
-                    paths.append(p)
+                for step in names:
+                    suffix = _slug(rate) + ("" if step is None or len(names) == 1 else f"_{_slug(step)}")
+                    p = plot_recovery_heatmap(
+                        df, sl, rate_col, rate, figdir / f"recovery_heatmap_{tag}_{suffix}.{fmt}", step=step
+                    )
+                    if p is not None:
+                        paths.append(p)
         if "r1" in df:
             paths.append(plot_r1_bars(df, sl, figdir / f"r1_bars_{tag}.{fmt}"))
     return paths
