@@ -70,10 +70,12 @@ def d_ratio_scan(k, beta, *, c: float, d_init, d_min: float, cu_seqlens=None, ch
     un = torch.linalg.vector_norm(u, dim=-1)  # ‖u_t‖
     ok = un > 0
     safe = torch.where(ok, un, torch.ones_like(un))
-    uhat = (u / safe[..., None]).contiguous()
-    strength = torch.where(ok, torch.full_like(un, c), torch.zeros_like(un)).contiguous()
-    vals = torch.zeros(B * T, H, _VPAD, dtype=f, device=k.device)
-    vals[..., 0] = torch.where(ok, 1.0 / (beta.detach().reshape(B * T, H).to(f) * safe), 0.0)
+    # The scan runs in the dtype of k (its dots then use the tensor cores for bf16/fp16); the carried d is
+    # accumulated in fp32 inside the state pass.
+    uhat = (u / safe[..., None]).to(k.dtype).contiguous()
+    strength = torch.where(ok, torch.full_like(un, c), torch.zeros_like(un)).to(k.dtype).contiguous()
+    vals = torch.zeros(B * T, H, _VPAD, dtype=k.dtype, device=k.device)
+    vals[..., 0] = torch.where(ok, 1.0 / (beta.detach().reshape(B * T, H).to(f) * safe), 0.0).to(k.dtype)
     di = torch.as_tensor(d_init, dtype=f, device=k.device)
     h0 = torch.zeros(N, H, K, _VPAD, dtype=f, device=k.device)
     h0[..., 0] = torch.broadcast_to(di, (N, H, K))

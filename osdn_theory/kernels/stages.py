@@ -125,20 +125,17 @@ def _unit_lower_inverse(L, offs, C: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _gram_solve_kernel(
-    k, d, beta, log_alpha, kt_out, c_out, g_out, ai_out, bounds,
+def _keys16(
+    k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, sb, g_carry, i_h,
     H, K, s_max,
-    C: tl.constexpr, BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr,
-    SOLVE: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+    BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
-    DT: tl.constexpr = k.dtype.element_ty
-    oc = tl.arange(0, C)
+    """Rows ``16·sb … 16·sb + 15`` of a chunk: read key, write key ``c·d⊙k`` (stored), β and the in-chunk
+    cumulative log-decay ``g`` (stored; continues from ``g_carry``, the value at the previous row)."""
+    o16 = sb * 16 + tl.arange(0, 16)
     ok = tl.arange(0, BK)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h  # row index into [N, H, ·]
+    rmask = o16 < nv
+    t = (t0 + o16) * H + i_h
     b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
     kk = _rows(k, t, rmask, K, ok, K, ACC)
     kt = kk
@@ -150,18 +147,108 @@ def _gram_solve_kernel(
         kt = kt * c[:, None]
         tl.store(c_out + t, c.to(c_out.dtype.element_ty), mask=rmask)
     _store_rows(kt_out, kt, t, rmask, K, ok, K)
+    kt = kt.to(kt_out.dtype.element_ty).to(ACC)  # later stages see the stored (rounded) write key
+    g = tl.zeros([16], dtype=ACC)
     if GATED:
         la = tl.load(log_alpha + t, mask=rmask, other=0.0).to(ACC)
-        g = tl.cumsum(la, 0)
+        g = g_carry + tl.cumsum(la, 0)
         tl.store(g_out + t, g.to(g_out.dtype.element_ty), mask=rmask)
+        g_carry = tl.sum(tl.where(tl.arange(0, 16) == 15, g, 0.0), 0)
+    return kk, kt, b, g, g_carry
+
+
+@triton.jit
+def _lblock(kk_i, kt_j, b_i, g_i, g_j, DIAG: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr,
+            ACC: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+    """Block ``(i, j)`` of ``L = diag(β) · tril₋₁(Γ ⊙ K K̃ᵀ)`` (16×16)."""
+    G = _mm(kk_i, tl.trans(kt_j), DT, ACC, IEEE)
+    o16 = tl.arange(0, 16)
+    if GATED:
+        G = G * tl.exp(tl.minimum(g_i[:, None] - g_j[None, :], 0.0))
+    if DIAG:
+        G = tl.where(o16[:, None] > o16[None, :], G, 0.0)
+    return b_i[:, None] * G
+
+
+@triton.jit
+def _mmf(a, b, ACC: tl.constexpr):
+    """Small full-precision product (16×16 blocks of the inverse)."""
+    return tl.dot(a, b, input_precision="ieee", out_dtype=ACC)
+
+
+@triton.jit
+def _gram_solve_kernel(
+    k, d, beta, log_alpha, kt_out, c_out, g_out, ai_out, bounds,
+    H, K, s_max,
+    C: tl.constexpr, BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr,
+    SOLVE: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """Stage 1 in 16-row blocks: ``A⁻¹`` by inverting the 16×16 diagonal blocks (forward substitution) and
+    assembling the rest with ``X_ij = −X_ii Σ_{j ≤ m < i} L_im X_mj`` (block forward substitution)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    DT: tl.constexpr = k.dtype.element_ty
+    NB: tl.constexpr = C // 16
+    o16 = tl.arange(0, 16)
+    Z = tl.zeros([16, 16], dtype=ACC)
+    gz = tl.sum(tl.zeros([16], dtype=ACC), 0)
+    kk0, kt0, b0, g0, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, H, K, s_max,
+                                   BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+    if NB >= 2:
+        kk1, kt1, b1, g1, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, H, K,
+                                       s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+    if NB >= 4:
+        kk2, kt2, b2, g2, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, H, K,
+                                       s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+        kk3, kt3, b3, g3, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, H, K,
+                                       s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
     if SOLVE:
-        kt = kt.to(kt_out.dtype.element_ty).to(ACC)  # later stages see the stored (rounded) write key
-        G = _mm(kk, tl.trans(kt), DT, ACC, IEEE)
-        if GATED:
-            G = G * _decay(g, oc, oc, True)
-        L = tl.where(oc[:, None] > oc[None, :], b[:, None] * G, 0.0)
-        X = _unit_lower_inverse(L, oc, C, ACC)
-        _store_rows(ai_out, X, t, rmask, C, oc, C)
+        X00 = _unit_lower_inverse(_lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE), o16, 16, ACC)
+        t = (t0 + o16) * H + i_h
+        _store_rows(ai_out, X00, t, o16 < nv, C, o16, C)
+        if NB >= 2:
+            X11 = _unit_lower_inverse(_lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE), o16, 16, ACC)
+            L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
+            X10 = -_mmf(X11, _mmf(L10, X00, ACC), ACC)
+            t = (t0 + 16 + o16) * H + i_h
+            m = (16 + o16) < nv
+            _store_rows(ai_out, X10, t, m, C, o16, C)
+            _store_rows(ai_out, X11, t, m, C, 16 + o16, C)
+            _store_rows(ai_out, Z, (t0 + o16) * H + i_h, o16 < nv, C, 16 + o16, C)
+        if NB >= 4:
+            X22 = _unit_lower_inverse(_lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE), o16, 16, ACC)
+            X33 = _unit_lower_inverse(_lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE), o16, 16, ACC)
+            L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
+            L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
+            L30 = _lblock(kk3, kt0, b3, g3, g0, False, GATED, DT, ACC, IEEE)
+            L31 = _lblock(kk3, kt1, b3, g3, g1, False, GATED, DT, ACC, IEEE)
+            L32 = _lblock(kk3, kt2, b3, g3, g2, False, GATED, DT, ACC, IEEE)
+            X21 = -_mmf(X22, _mmf(L21, X11, ACC), ACC)
+            X20 = -_mmf(X22, _mmf(L20, X00, ACC) + _mmf(L21, X10, ACC), ACC)
+            X32 = -_mmf(X33, _mmf(L32, X22, ACC), ACC)
+            X31 = -_mmf(X33, _mmf(L31, X11, ACC) + _mmf(L32, X21, ACC), ACC)
+            X30 = -_mmf(X33, _mmf(L30, X00, ACC) + _mmf(L31, X10, ACC) + _mmf(L32, X20, ACC), ACC)
+            t = (t0 + o16) * H + i_h
+            m = o16 < nv
+            _store_rows(ai_out, Z, t, m, C, 32 + o16, C)
+            _store_rows(ai_out, Z, t, m, C, 48 + o16, C)
+            t = (t0 + 16 + o16) * H + i_h
+            m = (16 + o16) < nv
+            _store_rows(ai_out, Z, t, m, C, 32 + o16, C)
+            _store_rows(ai_out, Z, t, m, C, 48 + o16, C)
+            t = (t0 + 32 + o16) * H + i_h
+            m = (32 + o16) < nv
+            _store_rows(ai_out, X20, t, m, C, o16, C)
+            _store_rows(ai_out, X21, t, m, C, 16 + o16, C)
+            _store_rows(ai_out, X22, t, m, C, 32 + o16, C)
+            _store_rows(ai_out, Z, t, m, C, 48 + o16, C)
+            t = (t0 + 48 + o16) * H + i_h
+            m = (48 + o16) < nv
+            _store_rows(ai_out, X30, t, m, C, o16, C)
+            _store_rows(ai_out, X31, t, m, C, 16 + o16, C)
+            _store_rows(ai_out, X32, t, m, C, 32 + o16, C)
+            _store_rows(ai_out, X33, t, m, C, 48 + o16, C)
 
 
 def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
@@ -529,13 +616,14 @@ def _bwd_dqk_kernel(
 
 
 def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
-    """Gradients through the reads: ``dq`` (complete), partial ``dk̃`` and ``dg``, and ``dW`` (all fp32/fp64)."""
+    """Gradients through the reads: ``dq`` (complete) and ``dW`` in the input dtype; partial ``dk̃`` and ``dg``
+    in fp32/fp64."""
     N, H, K = q.shape
     V = do.shape[-1]
     f = torch.float64 if q.dtype == torch.float64 else torch.float32
-    dq = torch.empty(N, H, K, device=q.device, dtype=f)
+    dq = torch.empty(N, H, K, device=q.device, dtype=q.dtype)
     dkt = torch.empty(N, H, K, device=q.device, dtype=f)
-    dw = torch.empty(N, H, K, device=q.device, dtype=f)
+    dw = torch.empty(N, H, K, device=q.device, dtype=q.dtype)  # only ever used as a dot operand
     dg = torch.empty(N, H, device=q.device, dtype=f) if g is not None else None
     _c = _bwd_dqk_kernel[(bounds.shape[0], H)](
         q, kt, g if g is not None else q, vnew, h, do, dh, du, dq, dkt, dw, dg if dg is not None else dq,
@@ -628,14 +716,14 @@ def _bwd_wy_kernel(
 
 
 def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
-    """Gradients through WY factors, solve, Gram, decay and write key: returns ``dk, dd (or None), dv, dβ,
-    d log α (or None)`` in fp32/fp64."""
+    """Gradients through WY factors, solve, Gram, decay and write key: returns ``dk, dd (or None), dv`` in the
+    input dtype and ``dβ, d log α (or None)`` in fp32/fp64."""
     N, H, K = k.shape
     V = v.shape[-1]
     f = torch.float64 if k.dtype == torch.float64 else torch.float32
-    dk = torch.empty(N, H, K, device=k.device, dtype=f)
-    dd = torch.empty(N, H, K, device=k.device, dtype=f) if d is not None else None
-    dv = torch.empty(N, H, V, device=k.device, dtype=f)
+    dk = torch.empty(N, H, K, device=k.device, dtype=k.dtype)
+    dd = torch.empty(N, H, K, device=k.device, dtype=k.dtype) if d is not None else None
+    dv = torch.empty(N, H, V, device=k.device, dtype=k.dtype)
     db = torch.empty(N, H, device=k.device, dtype=f)
     dla = torch.empty(N, H, device=k.device, dtype=f) if g is not None else None
     _c = _bwd_wy_kernel[(bounds.shape[0], H)](
