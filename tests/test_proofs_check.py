@@ -49,7 +49,7 @@ def test_runner_fails_when_a_module_fails(monkeypatch, capsys):
     assert "1 module(s) failed: check_bad" in capsys.readouterr().out
 
 
-def test_symbol_helpers():
+def test_symbol_constructors():
     v = sym_vector("d", 3, positive=True)
     assert v.shape == (3, 1) and all(s.is_positive for s in v)
     assert sym_matrix("S", 2, 3).shape == (2, 3)
