@@ -20,7 +20,8 @@
 #
 # Metrics (per run, averaged over the segments that start with a shift): calibration loss $(1-s_t)^2$ early
 # (first `window` tokens) and late (last `window` tokens) in a segment; $\|d-d^*_{seg}\|/\|d^*_{seg}\|$ at the
-# segment end; recovery time (tokens until that error is ≤ `recovery_tol`; the segment length when never);
+# segment end; recovery time (tokens until that error is ≤ `recovery_tol` and stays so for `window` tokens;
+# the segment length when never);
 # trigger count; R1 (stored-set residual ratio of each segment under the state at its end).
 
 # %% tags=["parameters"]

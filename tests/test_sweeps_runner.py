@@ -305,3 +305,21 @@ def test_cli_sweep_and_plot(tmp_path):
     r = runner.invoke(app, ["sweep", str(f2), "--out", str(tmp_path / "o2"), "--executor", "serial"])
     assert r.exit_code == 1 and "1 failed" in r.output
     assert ResultsStore(tmp_path / "o2").records  # the failure is on disk
+
+
+def test_recovery_time_requires_staying_below_tol():
+    from osdn_theory.sweeps.evaluate import recovery_time
+
+    e = torch.tensor([0.9, 0.1, 0.9, 0.9, 0.2, 0.2, 0.2, 0.2, 0.9, 0.1], dtype=torch.float64)[None, :, None]
+    t, ok = recovery_time(e, 0.25, 3)
+    assert t.item() == 4 and ok.item()  # the dip at token 1 does not count; tokens 4..6 stay below
+    t, ok = recovery_time(e, 0.25, 1)
+    assert t.item() == 1  # window 1 = first hit
+    t, ok = recovery_time(e, 0.05, 3)
+    assert t.item() == 10 and not ok.item()  # censored at the segment length
+    t, _ = recovery_time(torch.tensor([0.9, 0.9, 0.1])[None, :, None].double(), 0.25, 5)
+    assert t.item() == 2  # staying to the segment end counts
+    with pytest.raises(ValueError, match="window"):
+        recovery_time(e, 0.25, 0)
+    with pytest.raises(ValueError, match="err"):
+        recovery_time(e[0], 0.25, 3)

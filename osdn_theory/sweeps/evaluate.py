@@ -18,8 +18,9 @@ Pipeline per batch (float64 torch, all seeds stacked along the batch axis B):
    - ``d_err_end``: ``‖d_t − d*_seg‖ / ‖d*_seg‖`` at each segment's last token (``d*_seg`` =
      :func:`osdn_theory.comparators.fixed_point_d` of the segment's feature variances and mean β), mean
      over segments; NaN for RLS (no diagonal d).
-   - ``recovery_time``: tokens after a shift until ``‖d_t − d*_seg‖/‖d*_seg‖ ≤ recovery_tol`` (censored at
-     the segment length when never reached; ``recovered_frac`` counts the shifts that did recover).
+   - ``recovery_time``: tokens after a shift until ``‖d_t − d*_seg‖/‖d*_seg‖ ≤ recovery_tol`` and stays so
+     for ``window`` tokens (or to the segment end); censored at the segment length when never reached
+     (``recovered_frac`` counts the shifts that did recover).
    - ``triggers``: APF trigger firings (summed over heads).
    - ``r1``: stored-set residual ratio R1 of each segment's tokens under the state at that segment's end,
      mean over segments (``r1_final``: last segment); ``r2``: token-local write ratio R2 over the stream
@@ -38,13 +39,14 @@ import traceback
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..chunkwise import osdn_chunkwise
 from ..recurrences import Diagnostics, osdn_recurrent, write_key
 from .registry import build_stream, method_builder
 from .spec import config_hash, method_label
 
-__all__ = ["evaluate_batch", "evaluate_runs", "stack_streams"]
+__all__ = ["evaluate_batch", "evaluate_runs", "recovery_time", "stack_streams"]
 
 
 def _now() -> str:
@@ -192,6 +194,30 @@ def _memory(k, v, beta, d, s_max, segs, memory: str = "chunk"):
     return e, ends
 
 
+def recovery_time(err: torch.Tensor, tol: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens until a relative error series falls to ``≤ tol`` and stays there for ``window`` tokens.
+
+    Args:
+        err: errors of shape ``[B, L, H]`` over the ``L`` tokens of a segment (token 0 = the shift).
+        tol: recovery threshold; window: tokens the error must stay ``≤ tol`` (fewer if the segment ends).
+
+    Returns:
+        ``(time [B, H] float64, recovered [B, H] bool)``; ``time = L`` (censored) where never recovered.
+    """
+    if err.ndim != 3:
+        raise ValueError(f"err: expected shape [B, L, H], got {tuple(err.shape)}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: expected a positive integer, got {window!r}")
+    L = err.shape[1]
+    okf = F.pad(
+        (err <= tol).to(torch.float64).transpose(1, 2), (0, window - 1), value=1.0
+    )  # past the end: ok
+    ok = (okf.unfold(-1, window, 1).amin(-1) == 1.0).transpose(1, 2)  # [B, L, H]
+    anyok = ok.any(1)
+    first = ok.to(torch.int64).argmax(1)
+    return torch.where(anyok, first, L).to(torch.float64), anyok
+
+
 def evaluate_runs(run_dicts: list[dict], *, memory: str = "chunk") -> tuple[list[dict], list[dict]]:
     """Stacked evaluation of runs that share stream config and method; returns per-run (metrics, series).
 
@@ -263,11 +289,7 @@ def evaluate_runs(run_dicts: list[dict], *, memory: str = "chunk") -> tuple[list
             dstar = fixed_point_d(x["a_seg"][:, :, j], beta[:, a:b].mean(1))  # [B, H, K]
             err = (dd[:, a:b] - dstar[:, None]).norm(dim=-1) / dstar[:, None].norm(dim=-1)  # [B, L, H]
             d_err_end[:, j] = err[:, -1]
-            ok = err <= mset["recovery_tol"]
-            anyok = ok.any(1)
-            first = ok.to(torch.int64).argmax(1)
-            rec[:, j] = torch.where(anyok, first, b - a).to(torch.float64)
-            recovered[:, j] = anyok
+            rec[:, j], recovered[:, j] = recovery_time(err, mset["recovery_tol"], W)
 
     pb, pa = mset["profile_before"], mset["profile_after"]
     prof = [cal[:, a - pb : a + pa].mean(-1) for a, _ in segs[1:] if a - pb >= 0 and a + pa <= T]

@@ -64,7 +64,7 @@ __all__ = [
 #: Metric settings used when a sweep file gives none (see :mod:`osdn_theory.sweeps.evaluate`).
 DEFAULT_METRICS: dict[str, Any] = {
     "window": 32,  # tokens averaged for "early" (first) and "late" (last) calibration loss in a segment
-    "recovery_tol": 0.25,  # ‖d − d*_seg‖/‖d*_seg‖ below which a segment counts as recovered
+    "recovery_tol": 0.25,  # recovered once ‖d − d*_seg‖/‖d*_seg‖ ≤ tol and stays so for `window` tokens
     "profile_before": 32,  # tokens before each shift kept in the calibration-loss profile
     "profile_after": 128,  # tokens after each shift kept in the profile
 }
