@@ -323,3 +323,19 @@ def test_recovery_time_requires_staying_below_tol():
         recovery_time(e, 0.25, 0)
     with pytest.raises(ValueError, match="err"):
         recovery_time(e[0], 0.25, 3)
+
+
+def test_one_sweep_per_folder_at_a_time(tmp_path):
+    import fcntl
+
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=(0,))
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another sweep holds the folder
+        with pytest.raises(ValueError, match="another sweep is running"):
+            run_sweep(f, out, executor="serial", progress=False)
+    assert run_sweep(f, out, executor="serial", progress=False).executed == 1  # released: runs
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="out"):
+        run_sweep(f, tmp_path / "file", executor="serial", progress=False)

@@ -8,6 +8,7 @@ with ``status = "failed"`` and its traceback, and the sweep goes on (``retry_fai
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,39 @@ def run_sweep(
         spec = load_spec(spec)
     if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 0):
         raise ValueError(f"max_runs: expected a non-negative integer, got {max_runs!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: expected a directory, got an existing file {str(out)!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _run_locked(
+            spec, out, executor, workers, scheduler, max_runs, retry_failed, batch_size, progress
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive lock on ``out/.lock`` so two sweeps never append to one folder at once.
+
+    The operating system releases the lock when the process dies, so a killed sweep never blocks its rerun.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        yield
+        return
+    with open(out / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"out: another sweep is running in {str(out)!r} (its .lock is held)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_locked(spec, out, executor, workers, scheduler, max_runs, retry_failed, batch_size, progress):
     t0 = time.perf_counter()
     store = ResultsStore(out)
     prev = store.read_manifest()

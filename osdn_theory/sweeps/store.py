@@ -6,6 +6,7 @@ Layout of ``OUT``::
     OUT/results.parquet   the same records as a table (scalars + list columns), rewritten at the end of a sweep
     OUT/manifest.json     config hashes, code version, seeds, machine, dates (atomically replaced)
     OUT/sweep.json        the expanded sweep (every run config), for reproduction
+    OUT/.lock             held (flock) while a sweep runs in OUT, so two sweeps never append at once
 
 Crash safety: a run is "done" exactly when its line is on disk. A process killed mid-write leaves at most a
 truncated last line; :class:`ResultsStore` drops it (and truncates the file to the last complete line) when it
