@@ -22,7 +22,7 @@ from osdn_theory.cli import app
 from osdn_theory.comparators import fixed_point_d
 from osdn_theory.preconditioners import osdn_adaptive
 from osdn_theory.streams import from_dict as stream_from_dict
-from osdn_theory.sweeps.evaluate import evaluate_batch, evaluate_runs
+from osdn_theory.sweeps.evaluate import evaluate_batch, evaluate_runs, stack_key
 from osdn_theory.sweeps.executors import make_executor
 from osdn_theory.sweeps.runner import plan_batches, run_sweep
 from osdn_theory.sweeps.spec import DEFAULT_METRICS, load_spec, parse_spec
@@ -171,8 +171,27 @@ def test_failing_run_is_recorded_not_raised():
     recs = evaluate_batch([_run(BAD, 0), _run(BAD, 1)])
     assert [r["status"] for r in recs] == ["failed", "failed"]
     assert re.match(r"ValueError: (d|positivity)\b", recs[0]["error"]) and "Traceback" in recs[0]["traceback"]
-    with pytest.raises(ValueError, match="differ only in their seed"):
+    with pytest.raises(ValueError, match="share method"):
         evaluate_runs([_run(BAD, 0), _run(SPIKE, 1)])
+    with pytest.raises(ValueError, match="share method"):
+        evaluate_runs([_run(SPIKE, 0), _run(SPIKE, 1, dict(STREAM, T=64))])
+
+
+def test_stream_value_grid_is_stacked_and_equals_one_by_one():
+    """Configs that differ in stream values (condition, noise, beta, batch) stack along B with the seeds."""
+    streams = [dict(STREAM, condition=c, noise=n) for c, n in ((10.0, 0.1), (100.0, 0.0))]
+    streams.append(dict(STREAM, beta=0.5, batch=2))
+    runs = [_run(SPIKE, s, st) for st in streams for s in (0, 1)]
+    spec = parse_spec({"seeds": [0, 1], "stream": streams, "method": [SPIKE], "metrics": METRICS})
+    assert [len(b) for b in plan_batches(spec.runs, 16)] == [6]
+    ms, ss = evaluate_runs(runs)
+    assert ms[-1]["realisations"] == 2
+    for r, m, s in zip(runs, ms, ss, strict=True):
+        (m1,), (s1,) = evaluate_runs([r])
+        for key, val in m1.items():
+            assert val == pytest.approx(m[key], rel=TOL, abs=0, nan_ok=True), key
+        assert s1["d_err_seg"] == pytest.approx(s["d_err_seg"], rel=TOL)
+    assert ms[0]["d_err_end"] != ms[2]["d_err_end"]
 
 
 def test_plan_batches_groups_seeds():
@@ -181,7 +200,7 @@ def test_plan_batches_groups_seeds():
     )
     batches = plan_batches(spec.runs, 2)
     assert sorted(len(b) for b in batches) == [1, 1, 2, 2]
-    assert all(len({r.group_key for r in b}) == 1 for b in batches)
+    assert all(len({stack_key(r.to_dict()) for r in b}) == 1 for b in batches)
     with pytest.raises(ValueError, match="batch_size"):
         plan_batches(spec.runs, 0)
 

@@ -1,4 +1,8 @@
-"""Evaluate a batch of runs that differ only in their seed: stack the seeds along B, run once, score each.
+"""Evaluate a batch of runs that share shapes: stack their streams along B, run once, score each run.
+
+Runs stack when they share the method, the metric settings and every shape-setting stream field
+(:func:`stack_key`): typically the seeds of one config, and configs that differ only in stream values
+(``condition``, ``noise``, ``beta``, …).
 
 Pipeline per batch (float64 torch, all seeds stacked along the batch axis B):
 
@@ -46,7 +50,14 @@ from ..recurrences import Diagnostics, osdn_recurrent, write_key
 from .registry import build_stream, method_builder
 from .spec import config_hash, method_label
 
-__all__ = ["evaluate_batch", "evaluate_runs", "recovery_time", "stack_streams"]
+__all__ = [
+    "VALUE_ONLY_STREAM_FIELDS",
+    "evaluate_batch",
+    "evaluate_runs",
+    "recovery_time",
+    "stack_key",
+    "stack_streams",
+]
 
 
 def _now() -> str:
@@ -62,7 +73,7 @@ def _label(cfg: dict) -> str:
 def evaluate_batch(run_dicts: list[dict]) -> list[dict]:
     """Evaluate runs (each ``{"stream", "method", "seed", "metrics"}``) → one record per run; never raises.
 
-    The runs are evaluated stacked (they must differ only in their seed). If the stacked evaluation fails,
+    The runs are evaluated stacked (they must share :func:`stack_key`). If the stacked evaluation fails,
     each run is evaluated alone, so one bad run is recorded as failed (with its traceback) and the others
     still succeed.
     """
@@ -194,6 +205,33 @@ def _memory(k, v, beta, d, s_max, segs, memory: str = "chunk"):
     return e, ends
 
 
+#: stream fields that change values but never tensor shapes or segment boundaries: runs that differ only in
+#: these (and the seed) are stacked along B (``batch`` only changes how many rows a run has)
+VALUE_ONLY_STREAM_FIELDS = frozenset(
+    {
+        "condition",
+        "noise",
+        "key_scale",
+        "beta",
+        "cov",
+        "key_dist",
+        "normalize_keys",
+        "scales",
+        "period",
+        "batch",
+    }
+)
+
+
+def stack_key(run: dict) -> str:
+    """Runs with equal keys can be evaluated stacked along B: same method, metric settings, stream family and
+    every stream field that sets a shape (``T``, ``K``, ``V``, ``heads``, ``segment_len``, pairs, passes, …)."""
+    if not isinstance(run, dict) or not {"stream", "method", "metrics"} <= set(run):
+        raise ValueError(f"run: expected a dict with stream, method and metrics, got {run!r}")
+    shape = {k: v for k, v in run["stream"].items() if k not in VALUE_ONLY_STREAM_FIELDS}
+    return config_hash({"method": run["method"], "metrics": run["metrics"], "stream_shape": shape})
+
+
 def recovery_time(err: torch.Tensor, tol: float, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens until a relative error series falls to ``≤ tol`` and stays there for ``window`` tokens.
 
@@ -230,13 +268,16 @@ def evaluate_runs(run_dicts: list[dict], *, memory: str = "chunk") -> tuple[list
         raise ValueError("run_dicts: expected at least one run")
     if memory not in ("chunk", "recurrent"):
         raise ValueError(f"memory: expected 'chunk' or 'recurrent', got {memory!r}")
-    base = {key: val for key, val in run_dicts[0].items() if key != "seed"}
+    key0 = stack_key(run_dicts[0])
     for r in run_dicts[1:]:
-        if {key: val for key, val in r.items() if key != "seed"} != base:
-            raise ValueError("run_dicts: expected runs that differ only in their seed")
+        if stack_key(r) != key0:
+            raise ValueError(
+                "run_dicts: expected runs that share method, metrics and stream shapes (see stack_key), "
+                f"got {stack_key(r)} vs {key0}"
+            )
     mset = run_dicts[0]["metrics"]
     m = method_builder(run_dicts[0]["method"])
-    x = stack_streams([build_stream(run_dicts[0]["stream"], r["seed"]) for r in run_dicts])
+    x = stack_streams([build_stream(r["stream"], r["seed"]) for r in run_dicts])
     k, v, beta = x["k"], x["v"], x["beta"]
     B, T, H, K = k.shape
     segs = _segments(x["segment_starts"], T)

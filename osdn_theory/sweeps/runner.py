@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .evaluate import evaluate_batch
+from .evaluate import evaluate_batch, stack_key
 from .executors import make_executor
 from .spec import RunConfig, SweepSpec, load_spec
 from .store import ResultsStore, code_version, machine_info, utc_now
@@ -39,15 +39,16 @@ class SweepSummary:
 
 
 def plan_batches(runs: list[RunConfig], batch_size: int) -> list[list[RunConfig]]:
-    """Group runs that differ only in their seed (same shapes, same method) into batches of ≤ ``batch_size``.
+    """Group runs that share method, metric settings and stream shapes (seeds, and stream-value grids such as
+    ``condition`` or ``noise``) into batches of ≤ ``batch_size`` runs.
 
-    Such runs stack along the batch dimension B of the d-scan and memory recurrence.
+    Such runs stack along the batch dimension B of the d-scan and memory recurrence (:func:`stack_key`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     groups: dict[str, list[RunConfig]] = {}
     for r in runs:
-        groups.setdefault(r.group_key, []).append(r)
+        groups.setdefault(stack_key(r.to_dict()), []).append(r)
     out = []
     for g in groups.values():
         out += [g[i : i + batch_size] for i in range(0, len(g), batch_size)]

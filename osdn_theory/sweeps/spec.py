@@ -96,13 +96,6 @@ class RunConfig:
     def hash(self) -> str:
         return config_hash(self.to_dict())
 
-    @property
-    def group_key(self) -> str:
-        """Runs with the same group key differ only in their seed: they can be stacked along the batch."""
-        d = self.to_dict()
-        d.pop("seed")
-        return config_hash(d)
-
     def label(self) -> str:
         return f"{self.stream.get('family')}/{method_label(self.method)}/seed{self.seed}"
 
