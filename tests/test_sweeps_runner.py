@@ -358,3 +358,18 @@ def test_one_sweep_per_folder_at_a_time(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="out"):
         run_sweep(f, tmp_path / "file", executor="serial", progress=False)
+
+
+def test_serial_executor_runs_each_task_when_its_turn_comes():
+    """Tasks run one at a time as results are consumed, so each record hits the disk before the next runs."""
+    calls = []
+    ex = make_executor("serial")
+    futs = [ex.submit(calls.append, i) for i in range(3)]
+    assert calls == []
+    it = ex.as_completed(futs)
+    next(it)
+    assert calls == [0]
+    assert len(list(it)) == 2 and calls == [0, 1, 2]
+    bad = ex.submit(int, "x")
+    with pytest.raises(ValueError, match="invalid literal"):
+        bad.result()

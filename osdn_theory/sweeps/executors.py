@@ -35,24 +35,45 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+class _Deferred:
+    """A task of the serial executor: runs when first asked for its result (so results are recorded one by one
+    as they finish, exactly as with the parallel executors)."""
+
+    def __init__(self, fn: Callable, args: tuple):
+        self._fn, self._args = fn, args
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        if self._done:
+            return
+        try:
+            self._value = self._fn(*self._args)
+        except Exception as err:  # noqa: BLE001 - handed to the caller by result()
+            self._error = err
+        self._done = True
+
+    def result(self) -> Any:
+        self.run()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class SerialExecutor:
-    """Runs tasks in this process, eagerly (a finished :class:`concurrent.futures.Future` per task)."""
+    """Runs tasks in this process, one at a time, in submission order, as ``as_completed`` asks for them."""
 
     name = "serial"
     workers = 1
 
-    def submit(self, fn: Callable, *args: Any) -> cf.Future:
-        fut: cf.Future = cf.Future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as err:  # noqa: BLE001 - handed to the caller through the future
-            if isinstance(err, KeyboardInterrupt):
-                raise
-            fut.set_exception(err)
-        return fut
+    def submit(self, fn: Callable, *args: Any) -> _Deferred:
+        return _Deferred(fn, args)
 
-    def as_completed(self, futures: Iterable[cf.Future]) -> Iterator[cf.Future]:
-        yield from futures
+    def as_completed(self, futures: Iterable[_Deferred]) -> Iterator[_Deferred]:
+        for f in futures:
+            f.run()
+            yield f
 
     def shutdown(self, cancel: bool = False) -> None:
         pass
