@@ -316,3 +316,19 @@ def test_input_errors():
         DRule(c=2.0)
     with pytest.raises(ValueError, match="k"):
         chunk_osdn(q, k.to("meta"), v, b)
+
+
+def test_largest_head_dims_256():
+    """K = V = 256 (the largest supported head dims): forward and gradients against the recurrence."""
+    x = make_inputs(70, T=20, H=1, K=256, V=256)
+    names, kw = CASES["gated-d-h0"]
+    g = torch.Generator().manual_seed(71)
+    do = torch.randn(x["v"].shape, generator=g, dtype=F64)
+    dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
+    got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16)
+    ref = _grads(osdn_recurrent, x, names, kw, do, dht)
+    o, _ = chunk_osdn(**_pick(x, names), chunk_size=16)
+    o_ref, _ = osdn_recurrent(**_pick(x, names))
+    assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64
+    for n in got:
+        assert rel_err(got[n], ref[n]) < KERNEL_INTERP_FLOAT64, n
