@@ -373,3 +373,47 @@ def test_serial_executor_runs_each_task_when_its_turn_comes():
     bad = ex.submit(int, "x")
     with pytest.raises(ValueError, match="invalid literal"):
         bad.result()
+
+
+def _children(pid: int) -> list[int]:
+    import psutil  # a dependency of dask.distributed
+
+    return [c.pid for c in psutil.Process(pid).children()]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+def test_kill_pool_sweep_leaves_no_workers_and_resumes(tmp_path):
+    methods = [dict(SPIKE, s_max=x) for x in (1.2, 1.5, 1.8, 1.9)]
+    f = _toml(tmp_path / "s.toml", methods, seeds=(0, 1), stream=dict(STREAM, T=1500, segment_len=500))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "osdn_theory.cli", "sweep", str(f), "--out", str(out), "--workers", "2"]
+    cmd += ["--batch-size", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while time.time() - t0 < 120 and not (
+        (out / RESULTS).exists() and (out / RESULTS).read_bytes().count(b"\n")
+    ):
+        time.sleep(0.01)
+    kids = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert kids, "the pool should have worker processes"
+    t0 = time.time()
+    while time.time() - t0 < 10 and any(_alive(k) for k in kids):
+        time.sleep(0.1)
+    assert not any(_alive(k) for k in kids), "pool workers outlived the killed sweep"
+    n_before = (out / RESULTS).read_bytes().count(b"\n")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"{n_before} already done" in res.stdout
+    hashes = [r["hash"] for r in _lines(out)]
+    assert len(hashes) == len(set(hashes)) == 8

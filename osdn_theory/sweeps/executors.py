@@ -30,9 +30,22 @@ EXECUTORS = ("local", "serial", "dask")
 
 
 def _worker_init() -> None:
+    """Pool worker set-up: one torch thread, and exit when the parent dies (a killed sweep leaves no orphans)."""
+    import threading
+    import time
+
     import torch
 
     torch.set_num_threads(1)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="osdn-parent-watch", daemon=True).start()
 
 
 class _Deferred:
