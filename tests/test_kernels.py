@@ -332,3 +332,23 @@ def test_largest_head_dims_256():
     assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64
     for n in got:
         assert rel_err(got[n], ref[n]) < KERNEL_INTERP_FLOAT64, n
+
+
+def test_value_errors_name_the_argument():
+    x = make_inputs(80, T=8, K=4, V=4)
+    q, k, v, b = x["q"], x["k"], x["v"], x["beta"]
+    bad = q.clone()
+    bad[0, 3, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="q"):
+        chunk_osdn(bad, k, v, b)
+    with pytest.raises(ValueError, match="v"):
+        chunk_osdn(q, k, v * float("inf"), b)
+    d0 = x["d"].clone()
+    d0[0, 0, 0, 0] = 0.0
+    with pytest.raises(ValueError, match="d"):
+        chunk_osdn(q, k, v, b, d0)
+    with pytest.raises(ValueError, match="beta"):
+        chunk_osdn(q, k, v, -b)
+    # the same inputs pass when validation is off (the caller vouches for them)
+    o, _ = chunk_osdn(q, k, v, b, x["d"], validate=False, chunk_size=16)
+    assert torch.isfinite(o).all()

@@ -116,6 +116,29 @@ def _check_tensor(name: str, x, ref: torch.Tensor | None, shape, layout: str, *,
     return t
 
 
+def _validate_values(q, k, v, beta, d, alpha) -> None:
+    """Range checks with one host synchronisation; the per-tensor checks (with their messages) run only
+    when something is out of range."""
+    flags = [~torch.isfinite(t).all() for t in (q.detach(), k.detach(), v.detach())]
+    b = beta.detach()
+    flags.append(~((b > 0) & (b <= 1)).all())
+    if d is not None:
+        dd = d.detach()
+        flags.append(~(torch.isfinite(dd) & (dd > 0)).all())
+    if alpha is not None:
+        a = alpha.detach()
+        flags.append(~((a > 0) & (a <= 1)).all())
+    if not bool(torch.stack(flags).any()):
+        return
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_range(name, t.detach())
+    check_range("beta", beta.detach(), 0.0, 1.0, lo_open=True)
+    if d is not None:
+        check_range("d", d.detach(), 0.0, None, lo_open=True)
+    if alpha is not None:
+        check_range("alpha", alpha.detach(), 0.0, 1.0, lo_open=True)
+
+
 def chunk_osdn(
     q,
     k,
@@ -236,13 +259,7 @@ def chunk_osdn(
         f = torch.float64 if k.dtype == torch.float64 else torch.float32
         initial_state = initial_state.to(f).contiguous()
     if validate:
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            check_range(name, t.detach())
-        check_range("beta", beta.detach(), 0.0, 1.0, lo_open=True)
-        if d is not None:
-            check_range("d", d.detach(), 0.0, None, lo_open=True)
-        if alpha is not None:
-            check_range("alpha", alpha.detach(), 0.0, 1.0, lo_open=True)
+        _validate_values(q, k, v, beta, d, alpha)
     log_alpha = None
     if alpha is not None:
         log_alpha = torch.log(
