@@ -46,13 +46,19 @@ def load_results(out: str | Path):
     df = records_to_frame(recs)
     df["method_label"] = [method_label(r["config"]["method"]) for r in recs]
     df["method_cfg"] = [r["config"]["method"] for r in recs]
-    df["stream_label"] = [_stream_label(r["config"]["stream"]) for r in recs]
+    streams = [r["config"]["stream"] for r in recs]
+    keys = {k for st in streams for k in st if k != "family"}
+    varying = {k for k in keys if len({json.dumps(st.get(k), sort_keys=True) for st in streams}) > 1}
+    df["stream_label"] = [_stream_label(st, varying) for st in streams]
     return df
 
 
-def _stream_label(stream: dict) -> str:
+def _stream_label(stream: dict, varying: set[str] = frozenset()) -> str:
+    """``family(T=…,K=…, <fields that vary between the sweep's streams>)``: one label per distinct stream."""
     fam = stream.get("family", "?")
-    keys = [k for k in ("T", "K", "segment_length", "num_segments") if k in stream]
+    keys = [k for k in ("T", "K") if k in stream] + sorted(
+        k for k in varying if k in stream and k not in ("T", "K")
+    )
     return fam + ("(" + ",".join(f"{k}={stream[k]}" for k in keys) + ")" if keys else "")
 
 
