@@ -352,3 +352,54 @@ def test_value_errors_name_the_argument():
     # the same inputs pass when validation is off (the caller vouches for them)
     o, _ = chunk_osdn(q, k, v, b, x["d"], validate=False, chunk_size=16)
     assert torch.isfinite(o).all()
+
+
+# ------------------------------------------------------------------------------------------- the solve
+
+
+def _chunk_matrix(x, C):
+    """``A = I + diag(β) tril₋₁(K K̃ᵀ)`` of the first chunk and head (no gate, no clip), float64."""
+    k, kt, b = x["k"][0, :C, 0], (x["d"] * x["k"])[0, :C, 0], x["beta"][0, :C, 0]
+    return torch.eye(C, dtype=F64) + b[:, None] * (k @ kt.T).tril(-1)
+
+
+def _product_form_inverse(A):
+    """Plain product form per 16×16 diagonal block, without the kernel's Newton step (negative control)."""
+    X = torch.zeros_like(A)
+    eye = torch.eye(16, dtype=A.dtype)
+    for s in range(0, A.shape[0], 16):
+        L = A[s : s + 16, s : s + 16] - eye
+        L2 = L @ L
+        L4 = L2 @ L2
+        X[s : s + 16, s : s + 16] = (eye - L) @ (eye + L2) @ (eye + L4) @ (eye + L4 @ L4)
+    return X
+
+
+def _aligned_inputs(gain):
+    """Nearly aligned keys in every chunk, so the Gram entries are ≈ ``gain`` (powers of L grow binomially)."""
+    x = make_inputs(11, T=64, H=1, K=16)
+    g = torch.Generator().manual_seed(12)
+    u = F.normalize(torch.randn(16, generator=g, dtype=F64), dim=0)
+    x["k"] = F.normalize(u + 1e-3 * torch.randn(1, 64, 1, 16, generator=g, dtype=F64), dim=-1)
+    x["beta"] = torch.full_like(x["beta"], 0.95)
+    x["d"] = torch.full_like(x["d"], gain / 0.95)
+    return x
+
+
+@pytest.mark.parametrize("case", ["random", "aligned-1.5", "aligned-2.4"])
+def test_solve_matches_solve_triangular(case):
+    """Stage 1's ``A⁻¹`` (diagonal blocks by product form + Newton step, the rest by block substitution)
+    equals ``torch.linalg.solve_triangular`` in float64 for a whole 64-token chunk, also when the keys of a
+    chunk are nearly aligned (Gram entries 1.5 or 2.4: the inverse's entries then grow like 1.4ⁿ)."""
+    C = 64
+    x = make_inputs(10, T=64, H=1, K=16) if case == "random" else _aligned_inputs(float(case.split("-")[1]))
+    flat, d, (_, _, bounds, _), _ = _packed(x, ["d"], C)
+    _, _, _, ai = stages.gram_solve(flat["k"], d, flat["beta"], None, bounds, None, C)
+    A = _chunk_matrix(x, C)
+    ref = torch.linalg.solve_triangular(A, torch.eye(C, dtype=F64), upper=False, unitriangular=True)
+    assert rel_err(ai[:, 0], ref) < EXACT_FLOAT64
+    if case != "random":
+        # negative control: this case is hard enough that the plain product form misses the bound
+        Xd = _product_form_inverse(A)
+        blocks = torch.block_diag(*[ref[s : s + 16, s : s + 16] for s in range(0, C, 16)])
+        assert rel_err(Xd, blocks) > EXACT_FLOAT64

@@ -107,18 +107,29 @@ def _last(x, offs, nv):
 
 
 @triton.jit
-def _unit_lower_inverse(L, offs, C: tl.constexpr, ACC: tl.constexpr):
-    """``(I + L)⁻¹`` for strictly lower ``L`` (C×C) by forward substitution, one row at a time.
+def _mmf(a, b, ACC: tl.constexpr):
+    """Small full-precision product (16×16 blocks of the inverse)."""
+    return tl.dot(a, b, input_precision="ieee", out_dtype=ACC)
 
-    Row ``i`` of the inverse is ``e_i − Σ_{j<i} L_{ij} (I + L)⁻¹_{j,:}``; rows ``j ≥ i`` are still ``e_j`` when
-    row ``i`` is formed, and ``L_{ij} = 0`` for them, so the whole matrix can take part in the sum.
+
+@triton.jit
+def _unit_lower_inverse16(L, ACC: tl.constexpr):
+    """``(I + L)⁻¹`` for a strictly lower 16×16 block ``L``, by products only (no serial substitution).
+
+    ``L`` is nilpotent (``L¹⁶ = 0``), so ``(I + L)⁻¹ = Σ_{m<16} (−L)^m = (I − L)(I + L²)(I + L⁴)(I + L⁸)``
+    exactly: three squarings and three products. Rounding in the powers grows with the entries of ``|L|^m``
+    (large when the keys of a block are nearly aligned), so one Newton step ``X ← X + X (I − (I + L) X)``
+    follows, which squares the relative residual and brings the result to forward-substitution accuracy.
     """
-    X = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(ACC)
-    for i in range(1, C):
-        li = tl.sum(tl.where(offs[:, None] == i, L, 0.0), 0)  # row i of L, indexed by j
-        xi = tl.where(offs == i, 1.0, 0.0) - tl.sum(li[:, None] * X, 0)
-        X = tl.where(offs[:, None] == i, xi[None, :], X)
-    return X
+    o16 = tl.arange(0, 16)
+    eye = tl.where(o16[:, None] == o16[None, :], 1.0, 0.0).to(ACC)
+    L2 = _mmf(L, L, ACC)
+    L4 = _mmf(L2, L2, ACC)
+    L8 = _mmf(L4, L4, ACC)
+    X = _mmf(_mmf(eye - L, eye + L2, ACC), eye + L4, ACC)
+    X = _mmf(X, eye + L8, ACC)
+    R = eye - X - _mmf(L, X, ACC)  # I − (I + L) X
+    return X + _mmf(X, R, ACC)
 
 
 # ------------------------------------------------------------------------- stage 1: write key, Gram, solve
@@ -171,20 +182,15 @@ def _lblock(kk_i, kt_j, b_i, g_i, g_j, DIAG: tl.constexpr, GATED: tl.constexpr, 
 
 
 @triton.jit
-def _mmf(a, b, ACC: tl.constexpr):
-    """Small full-precision product (16×16 blocks of the inverse)."""
-    return tl.dot(a, b, input_precision="ieee", out_dtype=ACC)
-
-
-@triton.jit
 def _gram_solve_kernel(
     k, d, beta, log_alpha, kt_out, c_out, g_out, ai_out, bounds,
     H, K, s_max,
     C: tl.constexpr, BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr,
     SOLVE: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    """Stage 1 in 16-row blocks: ``A⁻¹`` by inverting the 16×16 diagonal blocks (forward substitution) and
-    assembling the rest with ``X_ij = −X_ii Σ_{j ≤ m < i} L_im X_mj`` (block forward substitution)."""
+    """Stage 1 in 16-row blocks: ``A⁻¹`` by inverting the 16×16 diagonal blocks (product form plus one Newton
+    step, :func:`_unit_lower_inverse16`; the four are independent) and assembling the rest with
+    ``X_ij = −X_ii Σ_{j ≤ m < i} L_im X_mj`` (block forward substitution, all ``tl.dot``)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
     nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
@@ -204,11 +210,11 @@ def _gram_solve_kernel(
         kk3, kt3, b3, g3, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
     if SOLVE:
-        X00 = _unit_lower_inverse(_lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE), o16, 16, ACC)
+        X00 = _unit_lower_inverse16(_lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE), ACC)
         t = (t0 + o16) * H + i_h
         _store_rows(ai_out, X00, t, o16 < nv, C, o16, C)
         if NB >= 2:
-            X11 = _unit_lower_inverse(_lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE), o16, 16, ACC)
+            X11 = _unit_lower_inverse16(_lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE), ACC)
             L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
             X10 = -_mmf(X11, _mmf(L10, X00, ACC), ACC)
             t = (t0 + 16 + o16) * H + i_h
@@ -217,8 +223,8 @@ def _gram_solve_kernel(
             _store_rows(ai_out, X11, t, m, C, 16 + o16, C)
             _store_rows(ai_out, Z, (t0 + o16) * H + i_h, o16 < nv, C, 16 + o16, C)
         if NB >= 4:
-            X22 = _unit_lower_inverse(_lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE), o16, 16, ACC)
-            X33 = _unit_lower_inverse(_lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE), o16, 16, ACC)
+            X22 = _unit_lower_inverse16(_lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE), ACC)
+            X33 = _unit_lower_inverse16(_lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE), ACC)
             L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
             L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
             L30 = _lblock(kk3, kt0, b3, g3, g0, False, GATED, DT, ACC, IEEE)
