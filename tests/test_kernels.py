@@ -170,10 +170,12 @@ def _grads(fn, x, names, kw, do, dht, **extra):
     return {n: t.grad for n, t in xs.items()}
 
 
+@pytest.mark.parametrize("K", [16, 20])
 @pytest.mark.parametrize("case", ["deltanet", "d-h0", "d-clip", "gated-d-h0", "gated-clip-nod"])
-def test_backward_matches_recurrence_autograd(case):
+def test_backward_matches_recurrence_autograd(case, K):
+    """K = 20 runs the K-blocked loops of the weight-factor backward with two blocks, the second masked."""
     names, kw = CASES[case]
-    x = make_inputs(20, T=37)
+    x = make_inputs(20, T=37, K=K)
     g = torch.Generator().manual_seed(21)
     do = torch.randn(x["v"].shape, generator=g, dtype=F64)
     dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)

@@ -649,76 +649,109 @@ def _bwd_wy_kernel(
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr,
     GATED: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
+    """Loops over K blocks (``BK`` columns) so that only ``[C, BK]`` key tiles are live at once: pass 1 sums
+    the ``C×C`` products over K, the solve/Gram gradients are ``C×C``, (pass 2 forms the clip's row sum of
+    ``dk̃ ⊙ d ⊙ k``,) and the last pass writes ``dk`` and ``dd`` block by block."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
     nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
     DT: tl.constexpr = k.dtype.element_ty
     oc = tl.arange(0, C)
-    ok = tl.arange(0, BK)
     rmask = oc < nv
     t = (t0 + oc) * H + i_h
     b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
     Ai = _rows(ai, t, rmask, C, oc, C, ACC)
     Tm = Ai * b[None, :]
-    kk = _rows(k, t, rmask, K, ok, K, ACC)
-    ktc = _rows(kt, t, rmask, K, ok, K, ACC)
-    kg = kk
     if GATED:
         gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
         eg = tl.where(rmask, tl.exp(gg), 0.0)
-        kg = kk * eg[:, None]
-    dW = _rows(dw, t, rmask, K, ok, K, ACC)
-    dT = _mm(dW, tl.trans(kg), DT, ACC, IEEE)
+    dT = tl.zeros([C, C], dtype=ACC)
+    G = tl.zeros([C, C], dtype=ACC)
+    dgk = tl.zeros([C], dtype=ACC)  # Σ_k (Tᵀ dW) ⊙ e^g K: the decay term of dg through W
+    dsum = tl.zeros([C], dtype=ACC)  # Σ_k d k², the clip's s_raw / β
+    for i_k in range(tl.cdiv(K, BK)):
+        ok = i_k * BK + tl.arange(0, BK)
+        kk = _rows(k, t, rmask, K, ok, K, ACC)
+        ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+        dW = _rows(dw, t, rmask, K, ok, K, ACC)
+        kg = kk
+        if GATED:
+            kg = kk * eg[:, None]
+            dgk += tl.sum(_mm(tl.trans(Tm), dW, DT, ACC, IEEE) * kg, 1)
+        dT += _mm(dW, tl.trans(kg), DT, ACC, IEEE)
+        G += _mm(kk, tl.trans(ktc), DT, ACC, IEEE)
+        if CLIP:
+            if HAS_D:
+                dsum += tl.sum(_rows(d, t, rmask, K, ok, K, ACC) * kk * kk, 1)
+            else:
+                dsum += tl.sum(kk * kk, 1)
     for i_v in range(tl.cdiv(V, BV)):
         ov = i_v * BV + tl.arange(0, BV)
         dU = _rows(du, t, rmask, V, ov, V, ACC)
         vv = _rows(v, t, rmask, V, ov, V, ACC)
         dT += _mm(dU, tl.trans(vv), DT, ACC, IEEE)
         _store_rows(dv_out, _mm(tl.trans(Tm), dU, DT, ACC, IEEE), t, rmask, V, ov, V)
-    dKg = _mm(tl.trans(Tm), dW, DT, ACC, IEEE)
     db = tl.sum(dT * Ai, 0)  # through T = A⁻¹ diag(β)
     dAi = dT * b[None, :]
     # A⁻¹ = X: dA = −Xᵀ dX Xᵀ, kept on the strictly lower triangle where A depends on β and the Gram.
     dA = -_mm(_mm(tl.trans(Ai), dAi, DT, ACC, IEEE), tl.trans(Ai), DT, ACC, IEEE)
     dL = tl.where(oc[:, None] > oc[None, :], dA, 0.0)
-    G = _mm(kk, tl.trans(ktc), DT, ACC, IEEE)
     if GATED:
         G = G * _decay(gg, oc, oc, True)
     db += tl.sum(dL * G, 1)
     dGe = dL * b[:, None]  # gradient w.r.t. (Γ ⊙ K K̃ᵀ)
     if GATED:
         Z2 = dGe * G
-        dgt = tl.load(dg + t, mask=rmask, other=0.0).to(ACC) + tl.sum(dKg * kg, 1) + tl.sum(Z2, 1)
+        dgt = tl.load(dg + t, mask=rmask, other=0.0).to(ACC) + dgk + tl.sum(Z2, 1)
         dgt -= tl.sum(Z2, 0)
         dla = tl.cumsum(tl.where(rmask, dgt, 0.0), 0, reverse=True)  # g = in-chunk cumsum of log α
         tl.store(dla_out + t, dla.to(dla_out.dtype.element_ty), mask=rmask)
         dGe = dGe * _decay(gg, oc, oc, True)
-        dKg = dKg * eg[:, None]
-    dK = dKg + _mm(dGe, ktc, DT, ACC, IEEE)
-    dKt = _rows(dkt, t, rmask, K, ok, K, ACC) + _mm(tl.trans(dGe), kk, DT, ACC, IEEE)
     # write key k̃ = c · d ⊙ k with s_raw = β Σ d k² and c = min(1, s_max / s_raw)
-    if HAS_D:
-        dd = _rows(d, t, rmask, K, ok, K, ACC)
-    else:
-        dd = tl.where(rmask[:, None] & (ok[None, :] < K), 1.0, 0.0).to(ACC)
     if CLIP:
         cc = tl.load(c + t, mask=rmask, other=1.0).to(ACC)
-    else:
-        cc = tl.where(rmask, 1.0, 0.0).to(ACC)
-    dK += cc[:, None] * dd * dKt
-    grad_d = cc[:, None] * kk * dKt
-    if CLIP:
-        dc = tl.sum(dKt * dd * kk, 1)
-        dsum = tl.sum(dd * kk * kk, 1)
+        dc = tl.zeros([C], dtype=ACC)
+        for i_k in range(tl.cdiv(K, BK)):
+            ok = i_k * BK + tl.arange(0, BK)
+            kk = _rows(k, t, rmask, K, ok, K, ACC)
+            dKt = _rows(dkt, t, rmask, K, ok, K, ACC) + _mm(tl.trans(dGe), kk, DT, ACC, IEEE)
+            if HAS_D:
+                dc += tl.sum(dKt * _rows(d, t, rmask, K, ok, K, ACC) * kk, 1)
+            else:
+                dc += tl.sum(dKt * kk, 1)
         s_raw = b * dsum
         gam = tl.where(cc < 1.0, -dc * cc / tl.where(cc < 1.0, s_raw, 1.0), 0.0)  # ∂L/∂s_raw
         db += gam * dsum
-        dK += (2.0 * gam * b)[:, None] * dd * kk
-        grad_d += (gam * b)[:, None] * kk * kk
-    if HAS_D:
-        _store_rows(dd_out, grad_d, t, rmask, K, ok, K)
-    _store_rows(dk_out, dK, t, rmask, K, ok, K)
+    else:
+        cc = tl.where(rmask, 1.0, 0.0).to(ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        ok = i_k * BK + tl.arange(0, BK)
+        kk = _rows(k, t, rmask, K, ok, K, ACC)
+        ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+        dKg = _mm(tl.trans(Tm), _rows(dw, t, rmask, K, ok, K, ACC), DT, ACC, IEEE)
+        if GATED:
+            dKg = dKg * eg[:, None]
+        dK = dKg + _mm(dGe, ktc, DT, ACC, IEEE)
+        dKt = _rows(dkt, t, rmask, K, ok, K, ACC) + _mm(tl.trans(dGe), kk, DT, ACC, IEEE)
+        if HAS_D:
+            dd = _rows(d, t, rmask, K, ok, K, ACC)
+        else:
+            dd = tl.where(rmask[:, None] & (ok[None, :] < K), 1.0, 0.0).to(ACC)
+        dK += cc[:, None] * dd * dKt
+        grad_d = cc[:, None] * kk * dKt
+        if CLIP:
+            dK += (2.0 * gam * b)[:, None] * dd * kk
+            grad_d += (gam * b)[:, None] * kk * kk
+        if HAS_D:
+            _store_rows(dd_out, grad_d, t, rmask, K, ok, K)
+        _store_rows(dk_out, dK, t, rmask, K, ok, K)
     tl.store(db_out + t, db.to(db_out.dtype.element_ty), mask=rmask)
+
+
+def _bk_wy(K: int) -> int:
+    """K block of :func:`bwd_wy`: 64 on a GPU (``[64, 64]`` fp32 tiles keep the register count well below the
+    255 a ``[64, 128]`` tile set needed); 16 under the interpreter, so the tests run the multi-block loops."""
+    return 16 if INTERPRET else min(64, max(16, triton.next_power_of_2(K)))
 
 
 def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
@@ -736,7 +769,7 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
         k, d if d is not None else k, c if c is not None else db, kt, v, beta, g if g is not None else db, ai,
         dw, du, dkt, dg if dg is not None else db, dk, dd if dd is not None else dk, dv, db,
         dla if dla is not None else db, bounds, H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), BV=min(64, max(16, triton.next_power_of_2(V))),
+        C=C, BK=_bk_wy(K), BV=min(64, max(16, triton.next_power_of_2(V))),
         HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, ACC=acc_dtype(k.dtype),
         IEEE=k.dtype == torch.float32, num_stages=_stages(k.dtype), num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
