@@ -13,6 +13,7 @@ The forward keeps only the inputs and ``A⁻¹`` for the backward, which recompu
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -27,18 +28,24 @@ _CHUNK_SIZES = (16, 32, 64)
 _MAX_DIM = 256
 
 
+@functools.lru_cache(maxsize=64)
+def _uniform_tables(B: int, T: int, C: int, device: torch.device) -> tuple[Any, ...]:
+    """Tables of a batch of ``B`` sequences of length ``T`` (read-only, so cached per shape and device)."""
+    nt = -(-T // C)
+    cu = torch.arange(0, B * T + 1, T, device=device, dtype=torch.int32)
+    offs = torch.arange(0, B * nt + 1, nt, device=device, dtype=torch.int32)
+    j = torch.arange(nt, device=device, dtype=torch.int32)
+    b = torch.arange(B, device=device, dtype=torch.int32)
+    start = (b[:, None] * T + j[None, :] * C).reshape(-1)
+    end = ((b + 1) * T)[:, None].expand(B, nt).reshape(-1)
+    bounds = torch.stack([start, end], 1).contiguous()
+    return cu, offs, bounds, B * nt
+
+
 def _chunk_tables(cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, device) -> tuple[Any, ...]:
     """``cu_seqlens`` (int32), per-sequence first chunk index and ``bounds [NC, 2]`` (chunk start, seq end)."""
     if cu_seqlens is None:
-        nt = -(-T // C)
-        cu = torch.arange(0, B * T + 1, T, device=device, dtype=torch.int32)
-        offs = torch.arange(0, B * nt + 1, nt, device=device, dtype=torch.int32)
-        j = torch.arange(nt, device=device, dtype=torch.int32)
-        b = torch.arange(B, device=device, dtype=torch.int32)
-        start = (b[:, None] * T + j[None, :] * C).reshape(-1)
-        end = ((b + 1) * T)[:, None].expand(B, nt).reshape(-1)
-        bounds = torch.stack([start, end], 1).contiguous()
-        return cu, offs, bounds, B * nt
+        return _uniform_tables(B, T, C, torch.device(device))
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     starts = cu_seqlens[:-1].tolist()
     rows, offs = [], [0]

@@ -53,6 +53,36 @@ def _d_readout_kernel(
     tl.store(d_out + t[:, None] * K + ok[None, :], tl.maximum(D, d_min).to(d_out.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _d_prep_kernel(
+    k, beta, uhat_out, strength_out, vals_out, c_ptr, R, K,
+    BR: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Rows ``r`` of ``k: [R, K]`` (``R = N·H``): key ``û = u/‖u‖`` with ``u = k⊙k``, strength ``c`` and value
+    ``1/(β‖u‖)`` in column 0 of ``VP`` (zero elsewhere); all three zero where ``u = 0``. One pass over ``k``."""
+    orow = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    ok = tl.arange(0, BK)
+    rm = orow < R
+    m = rm[:, None] & (ok[None, :] < K)
+    kk = tl.load(k + orow[:, None] * K + ok[None, :], mask=m, other=0.0).to(ACC)
+    u = kk * kk
+    un = tl.sqrt(tl.sum(u * u, 1))
+    pos = un > 0
+    safe = tl.where(pos, un, 1.0)
+    tl.store(
+        uhat_out + orow[:, None] * K + ok[None, :], (u / safe[:, None]).to(uhat_out.dtype.element_ty), mask=m
+    )
+    c = tl.load(c_ptr).to(ACC)  # read from memory: a float argument would arrive as fp32
+    tl.store(strength_out + orow, tl.where(pos, c, 0.0).to(strength_out.dtype.element_ty), mask=rm)
+    b = tl.load(beta + orow, mask=rm, other=1.0).to(ACC)
+    val = tl.where(pos, 1.0 / (b * safe), 0.0)
+    ov = tl.arange(0, VP)
+    vals = tl.where(ov[None, :] == 0, val[:, None], 0.0)
+    tl.store(
+        vals_out + orow[:, None] * VP + ov[None, :], vals.to(vals_out.dtype.element_ty), mask=rm[:, None]
+    )
+
+
 def d_ratio_scan(k, beta, *, c: float, d_init, d_min: float, cu_seqlens=None, chunk_size: int = 64):
     """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``) from the ratio rule; see the module docstring.
 
@@ -65,17 +95,19 @@ def d_ratio_scan(k, beta, *, c: float, d_init, d_min: float, cu_seqlens=None, ch
     B, T, H, K = k.shape
     f = torch.float64 if k.dtype == torch.float64 else torch.float32
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    kk = k.detach().reshape(B * T, H, K).to(f)
-    u = kk * kk
-    un = torch.linalg.vector_norm(u, dim=-1)  # ‖u_t‖
-    ok = un > 0
-    safe = torch.where(ok, un, torch.ones_like(un))
-    # The scan runs in the dtype of k (its dots then use the tensor cores for bf16/fp16); the carried d is
-    # accumulated in fp32 inside the state pass.
-    uhat = (u / safe[..., None]).to(k.dtype).contiguous()
-    strength = torch.where(ok, torch.full_like(un, c), torch.zeros_like(un)).to(k.dtype).contiguous()
-    vals = torch.zeros(B * T, H, _VPAD, dtype=k.dtype, device=k.device)
-    vals[..., 0] = torch.where(ok, 1.0 / (beta.detach().reshape(B * T, H).to(f) * safe), 0.0).to(k.dtype)
+    # One pass over the keys forms the scan's key, strength and value (in the dtype of k, so the scan's dots
+    # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 inside the state pass.
+    kf = k.detach().reshape(B * T, H, K).contiguous()
+    uhat = torch.empty_like(kf)
+    strength = torch.empty(B * T, H, dtype=k.dtype, device=k.device)
+    vals = torch.empty(B * T, H, _VPAD, dtype=k.dtype, device=k.device)
+    R = B * T * H
+    _d_prep_kernel[(triton.cdiv(R, 32),)](
+        kf, beta.detach().reshape(B * T, H).contiguous(), uhat, strength, vals,
+        torch.full((1,), c, dtype=f, device=k.device), R, K,
+        BR=32, BK=max(16, triton.next_power_of_2(K)), VP=_VPAD, ACC=stages.acc_dtype(f),
+        num_warps=stages._warps(4),
+    )  # fmt: skip
     di = torch.as_tensor(d_init, dtype=f, device=k.device)
     h0 = torch.zeros(N, H, K, _VPAD, dtype=f, device=k.device)
     h0[..., 0] = torch.broadcast_to(di, (N, H, K))
