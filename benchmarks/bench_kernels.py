@@ -4,7 +4,10 @@ For each shape (B, T, H, D) it times: our forward with a given ``d``, with the `
 ``d = None``; our forward+backward (given ``d`` and ``d = None``); fla's ``chunk_delta_rule`` forward and
 forward+backward; fla's ``chunk_precond_gated_delta_rule`` forward; a device-to-device copy of the bytes
 our forward must read and write (q, k, v, d, β in; o out); and the peak memory of forward+backward above
-the inputs. It prints a table of times and ratios to fla ``chunk_delta_rule`` and writes JSON + markdown.
+the inputs. Every op runs once per shape before any timing (Triton compiles our kernels; fla autotunes its
+kernels for the shape's ``H, K, V``), so the timings never include compilation or autotuning. After each
+shape the JSON and markdown files are rewritten (a run cut short keeps the shapes it finished) and a table
+of times and ratios to fla ``chunk_delta_rule`` is printed.
 
     python benchmarks/bench_kernels.py --out benchmarks/results/kernels_<card>.json [--stages]
 """
@@ -15,6 +18,7 @@ import argparse
 import datetime
 import json
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -41,8 +45,18 @@ def _inputs(B, T, H, D, seed=0):
     )
 
 
-def _bench(fn, rep=60):
-    return float(triton.testing.do_bench(fn, warmup=15, rep=rep, return_mode="median"))
+WARMUP_MS, REP_MS = 25, 100
+
+
+def _bench(fn):
+    return float(triton.testing.do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, return_mode="median"))
+
+
+def _warm(*fns):
+    """Run each op once (compilation, fla's autotuning) and wait, so that no timing includes them."""
+    for fn in fns:
+        fn()
+    torch.cuda.synchronize()
 
 
 def _peak(fn):
@@ -67,7 +81,6 @@ def _fwd_bwd(fwd, x, names):
 
 def bench_shape(B, T, H, D, stages_breakdown=False):
     from fla.ops.delta_rule import chunk_delta_rule
-    from fla.ops.precond_gated_delta_rule import chunk_precond_gated_delta_rule
 
     from osdn_theory.kernels import DRule, chunk_osdn
 
@@ -83,6 +96,21 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     def fla(xs):
         return chunk_delta_rule(xs["q"], xs["k"], xs["v"], xs["beta"])[0]
 
+    fb_ours = _fwd_bwd(ours, x, ["q", "k", "v", "beta", "d"])
+    fb_ours_none = _fwd_bwd(lambda xs: ours(xs, d=False), x, ["q", "k", "v", "beta"])
+    fb_fla = _fwd_bwd(fla, x, ["q", "k", "v", "beta"])
+    t0 = time.perf_counter()
+    _warm(lambda: fla(x), fb_fla)
+    res["warm_fla_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _warm(
+        lambda: ours(x),
+        lambda: ours(x, d=False, d_rule=rule),
+        lambda: ours(x, d=False),
+        fb_ours,
+        fb_ours_none,
+    )
+    res["warm_ours_s"] = time.perf_counter() - t0
     res["ours_fwd_d"] = _bench(lambda: ours(x))
     res["ours_fwd_drule"] = _bench(lambda: ours(x, d=False, d_rule=rule))
     res["ours_fwd_none"] = _bench(lambda: ours(x, d=False))
@@ -93,20 +121,10 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     from osdn_theory.tolerances import rel_err
 
     res["rel_diff_out_vs_fla_delta"] = rel_err(ours(x, d=False), fla(x))
-    fb_ours = _fwd_bwd(ours, x, ["q", "k", "v", "beta", "d"])
-    fb_ours_none = _fwd_bwd(lambda xs: ours(xs, d=False), x, ["q", "k", "v", "beta"])
-    fb_fla = _fwd_bwd(fla, x, ["q", "k", "v", "beta"])
     res["ours_fwdbwd_d"] = _bench(fb_ours)
     res["ours_fwdbwd_none"] = _bench(fb_ours_none)
     res["fla_fwdbwd"] = _bench(fb_fla)
-    try:
-        g = F.logsigmoid(torch.randn(B, T, H, device="cuda")).float()
-        res["fla_precond_fwd"] = _bench(
-            lambda: chunk_precond_gated_delta_rule(x["q"], x["k"], x["v"], g, g, x["beta"], x["beta"])[0]
-        )
-    except Exception as e:  # recorded, not hidden
-        res["fla_precond_fwd"] = None
-        res["fla_precond_error"] = f"{type(e).__name__}: {e}"[:300]
+    res["fla_precond_fwd"] = None
     nbytes = (
         sum(x[n].numel() * x[n].element_size() for n in ("q", "k", "v", "d", "beta")) + x["v"].numel() * 2
     )
@@ -125,9 +143,27 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     return res
 
 
+def bench_precond(B, T, H, D):
+    """fla's ``chunk_precond_gated_delta_rule`` forward at one shape (timed after the main ops, since its
+    autotuning is long); an error is recorded, not raised."""
+    from fla.ops.precond_gated_delta_rule import chunk_precond_gated_delta_rule
+
+    x = _inputs(B, T, H, D)
+    try:
+        g = F.logsigmoid(torch.randn(B, T, H, device="cuda")).float()
+
+        def pre():
+            return chunk_precond_gated_delta_rule(x["q"], x["k"], x["v"], g, g, x["beta"], x["beta"])[0]
+
+        _warm(pre)
+        return {"fla_precond_fwd": _bench(pre)}
+    except Exception as e:  # recorded, not hidden
+        return {"fla_precond_fwd": None, "fla_precond_error": f"{type(e).__name__}: {e}"[:300]}
+
+
 def _stage_times(x):
     """Time each forward and backward stage alone (given d), to see where the time goes."""
-    from osdn_theory.kernels import stages
+    from osdn_theory.kernels import d_ratio_scan, stages
     from osdn_theory.kernels.chunk import _chunk_tables
 
     B, T, H, K = x["k"].shape
@@ -154,6 +190,7 @@ def _stage_times(x):
         "bwd_wy": _bench(
             lambda: stages.bwd_wy(k, d, None, kt, v, beta, None, ai, dw, du, dkt, None, bounds, C)
         ),
+        "d_rule_scan": _bench(lambda: d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4)),
     }
     return t
 
@@ -201,6 +238,22 @@ def _markdown(meta, rows):
             f"| {r['peak_ours_fwdbwd_d'] / 2**20:.0f} / {r['peak_fla_fwdbwd'] / 2**20:.0f} "
             f"({r['peak_ours_fwdbwd_d'] / r['peak_fla_fwdbwd']:.2f}×) |"
         )
+    for r in rows:
+        if "stages" in r:
+            st = ", ".join(f"{n} {t:.3f}" for n, t in r["stages"].items())
+            lines += ["", f"Stage times at {', '.join(map(str, r['shape']))} (ms, given d): {st}."]
+        if "resources_regs_spills" in r:
+            rs = ", ".join(f"{n} {a}/{b}" for n, (a, b) in r["resources_regs_spills"].items())
+            lines += ["", f"Registers/spills per thread: {rs}."]
+    lines += [
+        "",
+        "Warm-up (compile + fla autotune) and wall seconds per shape: "
+        + "; ".join(
+            f"{r['shape']}: fla {r['warm_fla_s']:.0f} s, ours {r['warm_ours_s']:.0f} s, wall {r.get('wall_s', 0):.0f} s"
+            for r in rows
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -209,21 +262,34 @@ def main():
     ap.add_argument("--out", type=Path, required=True, help="results JSON path (markdown written beside it)")
     ap.add_argument("--stages", action="store_true", help="also time each stage at the first shape")
     ap.add_argument("--shapes", type=str, default=None, help="e.g. '4,4096,16,128;8,2048,16,64'")
+    ap.add_argument(
+        "--precond-all", action="store_true", help="time fla's precond op at every shape (default: first)"
+    )
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels: needs a CUDA device")
     shapes = SHAPES if a.shapes is None else [tuple(map(int, s.split(","))) for s in a.shapes.split(";")]
     meta = _versions()
     rows = []
-    for i, s in enumerate(shapes):
-        r = bench_shape(*s, stages_breakdown=a.stages and i == 0)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+
+    def write():
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         md_text = _markdown(meta, rows)
         a.out.with_suffix(".md").write_text(md_text)
-    print(md_text)
+        return md_text
+
+    for i, s in enumerate(shapes):
+        t0 = time.perf_counter()
+        r = bench_shape(*s, stages_breakdown=a.stages and i == 0)
+        r["wall_s"] = time.perf_counter() - t0
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        print(write(), flush=True)
+        if a.precond_all or i == 0:
+            r.update(bench_precond(*s))
+            r["wall_s"] = time.perf_counter() - t0
+            print(write(), flush=True)
 
 
 if __name__ == "__main__":
