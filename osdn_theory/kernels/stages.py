@@ -158,14 +158,14 @@ def _keys16(
         kt = kt * c[:, None]
         tl.store(c_out + t, c.to(c_out.dtype.element_ty), mask=rmask)
     _store_rows(kt_out, kt, t, rmask, K, ok, K)
-    kt = kt.to(kt_out.dtype.element_ty).to(ACC)  # later stages see the stored (rounded) write key
+    kt = kt.to(kt_out.dtype.element_ty)  # later stages see the stored (rounded) write key
     g = tl.zeros([16], dtype=ACC)
     if GATED:
         la = tl.load(log_alpha + t, mask=rmask, other=0.0).to(ACC)
         g = g_carry + tl.cumsum(la, 0)
         tl.store(g_out + t, g.to(g_out.dtype.element_ty), mask=rmask)
         g_carry = tl.sum(tl.where(tl.arange(0, 16) == 15, g, 0.0), 0)
-    return kk, kt, b, g, g_carry
+    return kk.to(kt_out.dtype.element_ty), kt, b, g, g_carry  # both in the input dtype (exact for kk)
 
 
 @triton.jit
@@ -199,23 +199,38 @@ def _gram_solve_kernel(
     o16 = tl.arange(0, 16)
     Z = tl.zeros([16, 16], dtype=ACC)
     gz = tl.sum(tl.zeros([16], dtype=ACC), 0)
+    # Each Gram block is formed as soon as its two key blocks are loaded, so that only the earlier write keys
+    # stay live (not all four key blocks of both kinds).
     kk0, kt0, b0, g0, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, H, K, s_max,
                                    BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+    if SOLVE:
+        L00 = _lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE)
     if NB >= 2:
         kk1, kt1, b1, g1, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+        if SOLVE:
+            L11 = _lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE)
+            L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
     if NB >= 4:
         kk2, kt2, b2, g2, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+        if SOLVE:
+            L22 = _lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE)
+            L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
+            L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
         kk3, kt3, b3, g3, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+        if SOLVE:
+            L33 = _lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE)
+            L30 = _lblock(kk3, kt0, b3, g3, g0, False, GATED, DT, ACC, IEEE)
+            L31 = _lblock(kk3, kt1, b3, g3, g1, False, GATED, DT, ACC, IEEE)
+            L32 = _lblock(kk3, kt2, b3, g3, g2, False, GATED, DT, ACC, IEEE)
     if SOLVE:
-        X00 = _unit_lower_inverse16(_lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE), ACC)
+        X00 = _unit_lower_inverse16(L00, ACC)
         t = (t0 + o16) * H + i_h
         _store_rows(ai_out, X00, t, o16 < nv, C, o16, C)
         if NB >= 2:
-            X11 = _unit_lower_inverse16(_lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE), ACC)
-            L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
+            X11 = _unit_lower_inverse16(L11, ACC)
             X10 = -_mmf(X11, _mmf(L10, X00, ACC), ACC)
             t = (t0 + 16 + o16) * H + i_h
             m = (16 + o16) < nv
@@ -223,13 +238,8 @@ def _gram_solve_kernel(
             _store_rows(ai_out, X11, t, m, C, 16 + o16, C)
             _store_rows(ai_out, Z, (t0 + o16) * H + i_h, o16 < nv, C, 16 + o16, C)
         if NB >= 4:
-            X22 = _unit_lower_inverse16(_lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE), ACC)
-            X33 = _unit_lower_inverse16(_lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE), ACC)
-            L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
-            L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
-            L30 = _lblock(kk3, kt0, b3, g3, g0, False, GATED, DT, ACC, IEEE)
-            L31 = _lblock(kk3, kt1, b3, g3, g1, False, GATED, DT, ACC, IEEE)
-            L32 = _lblock(kk3, kt2, b3, g3, g2, False, GATED, DT, ACC, IEEE)
+            X22 = _unit_lower_inverse16(L22, ACC)
+            X33 = _unit_lower_inverse16(L33, ACC)
             X21 = -_mmf(X22, _mmf(L21, X11, ACC), ACC)
             X20 = -_mmf(X22, _mmf(L20, X00, ACC) + _mmf(L21, X10, ACC), ACC)
             X32 = -_mmf(X33, _mmf(L32, X22, ACC), ACC)
