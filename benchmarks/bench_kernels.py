@@ -136,10 +136,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     res["peak_ours_fwdbwd_none"] = _peak(fb_ours_none)
     res["peak_fla_fwdbwd"] = _peak(fb_fla)
     if stages_breakdown:
-        from osdn_theory.kernels import stages
-
-        res["stages"] = _stage_times(x)
-        res["resources_regs_spills"] = dict(stages.RESOURCES)
+        res["stages"], res["resources_regs_spills"] = _stage_times(x)
     return res
 
 
@@ -192,7 +189,15 @@ def _stage_times(x):
         ),
         "d_rule_scan": _bench(lambda: d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4)),
     }
-    return t
+    resources = dict(stages.RESOURCES)  # before the variants below overwrite the entries
+    # configuration variants, for the next tuning step
+    t["gram_solve_8warps"] = _bench(lambda: stages.gram_solve(k, d, beta, None, bounds, None, C, num_warps=8))
+    resources["gram_solve_8warps"] = stages.RESOURCES.get("gram_solve")
+    t["bwd_wy_bk128"] = _bench(
+        lambda: stages.bwd_wy(k, d, None, kt, v, beta, None, ai, dw, du, dkt, None, bounds, C, bk=128)
+    )
+    resources["bwd_wy_bk128"] = stages.RESOURCES.get("bwd_wy")
+    return t, resources
 
 
 def _versions():
@@ -243,7 +248,7 @@ def _markdown(meta, rows):
             st = ", ".join(f"{n} {t:.3f}" for n, t in r["stages"].items())
             lines += ["", f"Stage times at {', '.join(map(str, r['shape']))} (ms, given d): {st}."]
         if "resources_regs_spills" in r:
-            rs = ", ".join(f"{n} {a}/{b}" for n, (a, b) in r["resources_regs_spills"].items())
+            rs = ", ".join(f"{n} {v[0]}/{v[1]}" for n, v in r["resources_regs_spills"].items() if v)
             lines += ["", f"Registers/spills per thread: {rs}."]
     lines += [
         "",

@@ -267,10 +267,10 @@ def _gram_solve_kernel(
             _store_rows(ai_out, X33, t, m, C, 48 + o16, C)
 
 
-def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
+def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, num_warps=4):
     """Stage 1. ``k, d: [N, H, K]``, ``beta, log_alpha: [N, H]``, ``bounds: [NC, 2]`` int32 (chunk start
     token, end of its sequence). Returns ``(kt [N,H,K], c [N,H] fp32 or None, g [N,H] fp32 or None,
-    Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``."""
+    Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. ``num_warps`` is exposed for the benchmark."""
     N, H, K = k.shape
     NC = bounds.shape[0]
     f = torch.float64 if k.dtype == torch.float64 else torch.float32
@@ -284,9 +284,9 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
         H, K, float(s_max) if s_max is not None else 1.0,
         C=C, BK=max(16, triton.next_power_of_2(K)), HAS_D=d is not None, CLIP=s_max is not None,
         GATED=log_alpha is not None, SOLVE=solve, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32,
-        num_warps=_warps(4),
+        num_warps=_warps(num_warps),
     )  # fmt: skip
-    _record("gram_solve", _c)
+    _record("gram_solve" if solve else "gram_keys_only", _c)
     return kt, c, g, (ai if solve else None)
 
 
@@ -764,9 +764,9 @@ def _bk_wy(K: int) -> int:
     return 16 if INTERPRET else min(64, max(16, triton.next_power_of_2(K)))
 
 
-def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
+def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C, bk=None):
     """Gradients through WY factors, solve, Gram, decay and write key: returns ``dk, dd (or None), dv`` in the
-    input dtype and ``dβ, d log α (or None)`` in fp32/fp64."""
+    input dtype and ``dβ, d log α (or None)`` in fp32/fp64. ``bk`` overrides the K block (for the benchmark)."""
     N, H, K = k.shape
     V = v.shape[-1]
     f = torch.float64 if k.dtype == torch.float64 else torch.float32
@@ -779,7 +779,7 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
         k, d if d is not None else k, c if c is not None else db, kt, v, beta, g if g is not None else db, ai,
         dw, du, dkt, dg if dg is not None else db, dk, dd if dd is not None else dk, dv, db,
         dla if dla is not None else db, bounds, H, K, V,
-        C=C, BK=_bk_wy(K), BV=min(64, max(16, triton.next_power_of_2(V))),
+        C=C, BK=bk or _bk_wy(K), BV=min(64, max(16, triton.next_power_of_2(V))),
         HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, ACC=acc_dtype(k.dtype),
         IEEE=k.dtype == torch.float32, num_stages=_stages(k.dtype), num_warps=_warps(4 if K <= 64 else 8),
     )  # fmt: skip
