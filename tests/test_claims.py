@@ -242,3 +242,18 @@ def test_every_claim_at_full_budget():
     bad = {r.label: (r.measured, r.bound, r.error) for r in results if r.verdict in ("FAIL", "ERROR")}
     assert not bad, bad
     assert {r.label for r in results} == EXPECTED
+
+
+def test_worst_propagates_nan_where_max_would_drop_it(scratch_registry):
+    """``max(0.1, nan)`` is 0.1: a claim taking the worst of its errors with ``max`` could pass on NaN."""
+    from osdn_theory.claims._common import worst
+
+    assert max(0.1, float("nan")) == 0.1  # the pitfall
+    assert np.isnan(worst(0.1, float("nan"))) and np.isnan(worst(float("nan"), 0.1))
+    assert worst(1e-13, 3e-12, 2e-14) == 3e-12
+    with pytest.raises(ValueError, match="values"):
+        worst()
+    spec = claim("T-nan", title="t", statement="s", comparison="equal within tol", quick=dict(n=1))(
+        lambda size, seed: Outcome(measured=worst(0.0, float("nan")), bound=1e-10)
+    )
+    assert run_claim(spec).passed is False

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-__all__ = ["generator", "np_rng", "random_inputs", "sub_seed"]
+__all__ = ["generator", "np_rng", "random_inputs", "sub_seed", "worst"]
 
 F64 = torch.float64
+
+
+def worst(*values: float) -> float:
+    """The largest of ``values``, NaN if any of them is NaN.
+
+    Python's ``max`` drops a NaN that is not in first position (``max(0.1, nan) == 0.1``), so a claim that
+    took the worst of several errors with ``max`` could pass although one of its checks produced NaN.
+    """
+    if not values:
+        raise ValueError("values: expected at least one number, got none")
+    vals = [float(x) for x in values]
+    if any(math.isnan(x) for x in vals):
+        return math.nan
+    return max(vals)
 
 
 def sub_seed(seed: int, *path: int) -> int:

@@ -22,7 +22,7 @@ from ..preconditioners import NormalizedStep, ScheduledStep, d_scan, osdn_adapti
 from ..recurrences import osdn_recurrent
 from ..schedules import constant
 from ..tolerances import rel_err, rtol
-from ._common import F64, generator
+from ._common import F64, generator, worst
 from ._registry import Outcome, Size, claim
 
 
@@ -34,7 +34,7 @@ def _keys(g, B, T, H, K):
 
 def _autograd_state_free(g, K: int, V: int, draws: int) -> dict[str, float]:
     """Feedback gradient by autograd through one recurrent write from two random memories."""
-    worst, spread = 0.0, 0.0
+    worst_err, spread = 0.0, 0.0
     for _ in range(draws):
         k = torch.randn(1, 1, 1, K, generator=g, dtype=F64)
         beta = 0.2 + 0.8 * torch.rand(1, 1, 1, generator=g, dtype=F64)
@@ -58,9 +58,9 @@ def _autograd_state_free(g, K: int, V: int, draws: int) -> dict[str, float]:
         u = k[0, 0, 0] ** 2
         b = beta.reshape(())
         ref = -2 * b * (1 - b * (u * d0).sum()) * u
-        worst = max(worst, rel_err(grads[0], ref), rel_err(grads[1], ref))
-        spread = max(spread, rel_err(grads[0], grads[1]))
-    return {"autograd_grad_vs_state_free_formula": worst, "autograd_grad_two_memories": spread}
+        worst_err = worst(worst_err, rel_err(grads[0], ref), rel_err(grads[1], ref))
+        spread = worst(spread, rel_err(grads[0], grads[1]))
+    return {"autograd_grad_vs_state_free_formula": worst_err, "autograd_grad_two_memories": spread}
 
 
 @claim(
@@ -114,7 +114,7 @@ def c5_affine(size: Size, seed: int) -> Outcome:
     r2 = osdn_adaptive(k, k, v2, beta, rule="ratio", step=step, initial_state=h2)
     ev["osdn_adaptive: d with different values/state"] = rel_err(r2.d, r1.d)
     floors = [ev.pop(f"{r}: floor never active") for r in ("ratio", "hyper")]
-    measured = max(ev.values())
+    measured = worst(*ev.values())
     return Outcome(
         measured=measured,
         bound=rtol(F64),
@@ -155,7 +155,7 @@ def c5_normalized(size: Size, seed: int) -> Outcome:
         ev[f"c={c}"] = float(((lhs - rhs).abs() / (1 - s_old)[ok].abs().clamp_min(1e-300)).max())
         used[f"c={c}"] = int(ok.sum())
     return Outcome(
-        measured=max(ev.values()),
+        measured=worst(*ev.values()),
         bound=rtol(F64),
         evidence=dict(max_rel_err=ev, tokens_checked=used, dtype="float64", seed=seed),
     )

@@ -19,7 +19,7 @@ import torch
 
 from ..recurrences import osdn_recurrent
 from ..tolerances import rtol
-from ._common import F64, generator, random_inputs
+from ._common import F64, generator, random_inputs, worst
 from ._registry import Outcome, Size, claim
 
 
@@ -46,7 +46,7 @@ def c4_identity(size: Size, seed: int) -> Outcome:
             err = ((diag.residual_post - pred).norm(dim=-1) / diag.residual_pre.norm(dim=-1)).max().item()
             errs[f"{'gated' if gated else 'ungated'}-clip{s_max}"] = err
     return Outcome(
-        measured=max(errs.values()),
+        measured=worst(*errs.values()),
         bound=rtol(F64),
         evidence=dict(
             errors=errs, shape=[size.B, size.T, size.H, size.K, size.V], dtype="float64", seed=seed

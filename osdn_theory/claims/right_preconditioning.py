@@ -13,7 +13,7 @@ import torch
 
 from ..recurrences import delta_rule_recurrent, osdn_recurrent
 from ..tolerances import rel_err, rtol
-from ._common import F64, generator, random_inputs
+from ._common import F64, generator, random_inputs, worst
 from ._registry import Outcome, Size, claim
 
 
@@ -59,9 +59,9 @@ def c2_right_preconditioning(size: Size, seed: int) -> Outcome:
         errs[f"{tag}_state"] = rel_err(s, s_ref)
         o_dn, s_dn = delta_rule_recurrent(q, k, v, beta, alpha=alpha, output_final_state=True)
         o_one, s_one = osdn_recurrent(q, k, v, beta, torch.ones_like(d), alpha=alpha, output_final_state=True)
-        errs[f"{tag}_d1_vs_deltanet"] = max(rel_err(o_one, o_dn), rel_err(s_one, s_dn))
+        errs[f"{tag}_d1_vs_deltanet"] = worst(rel_err(o_one, o_dn), rel_err(s_one, s_dn))
     return Outcome(
-        measured=max(errs.values()),
+        measured=worst(*errs.values()),
         bound=rtol(F64),
         evidence=dict(errs, shape=[size.B, size.T, size.H, size.K, size.V], dtype="float64", seed=seed),
     )
