@@ -92,11 +92,12 @@ def _encode(x: Any) -> Any:
     return x
 
 
-def _decode(x: Any) -> Any:
+def _decode(x: Any, argname: str) -> Any:
+    """Nested dictionaries become objects; errors name the field ``argname`` they came from."""
     if isinstance(x, Mapping) and "name" in x:
-        return _from_dict_any(x, "value")
+        return _from_dict_any(x, argname)
     if isinstance(x, list | tuple):
-        return [_decode(v) for v in x]
+        return [_decode(v, argname) for v in x]
     return x
 
 
@@ -122,7 +123,7 @@ def _from_dict_any(d: Any, argname: str, kind: type | None = None) -> Any:
         raise ValueError(
             f"{argname}: unknown keys {extra} for {name!r}; expected a subset of {sorted(fields)}"
         )
-    kwargs = {key: _decode(val) for key, val in d.items() if key != "name"}
+    kwargs = {key: _decode(val, key) for key, val in d.items() if key != "name"}
     return cls(**kwargs)
 
 

@@ -127,7 +127,7 @@ def test_sweep_file_short_form():
     ids=["zero", "negative", "float", "bool", "str", "float-tensor", "zero-in-tensor", "bool-tensor"],
 )
 def test_bad_step(bad):
-    with pytest.raises(ValueError, match="step"):
+    with pytest.raises(ValueError, match="^step:"):
         inverse_sqrt(1.0)(bad)
 
 
@@ -153,18 +153,20 @@ def test_bad_step(bad):
     ],
 )
 def test_bad_arguments(make, arg):
-    with pytest.raises(ValueError, match=arg):
+    with pytest.raises(ValueError, match=arg if arg.startswith("^") else rf"^{arg}:"):
         make()
 
 
 @pytest.mark.parametrize(
     "d, match",
     [
-        ({"value": 1.0}, "name"),
-        ({"name": "cosine", "value": 1.0}, "name"),
-        ({"name": "normalized", "c": 0.5}, "name"),  # a step rule is not a schedule
-        ({"name": "constant", "value": 1.0, "rate": 2.0}, "unknown keys"),
-        ([1, 2], "d"),
+        ({"value": 1.0}, "^d: expected a dictionary with a 'name' key"),
+        ({"name": "cosine", "value": 1.0}, "^d: expected 'name'"),
+        ({"name": "normalized", "c": 0.5}, "^d: expected 'name'"),  # a step rule is not a schedule
+        ({"name": "constant", "value": 1.0, "rate": 2.0}, "^d: unknown keys"),
+        ([1, 2], "^d:"),
+        # a bad nested piece is reported under the field it sits in
+        ({"name": "join_schedules", "schedules": [{"name": "cosine"}], "boundaries": []}, "^schedules:"),
     ],
 )
 def test_bad_dicts(d, match):
@@ -173,7 +175,7 @@ def test_bad_dicts(d, match):
 
 
 def test_to_dict_rejects_non_schedule():
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ValueError, match="^schedule:"):
         to_dict(lambda t: 1.0)
 
 
@@ -202,7 +204,7 @@ def test_generic_config_round_trip(obj):
 
 
 def test_generic_config_errors():
-    with pytest.raises(ValueError, match="obj"):
+    with pytest.raises(ValueError, match="^obj:"):
         config_to_dict({"name": "constant"})
-    with pytest.raises(ValueError, match="name"):
+    with pytest.raises(ValueError, match="^d: expected 'name'"):
         config_from_dict({"name": "nope"})
