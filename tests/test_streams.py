@@ -202,51 +202,51 @@ def test_dict_and_toml_round_trip(family):
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match="cov"):
+    with pytest.raises(ValueError, match="^cov:"):
         TeacherStream(cov="diagonal")
-    with pytest.raises(ValueError, match="condition"):
+    with pytest.raises(ValueError, match="^condition:"):
         TeacherStream(condition=0.5)
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match="^noise:"):
         TeacherStream(noise=-1.0)
-    with pytest.raises(ValueError, match="T"):
+    with pytest.raises(ValueError, match="^T:"):
         TeacherStream(T=0)
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(ValueError, match="^beta:"):
         TeacherStream(beta=1.5)
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(ValueError, match="^batch:"):
         TeacherStream(batch=0)
-    with pytest.raises(ValueError, match="normalize_keys"):
+    with pytest.raises(ValueError, match="^normalize_keys:"):
         TeacherStream(normalize_keys=1)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match="^seed:"):
         TeacherStream().build(-1)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match="^seed:"):
         TeacherStream().build(1.5)
-    with pytest.raises(ValueError, match="num_pairs"):
+    with pytest.raises(ValueError, match="^num_pairs:"):
         MQARStream(num_pairs=10, K=8)
-    with pytest.raises(ValueError, match="num_queries"):
+    with pytest.raises(ValueError, match="^num_queries:"):
         MQARStream(num_pairs=4, K=8, num_queries=5)
-    with pytest.raises(ValueError, match="key_dist"):
+    with pytest.raises(ValueError, match="^key_dist:"):
         MQARStream(key_dist="uniform")
-    with pytest.raises(ValueError, match="num_passes"):
+    with pytest.raises(ValueError, match="^num_passes:"):
         MQARStream(num_passes=0)
-    with pytest.raises(ValueError, match="segment_len"):
+    with pytest.raises(ValueError, match="^segment_len:"):
         PiecewiseStationaryStream(segment_len=0)
-    with pytest.raises(ValueError, match="period"):
+    with pytest.raises(ValueError, match="^period:"):
         DriftStream(period=0)
-    with pytest.raises(ValueError, match="scales"):
+    with pytest.raises(ValueError, match="^scales:"):
         KeyNormShiftStream(scales=(1.0, -2.0))
-    with pytest.raises(ValueError, match="normalize_keys"):
+    with pytest.raises(ValueError, match="^normalize_keys:"):
         KeyNormShiftStream(normalize_keys=True)
-    with pytest.raises(ValueError, match="cov"):
+    with pytest.raises(ValueError, match="^cov:"):
         TeacherSwitchStream(cov="rotated")
-    with pytest.raises(ValueError, match="family"):
+    with pytest.raises(ValueError, match="^family:"):
         from_dict({"family": "nope"})
-    with pytest.raises(ValueError, match="segment_length"):
+    with pytest.raises(ValueError, match="^segment_length:"):
         from_dict({"family": "piecewise", "segment_length": 3})
-    with pytest.raises(ValueError, match="cfg"):
+    with pytest.raises(ValueError, match="^cfg:"):
         to_dict({"family": "teacher"})
-    with pytest.raises(ValueError, match="cov"):
+    with pytest.raises(ValueError, match="^cov:"):
         covariance_standard_error(np.ones(3), 10)
-    with pytest.raises(ValueError, match="condition"):
+    with pytest.raises(ValueError, match="^condition:"):
         geometric_spectrum(4, 0.1)
-    with pytest.raises(ValueError, match="a_seg"):
+    with pytest.raises(ValueError, match="^a_seg:"):
         MQARStream(num_pairs=2, K=2, V=2).build(0).fixed_point_d()
