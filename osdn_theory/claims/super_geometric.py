@@ -166,6 +166,10 @@ def realizable_set(g: torch.Generator, N: int, K: int, V: int, *, log10_cond: fl
 
 _SG_DOC = dict(num_windows=8, factor=100.0, tail_factor=10.0)
 
+#: Smallest median fitted exponent ``p`` of ``log M_T ≈ −c T^p`` accepted for SG-batch: ``p ≈ 1`` is geometric
+#: and ``p ≈ 2`` is ``ρ_t = q^t`` (theory.md §8); 1.2 asks for a clear departure from geometric.
+C7_MIN_EXPONENT = 1.2
+
 
 def _run_batch(size: Size, seed: int, rotated: bool):
     runs = []
@@ -218,7 +222,7 @@ _BATCH_SIZES = dict(
     statement=(
         "on a realizable fixed set with diagonal Hessian KᵀK, right-preconditioned GD with diag(p) learned by "
         "OSGM ratio feedback (AdaGrad, null steps) has window geometric means of ρ_j falling ≥ 100× "
-        "(super-geometric), and the OSGM chain holds at every T"
+        "(super-geometric) for every seed, and the OSGM chain holds at every T"
     ),
     assumptions=[
         "realizable set V = K S*ᵀ",
@@ -234,11 +238,12 @@ def c7_batch(size: Size, seed: int) -> Outcome:
     frac = float(np.mean([bool(sg) for _, sg, _ in runs]))
     chain_ok = all(c.holds for _, _, c in runs)
     expo = float(np.median([sg.exponent for _, sg, _ in runs]))
-    passed = frac >= 2 / 3 and chain_ok and expo > 1.2
+    # theory.md §8 "Robustness": the verdict must hold for every seed of the seed set, not on average.
+    passed = frac == 1.0 and chain_ok and expo > C7_MIN_EXPONENT
     run0, sg0, chain0 = runs[0]
     return Outcome(
         measured=frac,
-        bound=2 / 3,
+        bound=1.0,
         passed=passed,
         evidence=dict(_batch_evidence(runs, size), fraction_super_geometric=frac, median_exponent=expo),
         series=dict(
