@@ -405,3 +405,71 @@ def test_solve_matches_solve_triangular(case):
         Xd = _product_form_inverse(A)
         blocks = torch.block_diag(*[ref[s : s + 16, s : s + 16] for s in range(0, C, 16)])
         assert rel_err(Xd, blocks) > EXACT_FLOAT64
+
+
+# ------------------------------------------------------------------------------ argument checks (no kernel)
+
+
+def _scan_args():
+    x = make_inputs(90, T=8, K=4, V=4)
+    return dict(k=x["k"], beta=x["beta"], c=0.5, d_init=1.0, d_min=1e-4, chunk_size=16)
+
+
+@pytest.mark.parametrize(
+    "name, change",
+    [
+        ("beta", lambda a: dict(a, beta=a["beta"].transpose(1, 2))),  # [B, H, T]: same numel, wrong layout
+        ("beta", lambda a: dict(a, beta=a["beta"].float())),
+        ("beta", lambda a: dict(a, beta=torch.zeros_like(a["beta"]))),
+        ("k", lambda a: dict(a, k=a["k"].transpose(1, 2))),
+        ("k", lambda a: dict(a, k=a["k"].transpose(1, 2).contiguous().transpose(1, 2))),
+        ("k", lambda a: dict(a, k=a["k"].to("meta"))),
+        ("c", lambda a: dict(a, c=2.0)),
+        ("d_min", lambda a: dict(a, d_min=0.0)),
+        ("d_init", lambda a: dict(a, d_init=-1.0)),
+        ("d_init", lambda a: dict(a, d_init=torch.tensor([1.0, float("inf"), 1.0, 1.0], dtype=F64))),
+        ("d_init", lambda a: dict(a, d_init=torch.ones(3, dtype=F64))),
+        ("d_init", lambda a: dict(a, d_init=torch.ones(1, 1, 2, 4, dtype=F64))),
+        ("chunk_size", lambda a: dict(a, chunk_size=8)),
+        ("cu_seqlens", lambda a: dict(a, cu_seqlens=torch.tensor([0, 3, 7]))),
+    ],
+)
+def test_d_ratio_scan_argument_errors(name, change):
+    """The public scan names the argument, the expectation and what it got (earlier it ran on a transposed β
+    and on c, d_min, d_init out of range without a word)."""
+    with pytest.raises(ValueError, match=rf"^{name}: expected .*got"):
+        d_ratio_scan(**change(_scan_args()))
+
+
+def test_d_ratio_scan_checks_do_not_reject_valid_input():
+    """Control for the test above: the unchanged arguments (and a d_init of shape [H, K]) pass."""
+    a = _scan_args()
+    d = d_ratio_scan(**dict(a, d_init=torch.ones(2, 4, dtype=F64)))
+    assert d.shape == a["k"].shape and bool((d > 0).all())
+
+
+@pytest.mark.parametrize(
+    "name, change",
+    [
+        ("k", lambda x: dict(x, k=x["k"][..., :0], q=x["q"][..., :0])),  # K = 0 (was a ZeroDivisionError)
+        ("v", lambda x: dict(x, v=x["v"][..., :0])),
+        ("k", lambda x: dict(x, k=x["k"].transpose(1, 2).contiguous().transpose(1, 2))),
+        ("alpha", lambda x: dict(x, alpha=x["alpha"][:, :4])),
+        ("beta", lambda x: dict(x, beta=x["beta"].float())),
+        ("d", lambda x: dict(x, d=x["d"].float())),
+        ("initial_state", lambda x: dict(x, initial_state=x["initial_state"].to("meta"))),
+        ("scale", lambda x: dict(x, scale=0.0)),
+        ("d_init", lambda x: dict(x, d=None, d_rule=DRule(d_init=torch.ones(3, dtype=F64)))),
+    ],
+)
+def test_chunk_osdn_argument_errors(name, change):
+    x = make_inputs(91, T=8, K=4, V=4)
+    with pytest.raises(ValueError, match=rf"^{name}: expected .*got"):
+        chunk_osdn(**change(x), chunk_size=16)
+
+
+def test_drule_rejects_non_finite_d_init():
+    with pytest.raises(ValueError, match=r"^d_init: expected positive finite"):
+        DRule(d_init=torch.tensor([1.0, float("nan")], dtype=F64))
+    with pytest.raises(ValueError, match=r"^d_init: expected"):
+        DRule(d_init=float("inf"))

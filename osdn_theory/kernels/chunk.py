@@ -20,12 +20,10 @@ import torch
 
 from .._validate import as_tensor, check_range, check_scalar, check_shape
 from . import stages
+from ._checks import MAX_DIM, check_chunk_size, check_cu_seqlens, check_keys, check_like
 from .drule import DRule
 
 __all__ = ["chunk_osdn"]
-
-_CHUNK_SIZES = (16, 32, 64)
-_MAX_DIM = 256
 
 
 @functools.lru_cache(maxsize=64)
@@ -108,21 +106,6 @@ class _ChunkOSDN(torch.autograd.Function):
         )
 
 
-def _check_tensor(name: str, x, ref: torch.Tensor | None, shape, layout: str, *, contiguous: bool = True):
-    t = as_tensor(name, x)
-    check_shape(name, t, shape, layout)
-    if ref is not None:
-        if t.dtype != ref.dtype:
-            raise ValueError(f"{name}: expected dtype {ref.dtype} (same as k), got {t.dtype}")
-        if t.device != ref.device:
-            raise ValueError(f"{name}: expected device {ref.device} (same as k), got {t.device}")
-    if contiguous and not t.is_contiguous():
-        raise ValueError(
-            f"{name}: expected a contiguous tensor (call .contiguous()), got strides {t.stride()}"
-        )
-    return t
-
-
 def _validate_values(q, k, v, beta, d, alpha) -> None:
     """Range checks with one host synchronisation; the per-tensor checks (with their messages) run only
     when something is out of range."""
@@ -193,56 +176,27 @@ def chunk_osdn(
     Inputs may be float16, bfloat16 or float32 (float64 under the Triton interpreter); accumulation and the
     state are float32. ``K, V ≤ 256``. Gradients flow to ``q, k, v, beta, d, alpha`` and ``initial_state``.
     """
-    k = _check_tensor("k", k, None, [None, None, None, None], "[B, T, H, K]")
+    k = check_keys(k)
     B, T, H, K = k.shape
-    if T == 0:
-        raise ValueError("k: expected at least one token (T >= 1), got T = 0")
-    if k.dtype == torch.float64 and not stages.INTERPRET:
-        raise ValueError(
-            "k: float64 runs only under the Triton interpreter (TRITON_INTERPRET=1); got float64"
-        )
-    if k.device.type != "cuda" and not stages.INTERPRET:
-        raise ValueError(f"k: expected a CUDA tensor (or TRITON_INTERPRET=1), got device {k.device}")
-    if K > _MAX_DIM:
-        raise ValueError(f"k: expected head dim K <= {_MAX_DIM}, got K = {K}")
-    q = _check_tensor("q", q, k, [B, T, H, K], "[B, T, H, K] (same as k)")
-    v = _check_tensor("v", v, k, [B, T, H, None], "[B, T, H, V]")
+    q = check_like("q", q, k, [B, T, H, K], "[B, T, H, K] (same as k)")
+    v = check_like("v", v, k, [B, T, H, None], "[B, T, H, V]")
     V = v.shape[-1]
-    if V > _MAX_DIM:
-        raise ValueError(f"v: expected head dim V <= {_MAX_DIM}, got V = {V}")
-    beta = _check_tensor("beta", beta, k, [B, T, H], "[B, T, H]", contiguous=False).contiguous()
-    C = int(check_scalar("chunk_size", chunk_size, integer=True))
-    if C not in _CHUNK_SIZES:
-        raise ValueError(f"chunk_size: expected one of {_CHUNK_SIZES}, got {chunk_size!r}")
+    if not 1 <= V <= MAX_DIM:
+        raise ValueError(f"v: expected head dim 1 <= V <= {MAX_DIM}, got V = {V}")
+    beta = check_like("beta", beta, k, [B, T, H], "[B, T, H]", contiguous=False).contiguous()
+    C = check_chunk_size(chunk_size)
     scale = K**-0.5 if scale is None else check_scalar("scale", scale, 0.0, None, lo_open=True)
     if s_max is not None:
         s_max = check_scalar("s_max", s_max, 0.0, 2.0, lo_open=True, hi_open=True)
-    if cu_seqlens is not None:
-        if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"cu_seqlens: expected an int32/int64 tensor, got {cu_seqlens!r}")
-        if B != 1:
-            raise ValueError(f"cu_seqlens: expected B = 1 (packed sequences), got B = {B}")
-        if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens: expected shape [N + 1] with N >= 1, got {tuple(cu_seqlens.shape)}")
-        cu_list = cu_seqlens.tolist()
-        if (
-            cu_list[0] != 0
-            or cu_list[-1] != T
-            or any(b <= a for a, b in zip(cu_list, cu_list[1:], strict=False))
-        ):
-            raise ValueError(f"cu_seqlens: expected strictly increasing from 0 to T = {T}, got {cu_list}")
-        cu_seqlens = cu_seqlens.to(k.device)
-        N = len(cu_list) - 1
-    else:
-        N = B
+    cu_seqlens, N = check_cu_seqlens(cu_seqlens, B, T, k.device)
     if alpha is not None:
-        alpha = _check_tensor("alpha", alpha, k, [B, T, H], "[B, T, H]", contiguous=False)
+        alpha = check_like("alpha", alpha, k, [B, T, H], "[B, T, H]", contiguous=False)
     if d_rule is not None:
         if not isinstance(d_rule, DRule):
             raise ValueError(f"d_rule: expected an osdn_theory.kernels.DRule, got {type(d_rule).__name__}")
         if d is not None:
             raise ValueError("d_rule: expected d = None when a d_rule is given, got both")
-        d = d_rule.compute(k, beta, cu_seqlens=cu_seqlens, chunk_size=C)
+        d = d_rule.compute(k, beta, cu_seqlens=cu_seqlens, chunk_size=C, validate=False)  # checked below
     if d is not None:
         d = as_tensor("d", d)
         if d.dtype != k.dtype or d.device != k.device:

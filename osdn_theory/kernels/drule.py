@@ -23,8 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validate import as_tensor, check_choice, check_scalar
+from .._validate import as_tensor, check_choice, check_range, check_scalar
 from . import stages
+from ._checks import check_chunk_size, check_cu_seqlens, check_keys, check_like
 
 __all__ = ["DRule", "d_ratio_scan"]
 
@@ -83,18 +84,61 @@ def _d_prep_kernel(
     )
 
 
-def d_ratio_scan(k, beta, *, c: float, d_init, d_min: float, cu_seqlens=None, chunk_size: int = 64):
-    """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``) from the ratio rule; see the module docstring.
+def _check_d_init(d_init):
+    """``d_init``: a positive finite number or a floating tensor with positive finite entries."""
+    if isinstance(d_init, torch.Tensor):
+        t = as_tensor("d_init", d_init)
+        if t.numel() == 0:
+            raise ValueError(f"d_init: expected a non-empty tensor, got shape {tuple(t.shape)}")
+        if not bool((torch.isfinite(t) & (t > 0)).all()):
+            raise ValueError(
+                f"d_init: expected positive finite entries, got min {float(t.min()):.6g}, max {float(t.max()):.6g}"
+            )
+        return t
+    return check_scalar("d_init", d_init, 0.0, None, lo_open=True)
+
+
+def d_ratio_scan(
+    k, beta, *, c: float, d_init, d_min: float, cu_seqlens=None, chunk_size: int = 64, validate: bool = True
+):
+    """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``, detached) from the ratio rule; see the module docstring.
 
     Args:
-        k: keys of shape ``[B, T, H, K]``; beta: ``[B, T, H]``; d_init: scalar, ``[K]``, ``[H, K]`` or
-            ``[N, H, K]`` (``N`` sequences); cu_seqlens: optional ``[N + 1]`` packed-sequence offsets.
+        k: keys of shape ``[B, T, H, K]`` (contiguous; CUDA, or CPU under the Triton interpreter).
+        beta: write strengths of shape ``[B, T, H]`` in (0, 1], dtype and device of ``k``.
+        c: normalized step in (0, 2).
+        d_init: ``d_1``: a positive number, or a tensor broadcastable to ``[N, H, K]`` (``N`` sequences:
+            ``B``, or the number of packed sequences), e.g. ``[K]`` or ``[H, K]``.
+        d_min: read-out floor ``> 0``.
+        cu_seqlens: optional ``[N + 1]`` packed-sequence offsets (integer tensor, ``B = 1``). Default ``None``.
+        chunk_size: one of 16, 32, 64 (default 64).
+        validate: check ``β ∈ (0, 1]`` and finite keys (a pass over both and a host synchronisation).
+            Default ``True``.
     """
+    k = check_keys(k)
+    B, T, H, K = k.shape
+    beta = check_like("beta", beta, k, [B, T, H], "[B, T, H]", contiguous=False)
+    c = check_scalar("c", c, 0.0, 2.0, lo_open=True, hi_open=True)
+    d_min = check_scalar("d_min", d_min, 0.0, None, lo_open=True)
+    d_init = _check_d_init(d_init)
+    chunk_size = check_chunk_size(chunk_size)
+    cu_seqlens, N = check_cu_seqlens(cu_seqlens, B, T, k.device)
+    if isinstance(d_init, torch.Tensor):
+        try:
+            torch.broadcast_shapes(tuple(d_init.shape), (N, H, K))
+            ok = d_init.ndim <= 3
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"d_init: expected a shape broadcastable to [N, H, K] = {[N, H, K]}, got {tuple(d_init.shape)}"
+            )
+    if validate:
+        check_range("k", k.detach())
+        check_range("beta", beta.detach(), 0.0, 1.0, lo_open=True)
     from .chunk import _chunk_tables
 
-    B, T, H, K = k.shape
     f = torch.float64 if k.dtype == torch.float64 else torch.float32
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     # One pass over the keys forms the scan's key, strength and value (in the dtype of k, so the scan's dots
     # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 inside the state pass.
     kf = k.detach().reshape(B * T, H, K).contiguous()
@@ -145,24 +189,19 @@ class DRule:
         check_choice("rule", self.rule, ["ratio"])
         check_scalar("c", self.c, 0.0, 2.0, lo_open=True, hi_open=True)
         check_scalar("d_min", self.d_min, 0.0, None, lo_open=True)
-        if isinstance(self.d_init, torch.Tensor):
-            t = as_tensor("d_init", self.d_init)
-            if not bool((t > 0).all()):
-                raise ValueError(f"d_init: expected positive entries, got min {float(t.min()):.3g}")
-        else:
-            check_scalar("d_init", self.d_init, 0.0, None, lo_open=True)
+        _check_d_init(self.d_init)
 
-    def compute(self, k: torch.Tensor, beta: torch.Tensor, *, cu_seqlens=None, chunk_size: int = 64):
-        """``d: [B, T, H, K]`` (dtype of ``k``, detached) for keys ``k: [B, T, H, K]``, ``beta: [B, T, H]``."""
-        B, T, H, K = k.shape
-        N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-        if isinstance(self.d_init, torch.Tensor):
-            try:
-                torch.broadcast_shapes(tuple(self.d_init.shape), (N, H, K))
-            except RuntimeError:
-                raise ValueError(
-                    f"d_init: expected a shape broadcastable to [N, H, K] = {[N, H, K]}, got {tuple(self.d_init.shape)}"
-                ) from None
+    def compute(
+        self,
+        k: torch.Tensor,
+        beta: torch.Tensor,
+        *,
+        cu_seqlens=None,
+        chunk_size: int = 64,
+        validate: bool = True,
+    ):
+        """``d: [B, T, H, K]`` (dtype of ``k``, detached) for keys ``k: [B, T, H, K]`` and ``beta: [B, T, H]``;
+        the arguments are those of :func:`d_ratio_scan` (which checks them)."""
         return d_ratio_scan(
             k,
             beta,
@@ -171,4 +210,5 @@ class DRule:
             d_min=self.d_min,
             cu_seqlens=cu_seqlens,
             chunk_size=chunk_size,
+            validate=validate,
         )
