@@ -58,6 +58,7 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
         return float("inf")
     return float(torch.linalg.vector_norm(o - r) / max(float(torch.linalg.vector_norm(r)), ABS_FLOOR))
 
+
 #: The Triton kernel under the interpreter in float64 against the float64 recurrence (chunked vs token order
 #: of the same sums: agreement to ~1e-15 is seen; this leaves two orders of magnitude of room).
 KERNEL_INTERP_FLOAT64 = 1e-12
@@ -67,3 +68,8 @@ KERNEL_BF16_OUT = 5e-3
 
 #: Triton kernel on GPU, bfloat16 inputs: gradients vs float64 autograd.
 KERNEL_BF16_GRAD = 1e-2
+
+#: Smallest relative difference (:func:`rel_err`) that a negative control must show: a different algorithm,
+#: objective or input changes the result by O(1), so 1e-3 is far above float64 round-off (~1e-15) and far
+#: below the effects being controlled.
+NEGATIVE_CONTROL_GAP = 1e-3
