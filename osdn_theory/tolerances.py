@@ -73,3 +73,8 @@ KERNEL_BF16_GRAD = 1e-2
 #: objective or input changes the result by O(1), so 1e-3 is far above float64 round-off (~1e-15) and far
 #: below the effects being controlled.
 NEGATIVE_CONTROL_GAP = 1e-3
+
+#: A negative control counts an effect as real only if it exceeds the float64 tolerance by this factor
+#: (three orders of magnitude above round-off), e.g. the state dependence of the raw hypergradient (C5-neg-raw)
+#: or the deviation of the spec's RLS leverage from the ridge minimiser (C8-neg-erratum).
+NEG_CONTROL_SEPARATION = 1e3

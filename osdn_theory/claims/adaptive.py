@@ -21,7 +21,7 @@ import torch
 from ..preconditioners import NormalizedStep, ScheduledStep, d_scan, osdn_adaptive
 from ..recurrences import osdn_recurrent
 from ..schedules import constant
-from ..tolerances import rel_err, rtol
+from ..tolerances import ABS_FLOOR, NEG_CONTROL_SEPARATION, rel_err, rtol
 from ._common import F64, generator, worst
 from ._registry import Outcome, Size, claim
 
@@ -152,7 +152,7 @@ def c5_normalized(size: Size, seed: int) -> Outcome:
         s_new = beta * (u * d_next).sum(-1)
         ok = ~sc.floor_active
         lhs, rhs = (1 - s_new)[ok], ((1 - c) * (1 - s_old))[ok]
-        ev[f"c={c}"] = float(((lhs - rhs).abs() / (1 - s_old)[ok].abs().clamp_min(1e-300)).max())
+        ev[f"c={c}"] = float(((lhs - rhs).abs() / (1 - s_old)[ok].abs().clamp_min(ABS_FLOOR)).max())
         used[f"c={c}"] = int(ok.sum())
     return Outcome(
         measured=worst(*ev.values()),
@@ -186,7 +186,7 @@ def c5_neg_raw(size: Size, seed: int) -> Outcome:
         osdn_adaptive(k, k, v2, beta, rule="ratio", step=step).d,
         osdn_adaptive(k, k, v1, beta, rule="ratio", step=step).d,
     )
-    bound = 1e6 * rtol(F64)
+    bound = NEG_CONTROL_SEPARATION * rtol(F64)
     return Outcome(
         measured=raw,
         bound=bound,

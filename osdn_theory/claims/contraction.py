@@ -199,6 +199,11 @@ def c4_neg_nonsym(size: Size, seed: int) -> Outcome:
     )
 
 
+#: C4-neg-jacobi calls the raw-Jacobi run diverged when its relative memory error exceeds this (a stable run
+#: stays below 1, the error of the zero memory; the raw run is seen at ~1e31 on the quick size).
+JACOBI_DIVERGED = 1e3
+
+
 @claim(
     "C4-neg-jacobi",
     title="Raw Jacobi d = diag(H)⁻¹ gives s ≈ βK and diverges",
@@ -229,7 +234,8 @@ def c4_neg_jacobi(size: Size, seed: int) -> Outcome:
         err[name] = (E.norm() / S_star.norm()).item()
         gains[name] = diag.write_gain.mean().item()
     measured = gains["raw"]
-    passed = measured >= 2.0 and err["raw"] > 1e3 and err["clipped"] < 1.0
+    # Diverged: the memory error grew past JACOBI_DIVERGED × ‖S*‖; rescued: the clipped memory beats S = 0.
+    passed = measured >= 2.0 and err["raw"] > JACOBI_DIVERGED and err["clipped"] < 1.0
     return Outcome(
         measured=measured,
         bound=2.0,
