@@ -149,7 +149,7 @@ def test_weighted_norm_never_expands(case):
     w = 1 / np.sqrt(d)
     before, after = np.linalg.norm(E * w), np.linalg.norm((E @ M) * w)
     target(after / before, label="weighted growth")
-    assert after <= before * (1 + 1e-9)
+    assert after <= before * (1 + TOL)
 
 
 def test_frobenius_norm_can_expand_although_gain_in_range():
@@ -195,7 +195,7 @@ def test_normalized_step_contracts_current_gain(case, c):
     s_old, s_new = _gains(k, beta, d0, NormalizedStep(c))
     assume(abs(1 - s_old) > 1e-9)
     target(abs(1 - s_new) / abs(1 - s_old), label="contraction")
-    assert abs((1 - s_new) - (1 - c) * (1 - s_old)) <= 1e-9 * max(1.0, abs(1 - s_old))
+    assert abs((1 - s_new) - (1 - c) * (1 - s_old)) <= TOL * max(1.0, abs(1 - s_old))
     assert abs(1 - s_new) < abs(1 - s_old)
 
 
@@ -224,8 +224,8 @@ def test_fixed_point_minimises_gaussian_expected_feedback(ad, beta):
     star = fixed_point_d(a, beta)
     f_star, f_d = float(expected_feedback(star, a, beta)), float(expected_feedback(d, a, beta))
     target(f_star - f_d, label="f(d*) − f(d)")
-    assert f_star <= f_d + 1e-12
-    assert f_star == pytest.approx(2 / (len(a) + 2), rel=1e-9)
+    assert f_star <= f_d + TOL * f_star
+    assert f_star == pytest.approx(2 / (len(a) + 2), rel=TOL)
 
 
 def test_fixed_point_needs_gaussian_features():
@@ -239,7 +239,12 @@ def test_fixed_point_needs_gaussian_features():
     a, d, beta = find(
         st.tuples(vec(3, 0.05, 5.0), vec(3, 0.0, 5.0), st.floats(0.05, 1.0)), beaten, settings=FIND
     )
-    assert len(a) == 3
+    # The d that beats d* under the ±√a law does not beat it under the Gaussian law: the difference comes
+    # from the dropped assumption, not from d* failing to minimise what it was derived for.
+    a_t, d_t = torch.tensor(a, dtype=F64), torch.tensor(d, dtype=F64)
+    f_gauss_d = float(expected_feedback(d_t, a_t, beta))
+    f_gauss_star = float(expected_feedback(fixed_point_d(a_t, beta), a_t, beta))
+    assert f_gauss_star <= f_gauss_d * (1 + TOL)
 
 
 # ---- C8 and the OSGM chain --------------------------------------------------------------------------------
