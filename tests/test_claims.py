@@ -24,6 +24,7 @@ from osdn_theory.claims import _registry as reg_mod
 from osdn_theory.claims.contraction import contraction_factor_bound
 from osdn_theory.claims.super_geometric import osgm_diagonal_gd, realizable_set
 from osdn_theory.metrics import super_geometric_test
+from osdn_theory.tolerances import EXACT_FLOAT64
 
 EXPECTED = {
     "C1", "C2", "C3", "C4", "C4-bound", "C4-neg-jacobi", "C4-neg-nonsym", "C5", "C5-neg-raw", "C5-normalized",
@@ -205,14 +206,14 @@ def test_nonsym_control_depends_on_the_dropped_assumption():
         200, 1, generator=g, dtype=torch.float64
     )  # s = β c ‖k‖² ∈ (0.1, 1.9) for β = 1
     spec = torch.linalg.matrix_norm(_transition(k, c.expand(-1, 5), 1.0), ord=2)
-    assert float(spec.max()) <= 1 + 1e-12
+    assert float(spec.max()) <= 1 + EXACT_FLOAT64
 
 
 def test_raw_rule_is_state_free_under_the_normalized_step():
     """Finding behind C5-neg-raw's choice of step: with η = c/L_t, L_t = β²‖e‖²‖u‖², the raw rule's ‖e‖²
     cancels and it coincides with the ratio rule; the state dependence shows only with a scheduled step."""
     from osdn_theory.preconditioners import NormalizedStep, osdn_adaptive
-    from osdn_theory.tolerances import rel_err
+    from osdn_theory.tolerances import rel_err, rtol
 
     g = torch.Generator().manual_seed(0)
     k = torch.randn(1, 32, 1, 4, generator=g, dtype=torch.float64) / 2
@@ -220,7 +221,7 @@ def test_raw_rule_is_state_free_under_the_normalized_step():
     v = torch.randn(1, 32, 1, 3, generator=g, dtype=torch.float64)
     raw = osdn_adaptive(k, k, v, beta, rule="raw", step=NormalizedStep(0.5)).d
     ratio = osdn_adaptive(k, k, v, beta, rule="ratio", step=NormalizedStep(0.5)).d
-    assert rel_err(raw, ratio) <= 1e-10
+    assert rel_err(raw, ratio) <= rtol(torch.float64)
 
 
 def test_results_frame_and_report_errors(tmp_path):
