@@ -6,6 +6,8 @@ recurrence (forward and every gradient) and against the torch chunk form; gradch
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -181,6 +183,30 @@ def test_backward_matches_recurrence_autograd(case, K):
     dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
     got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16)
     ref = _grads(osdn_recurrent, x, names, kw, do, dht)
+    for n in got:
+        assert rel_err(got[n], ref[n]) < KERNEL_INTERP_FLOAT64, n
+
+
+@pytest.mark.parametrize("case", ["d-clip", "gated-d-h0"])
+def test_gpu_block_choices_under_the_interpreter(case, monkeypatch):
+    """The interpreter normally runs its own block choices (V in one block up to 64, ``bwd_wy`` in K blocks of
+    16). Here the launchers use the GPU's choices instead: with one sequence and head the state and dh passes
+    split V = 24 into two blocks of 16 (the second masked) and ``bwd_wy`` takes K = 20 in one masked block of
+    32. Forward, final state and every gradient against the float64 recurrence."""
+    assert (stages._bv(24, 1), stages._bk_wy(20)) == (32, 16)  # the interpreter's own choices
+    monkeypatch.setattr(stages, "_bv", functools.partial(stages._bv, gpu=True))
+    monkeypatch.setattr(stages, "_bk_wy", functools.partial(stages._bk_wy, gpu=True))
+    assert (stages._bv(24, 1), stages._bk_wy(20)) == (16, 32)  # the GPU's choices, now in effect
+    names, kw = CASES[case]
+    x = make_inputs(22, T=37, H=1, K=20, V=24)
+    g = torch.Generator().manual_seed(23)
+    do = torch.randn(x["v"].shape, generator=g, dtype=F64)
+    dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
+    got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16)
+    ref = _grads(osdn_recurrent, x, names, kw, do, dht)
+    o, ht = chunk_osdn(**_pick(x, names), **kw, output_final_state=True, chunk_size=16)
+    o_ref, ht_ref = osdn_recurrent(**_pick(x, names), **kw, output_final_state=True)
+    assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64 and rel_err(ht, ht_ref) < KERNEL_INTERP_FLOAT64
     for n in got:
         assert rel_err(got[n], ref[n]) < KERNEL_INTERP_FLOAT64, n
 

@@ -54,10 +54,11 @@ def _stages(dtype: torch.dtype) -> int:
     return 1 if dtype in (torch.float32, torch.float64) else 2
 
 
-def _bv(V: int, progs: int) -> int:
-    """Block over the value dimension: 64 normally; smaller when few programs would run in parallel."""
+def _bv(V: int, progs: int, gpu: bool | None = None) -> int:
+    """Block over the value dimension: 64 normally; on a GPU smaller when few programs would run in parallel.
+    ``gpu`` (default: not under the interpreter) picks the rule, so the tests can run the GPU choice too."""
     bv = min(64, triton.next_power_of_2(V))
-    if INTERPRET:
+    if not (not INTERPRET if gpu is None else gpu):
         return max(16, bv)
     while bv > 16 and progs * triton.cdiv(V, bv) < 256:
         bv //= 2
@@ -758,11 +759,12 @@ def _bwd_wy_kernel(
     tl.store(db_out + t, db.to(db_out.dtype.element_ty), mask=rmask)
 
 
-def _bk_wy(K: int) -> int:
+def _bk_wy(K: int, gpu: bool | None = None) -> int:
     """K block of :func:`bwd_wy`: all of K in one block on a GPU (measured on an H200 at K = 128: 0.483 ms
     against 0.533 ms with two blocks of 64, at 255 vs 234 registers, so the split did not pay); 16 under the
-    interpreter, so that the tests run the multi-block loops."""
-    return 16 if INTERPRET else max(16, triton.next_power_of_2(K))
+    interpreter, so that the tests run the multi-block loops. ``gpu`` (default: not under the interpreter)
+    picks the rule, so the tests can run the GPU choice too."""
+    return max(16, triton.next_power_of_2(K)) if (not INTERPRET if gpu is None else gpu) else 16
 
 
 def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C, bk=None):
