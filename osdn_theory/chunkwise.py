@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validate import check_scalar
-from .recurrences import prepare_inputs, write_key
+from .recurrences import _write_key, prepare_inputs
 
 __all__ = ["osdn_chunkwise", "chunk_factors"]
 
@@ -88,7 +88,7 @@ def osdn_chunkwise(
     C = chunk_size
     NT = -(-T // C)
     Tp = NT * C
-    kt, _, _ = write_key(x.k, x.beta, x.d, x.s_max)
+    kt, _, _ = _write_key(x.k, x.beta, x.d, x.s_max)
 
     def chunks(t):  # [B, Tp, H, ...] -> [B, H, NT, C, ...]
         t = _pad_time(t, Tp)

@@ -63,7 +63,7 @@ import torch
 
 from ._validate import _desc, as_tensor, check_choice, check_range, check_same, check_scalar, check_shape
 from .apf import APF, as_apf
-from .recurrences import Diagnostics, osdn_recurrent, prepare_inputs, write_key
+from .recurrences import Diagnostics, _write_key, osdn_recurrent, prepare_inputs
 from .schedules import Schedule, Serializable, _from_dict_any, _register, as_schedule
 
 __all__ = [
@@ -734,7 +734,7 @@ def _joint(x, rule, step_rule, apf, floor, d_init, output_final_state) -> Adapti
         s = b_t * (u_t * d).sum(-1)
         r = (1.0 - s) ** 2
         buf["write_gain"][:, t], buf["feedback"][:, t] = s, r
-        kt, s_t, c_t = write_key(k_t[:, None], b_t[:, None], d[:, None], x.s_max)
+        kt, s_t, c_t = _write_key(k_t[:, None], b_t[:, None], d[:, None], x.s_max)
         kt, s_t, c_t = kt[:, 0], s_t[:, 0], c_t[:, 0]
         M = M - b_t[..., None, None] * kt[..., :, None] * e[..., None, :]
         o[:, t] = x.scale * torch.einsum("bhk,bhkv->bhv", x.q[:, t], M)

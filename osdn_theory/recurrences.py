@@ -77,7 +77,7 @@ def prepare_inputs(
     B, T, H, K = k.shape
     if T == 0:
         raise ValueError("k: expected at least one token (T >= 1), got T = 0")
-    dt, dev = k.dtype, k.device
+    dt = k.dtype
     q = as_tensor("q", q, dtype=dtype)
     check_shape("q", q, [B, T, H, K], "[B, T, H, K] (same as k)")
     v = as_tensor("v", v, dtype=dtype)
@@ -112,8 +112,7 @@ def prepare_inputs(
     if initial_state is not None:
         initial_state = as_tensor("initial_state", initial_state, dtype=dtype)
         check_shape("initial_state", initial_state, [B, H, K, v.shape[-1]], "[B, H, K, V]")
-        if initial_state.device != dev:
-            raise ValueError(f"initial_state: expected device {dev} (same as k), got {initial_state.device}")
+        check_same("initial_state", initial_state, "k", k)
         check_range("initial_state", initial_state)
     return OSDNInputs(q, k, v, beta, d, alpha, float(scale), initial_state, s_max)
 
@@ -124,9 +123,43 @@ def write_key(
     """Write key ``k̃ = c · d ⊙ k``, effective write gain ``s = β kᵀ k̃`` and clip factor ``c``.
 
     ``c = min(1, s_max / s_raw)`` where ``s_raw = β Σ_i d_i k_i²`` (``c ≡ 1`` when ``s_max`` is None).
-    Shapes: ``k, d: [B, T, H, K]``, ``beta: [B, T, H]``; returns ``([B,T,H,K], [B,T,H], [B,T,H])``.
     The clip is state-free, so recurrence, chunk form and kernels all apply it to the keys beforehand.
+
+    Args:
+        k: keys of shape ``[B, T, H, K]``.
+        beta: write strengths of shape ``[B, T, H]`` in (0, 1] (same dtype and device as ``k``).
+        d: preconditioner ``> 0`` of shape ``[B, T, H, K]`` or broadcastable to it; ``None`` is ``d ≡ 1``.
+        s_max: write-gain clip in (0, 2), or ``None`` (no clip).
+
+    Returns:
+        ``(k̃, s, c)`` of shapes ``[B, T, H, K]``, ``[B, T, H]``, ``[B, T, H]``.
     """
+    k = as_tensor("k", k)
+    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
+    check_range("k", k)
+    beta = as_tensor("beta", beta)
+    check_shape("beta", beta, list(k.shape[:3]), "[B, T, H]")
+    check_same("beta", beta, "k", k)
+    check_range("beta", beta, 0.0, 1.0, lo_open=True)
+    if d is not None:
+        d = as_tensor("d", d)
+        check_same("d", d, "k", k)
+        try:
+            d = torch.broadcast_to(d, k.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"d: expected a shape that broadcasts to [B, T, H, K] = {list(k.shape)}, got {tuple(d.shape)}"
+            ) from None
+        check_range("d", d, 0.0, None, lo_open=True)
+    if s_max is not None:
+        s_max = check_scalar("s_max", s_max, 0.0, 2.0, lo_open=True, hi_open=True)
+    return _write_key(k, beta, d, s_max)
+
+
+def _write_key(
+    k: torch.Tensor, beta: torch.Tensor, d: torch.Tensor | None, s_max: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`write_key` without validation, for callers whose inputs passed :func:`prepare_inputs`."""
     kt = k if d is None else d * k
     s_raw = beta * (k * kt).sum(-1)
     if s_max is None:
@@ -194,7 +227,7 @@ def osdn_recurrent(
         q, k, v, beta, d, alpha=alpha, scale=scale, initial_state=initial_state, s_max=s_max, dtype=dtype
     )
     B, T, H, K, V = x.shape
-    kt, s, c = write_key(x.k, x.beta, x.d, x.s_max)
+    kt, s, c = _write_key(x.k, x.beta, x.d, x.s_max)
     M = (
         torch.zeros(B, H, K, V, dtype=x.k.dtype, device=x.k.device)
         if x.initial_state is None
@@ -235,8 +268,24 @@ def delta_rule_recurrent(
 ):
     """DeltaNet (gated if ``alpha`` is given) token by token: :func:`osdn_recurrent` with ``d ≡ 1``.
 
-    Implemented independently of the OSDN path's write key (plain ``k`` as write key) so that the
-    ``d ≡ 1`` equivalence test compares two code paths, not one.
+    Per head and token (math layout): ``S_t = α_t S_{t−1} (I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ``,
+    ``o_t = scale · S_t q_t``. Implemented independently of the OSDN path's write key (plain ``k`` as write
+    key, explicit ``I − β k kᵀ`` product) so that the ``d ≡ 1`` equivalence test compares two code paths.
+
+    Args:
+        q: queries of shape ``[B, T, H, K]``.
+        k: keys of shape ``[B, T, H, K]``.
+        v: values of shape ``[B, T, H, V]``.
+        beta: write strengths of shape ``[B, T, H]``, in (0, 1].
+        alpha: optional decay of shape ``[B, T, H]`` in (0, 1] (Gated DeltaNet).
+        scale: read-out scale, default ``K ** -0.5``.
+        initial_state: optional ``[B, H, K, V]`` state ``Sᵀ_0`` (default zeros).
+        output_final_state: return the final state ``[B, H, K, V]`` (else ``None``).
+        diagnostics: also return a :class:`Diagnostics` (write gain ``β_t ‖k_t‖²``, clip factor 1).
+        dtype: computation dtype; default float64. ``None`` keeps the input dtype.
+
+    Returns:
+        ``(o, final_state)`` with ``o: [B, T, H, V]``, or ``(o, final_state, Diagnostics)`` if ``diagnostics``.
     """
     x = prepare_inputs(
         q, k, v, beta, None, alpha=alpha, scale=scale, initial_state=initial_state, dtype=dtype

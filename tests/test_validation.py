@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from osdn_theory import osdn_chunkwise, osdn_recurrent, rel_err, rtol
+from osdn_theory import delta_rule_recurrent, osdn_chunkwise, osdn_recurrent, rel_err, rtol, write_key
 
 from ._inputs import random_inputs
 
@@ -81,3 +81,41 @@ def test_broadcast_d_accepted():
     o1, _ = osdn_recurrent(**_bad(x, d=d_full))
     o2, _ = osdn_recurrent(**_bad(x, d=np.linspace(0.5, 2.0, 4)))
     assert rel_err(o1, o2) <= rtol(torch.float64)
+
+
+def test_initial_state_dtype_must_match_with_dtype_none():
+    x = _bad(_X, initial_state=_X["initial_state"].float())
+    with pytest.raises(ValueError, match="^initial_state: expected dtype"):
+        osdn_recurrent(**x, dtype=None)
+    with pytest.raises(ValueError, match="^initial_state: expected dtype"):
+        delta_rule_recurrent(**{n: t for n, t in x.items() if n != "d"}, dtype=None)
+    o, _ = osdn_recurrent(**x)  # the float64 default casts it
+    assert o.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "change, arg",
+    [
+        (dict(k=_X["k"][0]), "k"),
+        (dict(k=_X["k"].clone().fill_(float("inf"))), "k"),
+        (dict(beta=_X["beta"][..., :1]), "beta"),
+        (dict(beta=_X["beta"].float()), "beta"),
+        (dict(beta=_X["beta"] * 0.0), "beta"),
+        (dict(d=torch.ones(3, dtype=torch.float64)), "d"),
+        (dict(d=-_X["d"]), "d"),
+        (dict(d=_X["d"].float()), "d"),
+        (dict(s_max=2.0), "s_max"),
+    ],
+)
+def test_write_key_validates(change, arg):
+    args = dict(k=_X["k"], beta=_X["beta"], d=_X["d"], s_max=1.0)
+    args.update(change)
+    with pytest.raises(ValueError, match=rf"^{arg}:"):
+        write_key(args["k"], args["beta"], args["d"], args["s_max"])
+
+
+def test_write_key_values():
+    kt, s, c = write_key(_X["k"], _X["beta"], np.full(4, 2.0), None)
+    assert rel_err(kt, 2.0 * _X["k"]) <= rtol(torch.float64)
+    assert rel_err(s, 2.0 * _X["beta"] * (_X["k"] ** 2).sum(-1)) <= rtol(torch.float64)
+    assert bool((c == 1.0).all())
