@@ -298,16 +298,19 @@ def delta_rule_recurrent(
     )  # math layout S ∈ R^{V×K}
     eye = torch.eye(K, dtype=x.k.dtype, device=x.k.device)
     o = torch.empty(B, T, H, V, dtype=x.k.dtype, device=x.k.device)
-    e_pre, r_post = torch.empty_like(o), torch.empty_like(o)
+    if diagnostics:
+        e_pre, r_post = torch.empty_like(o), torch.empty_like(o)
     for t in range(T):
         a = 1.0 if x.alpha is None else x.alpha[:, t, :, None, None]
         kk, b = x.k[:, t], x.beta[:, t, :, None, None]
-        e_pre[:, t] = torch.einsum("bhvk,bhk->bhv", a * S, kk) - x.v[:, t]
+        if diagnostics:
+            e_pre[:, t] = torch.einsum("bhvk,bhk->bhv", a * S, kk) - x.v[:, t]
         # S_t = α S (I − β k kᵀ) + β v kᵀ
         S = (a * S) @ (eye - b * kk[..., :, None] * kk[..., None, :]) + b * x.v[:, t, :, :, None] * kk[
             ..., None, :
         ]
-        r_post[:, t] = torch.einsum("bhvk,bhk->bhv", S, kk) - x.v[:, t]
+        if diagnostics:
+            r_post[:, t] = torch.einsum("bhvk,bhk->bhv", S, kk) - x.v[:, t]
         o[:, t] = x.scale * torch.einsum("bhvk,bhk->bhv", S, x.q[:, t])
     final = S.transpose(-1, -2).contiguous() if output_final_state else None
     if diagnostics:
