@@ -95,13 +95,29 @@ def test_stages_match_torch_twins(case):
     assert rel_err(o, o_ref) < EXACT_FLOAT64
 
 
-def test_stage_solve_is_an_inverse():
-    """Negative control for the stage test: the twin's ``A⁻¹`` must not equal ``A`` itself (β ≠ 0)."""
-    x = make_inputs(2, T=16)
-    flat, d, (_, _, bounds, _), _ = _packed(x, ["d"], 16)
-    _, _, _, ai = stages.gram_solve(flat["k"], d, flat["beta"], None, bounds, None, 16)
-    off = ai.tril(-1) if ai.ndim == 2 else ai[:, 0].tril(-1)
-    assert float(off.abs().max()) > 1e-3
+@pytest.mark.parametrize("dropped", ["d", "alpha"])
+def test_stage_negative_control(dropped):
+    """Negative control for the stage test: stage 1's write key and ``A⁻¹`` miss the same bound by orders of
+    magnitude against a twin that drops the preconditioner ``d`` or the gate (so the comparison can fail)."""
+    names = ["d", "alpha"]
+    C = 16
+    x = make_inputs(1, B=2, T=21)
+    flat, d, (_, _, bounds, _), _ = _packed(x, names, C)
+    got = stages.gram_solve(flat["k"], d, flat["beta"], flat["la"], bounds, None, C)
+    ref = reference.gram_solve_ref(flat["k"], d, flat["beta"], flat["la"], bounds, None, C)
+    assert rel_err(got[3], ref[3]) < EXACT_FLOAT64  # the positive case, as in the test above
+    wrong = reference.gram_solve_ref(
+        flat["k"],
+        None if dropped == "d" else d,
+        flat["beta"],
+        None if dropped == "alpha" else flat["la"],
+        bounds,
+        None,
+        C,
+    )
+    assert rel_err(got[3], wrong[3]) > 1e3 * EXACT_FLOAT64
+    if dropped == "d":
+        assert rel_err(got[0], wrong[0]) > 1e3 * EXACT_FLOAT64
 
 
 # ------------------------------------------------------------------------------------------------ forward
@@ -285,6 +301,7 @@ def test_d_ratio_scan_matches_spec_loop():
 
 def test_d_rule_against_preconditioners_d_scan():
     pre = pytest.importorskip("osdn_theory.preconditioners", reason="preconditioners module not present yet")
+
     x = make_inputs(52, B=1, T=30)
     beta = torch.full_like(x["beta"], 0.8)
     ref = pre.d_scan(x["k"], beta, rule="ratio", step=pre.NormalizedStep(0.3), d_init=1.0).d
