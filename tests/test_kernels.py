@@ -300,7 +300,7 @@ def test_d_ratio_scan_matches_spec_loop():
 
 
 def test_d_rule_against_preconditioners_d_scan():
-    pre = pytest.importorskip("osdn_theory.preconditioners", reason="preconditioners module not present yet")
+    from osdn_theory import preconditioners as pre
 
     x = make_inputs(52, B=1, T=30)
     beta = torch.full_like(x["beta"], 0.8)
