@@ -31,10 +31,16 @@ def main() -> int:
         x = w.cross(e)
         c.zero(f"x_{i} = w × e_{i} ⟂ w is fixed: (I − β w wᵀ) x = x", P * x - x)
     c.zero("I − β w wᵀ is symmetric (so its 2-norm is max(1, |1 − s|) ≤ 1 for 0 < s < 2)", P - P.T)
-    c.zero(
-        "the unweighted transition I − β k kᵀD is not symmetric in general: M − Mᵀ = β(D k kᵀ − k kᵀ D)",
-        (M - M.T) - beta * (D * k * k.T - k * k.T * D),
+    c.zero("M − Mᵀ = β(D k kᵀ − k kᵀ D) for M = I − β k kᵀD", (M - M.T) - beta * (D * k * k.T - k * k.T * D))
+    # That identity alone does not show asymmetry: check that M − Mᵀ is not identically zero, and that it
+    # vanishes when D = δI (the assumption whose removal the caveat is about).
+    asym = (M - M.T)[0, 1]
+    c.true(
+        "the unweighted transition is not symmetric for generic d: (M − Mᵀ)_{01} = β k_0 k_1 (d_0 − d_1) ≢ 0",
+        sp.expand(asym) != 0 and sp.expand(asym - beta * k[0] * k[1] * (d[0] - d[1])) == 0,
     )
+    delta = sp.Symbol("delta", positive=True)
+    c.zero("with D = δI the transition is symmetric: M − Mᵀ = 0", (M - M.T).subs({x: delta for x in d}))
     return c.done()
 
 
