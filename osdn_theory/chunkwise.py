@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_scalar
+from ._validate import as_tensor, check_range, check_same, check_scalar, check_shape
 from .recurrences import _write_key, prepare_inputs
 
 __all__ = ["osdn_chunkwise", "chunk_factors"]
@@ -36,21 +36,55 @@ def _pad_time(x: torch.Tensor, Tp: int, value: float = 0.0) -> torch.Tensor:
     return F.pad(x, spec, value=value)
 
 
-def chunk_factors(k, kt, beta, g=None):
-    """Per-chunk WY factors for chunked inputs.
+def _decay_matrix(g: torch.Tensor) -> torch.Tensor:
+    """``Γ_{r,i} = exp(g_r − g_i)`` for ``i ≤ r`` (the exponent is masked before ``exp``; 1 above): ``[..., C, C]``."""
+    return torch.exp((g[..., :, None] - g[..., None, :]).tril())
 
-    Shapes: ``k, kt: [..., C, K]``, ``beta: [..., C]``, ``g: [..., C]`` (cumulative log-decay in the chunk or None).
-    Returns ``(T, W)`` with ``T = (I + B·tril₋₁(Γ ⊙ K K̃ᵀ))⁻¹ B: [..., C, C]`` and ``W = T diag(e^g) K: [..., C, K]``.
-    """
+
+def _chunk_factors(k, kt, beta, g, decay):
+    """:func:`chunk_factors` without validation; ``decay = _decay_matrix(g)`` (or None) is passed in so that
+    :func:`osdn_chunkwise` forms it once for the Gram matrix and the intra-chunk scores."""
     C = k.shape[-2]
     gram = k @ kt.transpose(-1, -2)  # (K K̃ᵀ)_{r,i} = k_rᵀ k̃_i
-    if g is not None:
-        gram = gram * torch.exp((g[..., :, None] - g[..., None, :]).tril())
+    if decay is not None:
+        gram = gram * decay
     eye = torch.eye(C, dtype=k.dtype, device=k.device)
     A = eye + beta[..., :, None] * gram.tril(-1)
     T = torch.linalg.solve_triangular(A, torch.diag_embed(beta), upper=False, unitriangular=True)
     kg = k if g is None else k * torch.exp(g)[..., None]
     return T, T @ kg
+
+
+def chunk_factors(k, kt, beta, g=None):
+    """Per-chunk WY factors for chunked inputs.
+
+    Args:
+        k: read keys of shape ``[..., C, K]`` (e.g. ``[B, H, NT, C, K]``).
+        kt: write keys ``k̃`` of the same shape as ``k``.
+        beta: write strengths of shape ``[..., C]`` in [0, 1] (0 on padded tokens).
+        g: cumulative in-chunk log-decay of shape ``[..., C]``, ``≤ 0``; ``None`` (default) is ungated.
+
+    Returns:
+        ``(T, W)`` with ``T = (I + B·tril₋₁(Γ ⊙ K K̃ᵀ))⁻¹ B: [..., C, C]`` and ``W = T diag(e^g) K: [..., C, K]``.
+    """
+    k = as_tensor("k", k)
+    if k.ndim < 2 or k.shape[-2] == 0:
+        raise ValueError(f"k: expected shape [..., C, K] with C >= 1, got {tuple(k.shape)}")
+    check_range("k", k)
+    kt = as_tensor("kt", kt)
+    check_shape("kt", kt, list(k.shape), "[..., C, K] (same as k)")
+    check_same("kt", kt, "k", k)
+    check_range("kt", kt)
+    beta = as_tensor("beta", beta)
+    check_shape("beta", beta, list(k.shape[:-1]), "[..., C]")
+    check_same("beta", beta, "k", k)
+    check_range("beta", beta, 0.0, 1.0)
+    if g is not None:
+        g = as_tensor("g", g)
+        check_shape("g", g, list(k.shape[:-1]), "[..., C]")
+        check_same("g", g, "k", k)
+        check_range("g", g, None, 0.0)
+    return _chunk_factors(k, kt, beta, g, None if g is None else _decay_matrix(g))
 
 
 def osdn_chunkwise(
@@ -100,10 +134,10 @@ def osdn_chunkwise(
         g = chunks(torch.log(x.alpha)).cumsum(-1)  # padded tail: log 1 = 0, no decay
         eg = torch.exp(g)  # [B,H,NT,C]
         decay_to_end = torch.exp(g[..., -1:] - g)  # e^{g_C − g_r}
-        score_mask = torch.exp((g[..., :, None] - g[..., None, :]).tril())
+        score_mask = _decay_matrix(g)  # Γ, shared by the Gram matrix and the scores
     else:
-        g = None
-    Tm, W = chunk_factors(kc, ktc, bc, g)  # [B,H,NT,C,C], [B,H,NT,C,K]
+        g = score_mask = None
+    Tm, W = _chunk_factors(kc, ktc, bc, g, score_mask)  # [B,H,NT,C,C], [B,H,NT,C,K]
     U_tilde = Tm @ vc  # [B,H,NT,C,V]
     scores = qc @ ktc.transpose(-1, -2)  # Q K̃ᵀ
     if g is not None:

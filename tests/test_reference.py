@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from osdn_theory import delta_rule_recurrent, osdn_chunkwise, osdn_recurrent, rel_err, write_key
+from osdn_theory.chunkwise import chunk_factors
 from osdn_theory.tolerances import EXACT_FLOAT64, NEGATIVE_CONTROL_GAP, rtol
 
 from ._inputs import random_inputs
@@ -108,3 +109,25 @@ def test_padding_is_exact_for_every_tail():
         o1, s1 = osdn_recurrent(**x, output_final_state=True)
         o2, s2 = osdn_chunkwise(**x, output_final_state=True, chunk_size=8)
         assert rel_err(o2, o1) <= EXACT_FLOAT64 and rel_err(s2, s1) <= EXACT_FLOAT64
+
+
+def test_chunk_factors_solve_the_triangular_system():
+    """A T = B with A_{r,i} = δ_{ri} + β_r Π_{i<j≤r} α_j k_rᵀ k̃_i (i < r), built entry by entry; W = T diag(e^g) K."""
+    g = torch.Generator().manual_seed(6)
+    C, K = 6, 4
+    k, kt = torch.randn(2, C, K, generator=g, dtype=torch.float64)
+    beta = 0.1 + 0.9 * torch.rand(C, generator=g, dtype=torch.float64)
+    alpha = 0.5 + 0.5 * torch.rand(C, generator=g, dtype=torch.float64)
+    cum = torch.log(alpha).cumsum(0)
+    T, W = chunk_factors(k, kt, beta, cum)
+    A = torch.eye(C, dtype=torch.float64)
+    for r in range(C):
+        for i in range(r):
+            A[r, i] = beta[r] * torch.prod(alpha[i + 1 : r + 1]) * (k[r] @ kt[i])
+    assert rel_err(A @ T, torch.diag(beta)) <= EXACT_FLOAT64
+    assert rel_err(W, T @ (torch.exp(cum)[:, None] * k)) <= EXACT_FLOAT64
+    # ungated: the same with α ≡ 1; the gated factors differ from it (negative control)
+    T1, _ = chunk_factors(k, kt, beta)
+    A1 = torch.eye(C, dtype=torch.float64) + beta[:, None] * (k @ kt.T).tril(-1)
+    assert rel_err(A1 @ T1, torch.diag(beta)) <= EXACT_FLOAT64
+    assert rel_err(T1, T) > NEGATIVE_CONTROL_GAP

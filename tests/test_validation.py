@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from osdn_theory import delta_rule_recurrent, osdn_chunkwise, osdn_recurrent, rel_err, rtol, write_key
+from osdn_theory.chunkwise import chunk_factors
 
 from ._inputs import random_inputs
 
@@ -119,3 +120,27 @@ def test_write_key_values():
     assert rel_err(kt, 2.0 * _X["k"]) <= rtol(torch.float64)
     assert rel_err(s, 2.0 * _X["beta"] * (_X["k"] ** 2).sum(-1)) <= rtol(torch.float64)
     assert bool((c == 1.0).all())
+
+
+@pytest.mark.parametrize(
+    "change, arg",
+    [
+        (dict(k=torch.ones(4, dtype=torch.float64)), "k"),
+        (dict(kt=torch.ones(2, 3, 5, dtype=torch.float64)), "kt"),
+        (dict(kt=torch.ones(2, 3, 4)), "kt"),
+        (dict(beta=torch.ones(2, 4, dtype=torch.float64)), "beta"),
+        (dict(beta=torch.full((2, 3), 1.5, dtype=torch.float64)), "beta"),
+        (dict(g=torch.full((2, 3), 0.5, dtype=torch.float64)), "g"),
+        (dict(g=torch.zeros(3, dtype=torch.float64)), "g"),
+    ],
+)
+def test_chunk_factors_validates(change, arg):
+    args = dict(
+        k=torch.ones(2, 3, 4, dtype=torch.float64),
+        kt=torch.ones(2, 3, 4, dtype=torch.float64),
+        beta=torch.full((2, 3), 0.5, dtype=torch.float64),
+        g=-torch.ones(2, 3, dtype=torch.float64).cumsum(-1),
+    )
+    args.update(change)
+    with pytest.raises(ValueError, match=rf"^{arg}:"):
+        chunk_factors(args["k"], args["kt"], args["beta"], args["g"])
