@@ -257,14 +257,13 @@ def rls(
     for t in range(T):
         k_t = x.k[:, t]  # [B,H,K]
         Pg = Pinv / gamma  # (γ H_{t−1})⁻¹
-        if variant == "exact":
-            Pk = torch.einsum("bhij,bhj->bhi", Pg, k_t)
-        else:
-            Pk = torch.einsum("bhij,bhj->bhi", Pinv, k_t)
-        a = (k_t * Pk).sum(-1)  # [B,H]
-        kt = Pk / (1.0 + a)[..., None]
         Pgk = torch.einsum("bhij,bhj->bhi", Pg, k_t)
-        ag = (k_t * Pgk).sum(-1)
+        ag = (k_t * Pgk).sum(-1)  # a_t = k_tᵀ (γ H_{t−1})⁻¹ k_t  [B,H]
+        if variant == "exact":
+            Pk, a = Pgk, ag
+        else:  # the spec's leverage k_tᵀ H_{t−1}⁻¹ k_t = γ a_t, with the matching key
+            Pk, a = gamma * Pgk, gamma * ag
+        kt = Pk / (1.0 + a)[..., None]
         Pinv = Pg - Pgk[..., :, None] * Pgk[..., None, :] / (1.0 + ag)[..., None, None]
         Pinv = 0.5 * (Pinv + Pinv.transpose(-1, -2))
         e = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]
