@@ -232,6 +232,15 @@ def test_serial_sweep_records_failures_and_resumes(tmp_path):
     assert man["code_version"]["package"] and man["machine"]["cpu_count"] >= 1
     with pytest.raises(ValueError, match="max_runs"):
         run_sweep(f, out, executor="serial", max_runs=-1)
+    # Nothing is left to run, yet bad arguments are still rejected (not silently ignored).
+    with pytest.raises(ValueError, match="executor: expected one of"):
+        run_sweep(f, out, executor="mpi", progress=False)
+    with pytest.raises(ValueError, match="workers"):
+        run_sweep(f, out, executor="serial", workers=0, progress=False)
+    with pytest.raises(ValueError, match="scheduler"):
+        run_sweep(f, out, executor="serial", scheduler="tcp://x:1", progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        run_sweep(f, out, executor="serial", batch_size=0, progress=False)
     with pytest.raises(ValueError, match="executor"):
         make_executor("mpi")
     with pytest.raises(ValueError, match="scheduler"):

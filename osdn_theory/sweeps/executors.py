@@ -149,14 +149,19 @@ class DaskExecutor:
             self._cluster.close()
 
 
-def make_executor(kind: str = "local", *, workers: int | None = None, scheduler: str | None = None):
-    """Build an executor by name: ``"local"`` (default), ``"serial"`` or ``"dask"``."""
+def check_executor_args(kind: str, workers: int | None, scheduler: str | None) -> None:
+    """Raise ``ValueError`` naming the argument if ``kind``/``workers``/``scheduler`` cannot build an executor."""
     if kind not in EXECUTORS:
         raise ValueError(f"executor: expected one of {list(EXECUTORS)}, got {kind!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers: expected a positive integer, got {workers!r}")
     if scheduler is not None and kind != "dask":
         raise ValueError(f"scheduler: only used with executor 'dask', got executor {kind!r}")
+
+
+def make_executor(kind: str = "local", *, workers: int | None = None, scheduler: str | None = None):
+    """Build an executor by name: ``"local"`` (default), ``"serial"`` or ``"dask"``."""
+    check_executor_args(kind, workers, scheduler)
     if kind == "serial":
         return SerialExecutor()
     if kind == "local":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .evaluate import evaluate_batch, stack_key
-from .executors import make_executor
+from .executors import check_executor_args, make_executor
 from .spec import RunConfig, SweepSpec, load_spec
 from .store import ResultsStore, code_version, machine_info, utc_now
 
@@ -108,6 +108,12 @@ def run_sweep(
         spec = load_spec(spec)
     if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 0):
         raise ValueError(f"max_runs: expected a non-negative integer, got {max_runs!r}")
+    # Checked up front: a resumed sweep with nothing left to run must still reject bad arguments.
+    check_executor_args(executor, workers, scheduler)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: expected a directory, got an existing file {str(out)!r}")
