@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, reference, stages
 from osdn_theory.kernels.chunk import _chunk_tables
 from osdn_theory.recurrences import delta_rule_recurrent, osdn_recurrent
-from osdn_theory.tolerances import EXACT_FLOAT64, KERNEL_INTERP_FLOAT64, rel_err, rtol
+from osdn_theory.tolerances import EXACT_FLOAT64, KERNEL_BF16_OUT, KERNEL_INTERP_FLOAT64, rel_err, rtol
+
+from .test_kernels_gpu import CASES as GPU_CASES
+from .test_kernels_gpu import make as gpu_make
+from .test_kernels_gpu import osdn_chunkwise
 
 pytestmark = pytest.mark.interpreter
 
@@ -516,3 +520,44 @@ def test_drule_rejects_non_finite_d_init():
         DRule(d_init=torch.tensor([1.0, float("nan")], dtype=F64))
     with pytest.raises(ValueError, match=r"^d_init: expected"):
         DRule(d_init=float("inf"))
+
+
+# --------------------------------------------------------------- the GPU tests' reference, checked on the CPU
+
+
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_gpu_reference_matches_recurrence(case):
+    """The GPU tests compare the kernel with a differentiable float64 chunk form (``osdn_chunkwise`` in
+    ``test_kernels_gpu.py``); here that reference meets the float64 token recurrence on the CPU: outputs,
+    final states and every gradient, T = 70 (one full chunk of 64 and a tail)."""
+    names, kw = GPU_CASES[case]
+    x = make_inputs(24, T=70, K=16, V=16)
+    g = torch.Generator().manual_seed(25)
+    do = torch.randn(x["v"].shape, generator=g, dtype=F64)
+    dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
+    got = _grads(osdn_chunkwise, x, names, kw, do, dht)
+    ref = _grads(osdn_recurrent, x, names, kw, do, dht)
+    o, ht = osdn_chunkwise(**_pick(x, names), **kw)
+    o_ref, ht_ref = osdn_recurrent(**_pick(x, names), **kw, output_final_state=True)
+    assert rel_err(o, o_ref) < EXACT_FLOAT64 and rel_err(ht, ht_ref) < EXACT_FLOAT64
+    for n in got:
+        assert rel_err(got[n], ref[n]) < EXACT_FLOAT64, n
+
+
+def test_gpu_tolerances_separate_the_cases():
+    """Negative control for the GPU tests, run on the CPU with their input distribution and first shape: on
+    the float64 reference, dropping the clip, ``d``, the gate or the initial state moves the output by more
+    than twice the bf16 tolerance, so a kernel that ignored any of them fails the GPU tests (the clip is the
+    closest call: it changes the 4 % of tokens with ``β kᵀ(d⊙k) > 0.9``)."""
+    x = {n: t.to(F64) for n, t in gpu_make(1, 2, 1000, 4, 128, 128, torch.bfloat16, device="cpu").items()}
+    q, k, v, b, d, a, h0 = (x[n] for n in ("q", "k", "v", "beta", "d", "alpha", "initial_state"))
+    o_clip, _ = osdn_chunkwise(q, k, v, b, d, s_max=0.9)
+    o_full, _ = osdn_chunkwise(q, k, v, b, d, alpha=a, initial_state=h0)
+    dropped = {
+        "clip": (osdn_chunkwise(q, k, v, b, d)[0], o_clip),
+        "d": (osdn_chunkwise(q, k, v, b, s_max=0.9)[0], o_clip),
+        "gate": (osdn_chunkwise(q, k, v, b, d, initial_state=h0)[0], o_full),
+        "initial state": (osdn_chunkwise(q, k, v, b, d, alpha=a)[0], o_full),
+    }
+    for name, (wrong, right) in dropped.items():
+        assert rel_err(wrong, right) > 2 * KERNEL_BF16_OUT, name

@@ -20,11 +20,12 @@ pytestmark = pytest.mark.gpu
 F64 = torch.float64
 
 
-def make(seed, B, T, H, K, V, dtype):
-    g = torch.Generator(device="cuda").manual_seed(seed)
+def make(seed, B, T, H, K, V, dtype, device="cuda"):
+    """Inputs of the GPU tests (also built on the CPU by the negative control in ``test_kernels.py``)."""
+    g = torch.Generator(device=device).manual_seed(seed)
 
     def r(*s):
-        return torch.randn(*s, generator=g, device="cuda", dtype=torch.float32)
+        return torch.randn(*s, generator=g, device=device, dtype=torch.float32)
 
     x = dict(
         q=r(B, T, H, K),
@@ -32,7 +33,7 @@ def make(seed, B, T, H, K, V, dtype):
         v=r(B, T, H, V),
         beta=torch.sigmoid(r(B, T, H)),
         d=torch.exp(0.3 * r(B, T, H, K)),
-        alpha=torch.exp(-0.05 * torch.rand(B, T, H, generator=g, device="cuda")),
+        alpha=torch.exp(-0.05 * torch.rand(B, T, H, generator=g, device=device)),
         initial_state=r(B, H, K, V),
     )
     return {n: t.to(dtype) for n, t in x.items()}
