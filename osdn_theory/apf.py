@@ -412,8 +412,8 @@ def as_apf(x: Any, argname: str = "apf") -> APF | None:
     """``None``, an :class:`APF` or its dictionary → ``APF | None``."""
     if x is None or isinstance(x, APF):
         return x
-    if isinstance(x, Mapping):
-        return APF.from_dict(x)
+    if isinstance(x, Mapping):  # errors name ``argname`` (not the generic ``d`` of APF.from_dict)
+        return _from_dict_any(x if "name" in x else {"name": APF.name, **x}, argname, APF)
     raise ValueError(f"{argname}: expected None, an APF or its dictionary, got {_desc(x)}")
 
 

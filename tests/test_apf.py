@@ -308,6 +308,9 @@ def test_apf_round_trip(gate):
         (lambda: A.from_dict({"name": "ones", "c": 1.0}), "^d: unknown keys"),
         (lambda: A.to_dict(NormalizedStep(0.5)), "obj"),
         (lambda: A.as_apf("spike"), "apf"),
+        (lambda: A.as_apf({"name": "ones"}), "^apf: expected 'name'"),
+        (lambda: A.as_apf({"bogus": 1}), "^apf: unknown keys"),
+        (lambda: A.as_apf({"rate": {"name": "sometimes"}}), "^rate: expected 'name'"),
     ],
 )
 def test_bad_arguments(make, arg):

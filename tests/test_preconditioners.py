@@ -85,6 +85,7 @@ _X = _stream(B=1, T=4, H=2, K=3, V=2)
         (dict(positivity="none", d_min=0.1), "d_min"),
         (dict(positivity="box"), "positivity"),
         (dict(apf="spike"), "apf"),
+        (dict(apf={"restart": True}), "^apf: unknown keys"),
         (dict(alpha=_X["beta"] * 0.0), "alpha"),
         (dict(alpha=_X["beta"][0]), "alpha"),
     ],
