@@ -258,3 +258,17 @@ def test_worst_propagates_nan_where_max_would_drop_it(scratch_registry):
         lambda size, seed: Outcome(measured=worst(0.0, float("nan")), bound=1e-10)
     )
     assert run_claim(spec).passed is False
+
+
+def test_recall_tuning_and_evaluation_seeds_are_disjoint():
+    """R-recall picks its step rule on tuning streams and reports on evaluation streams: never the same ones
+    (with the former base 10 000 they coincided at root seed 10)."""
+    from osdn_theory.claims.recall import seed_sets
+
+    for seed in (0, 1, 10, 11, 123):
+        tuning, evaluation = seed_sets(seed, 8)
+        assert len(set(tuning)) == len(set(evaluation)) == 8 and not set(tuning) & set(evaluation)
+    with pytest.raises(ValueError, match="seed"):
+        seed_sets(-1, 3)
+    with pytest.raises(ValueError, match="n: expected"):
+        seed_sets(0, 0)
