@@ -157,6 +157,36 @@ def test_forward_float32_ieee():
     assert rel_err(o, o_ref) < rtol(torch.float32) and rel_err(ht, ht_ref) < rtol(torch.float32)
 
 
+def test_forward_and_backward_float16():
+    """16-bit inputs (the GPU's storage path: write key, WY factors, states and gradients stored in the input
+    dtype) under the interpreter, against float64 of the same fp16 inputs at ``rtol(float16)``. bfloat16 has
+    no interpreter path (see the next test); on a GPU it is covered by ``test_kernels_gpu.py``."""
+    names, kw = CASES["gated-d-h0"]
+    x = {n: t.half() for n, t in make_inputs(4, T=45).items()}
+    x64 = {n: t.double() for n, t in x.items()}
+    g = torch.Generator().manual_seed(5)
+    do = torch.randn(x["v"].shape, generator=g, dtype=F64)
+    dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
+    o, ht = chunk_osdn(**_pick(x, names), output_final_state=True, chunk_size=16)
+    o_ref, ht_ref = osdn_recurrent(**_pick(x64, names), output_final_state=True)
+    assert o.dtype == torch.float16 and ht.dtype == torch.float32
+    assert rel_err(o, o_ref) < rtol(torch.float16) and rel_err(ht, ht_ref) < rtol(torch.float16)
+    got = _grads(chunk_osdn, x, names, kw, do.half(), dht.float(), chunk_size=16)
+    ref = _grads(osdn_recurrent, x64, names, kw, do.half().double(), dht.float().double())
+    for n in got:
+        assert got[n].dtype == x[n].dtype or n == "initial_state", n
+        assert rel_err(got[n], ref[n]) < rtol(torch.float16), n
+
+
+def test_bfloat16_refused_under_the_interpreter():
+    """The interpreter's ``tl.dot`` is wrong for bf16 operands, so bf16 input raises instead of running."""
+    x = {n: t.bfloat16() for n, t in make_inputs(4, T=8, K=4, V=4).items()}
+    with pytest.raises(ValueError, match=r"^k: bfloat16 .*got bfloat16"):
+        chunk_osdn(x["q"], x["k"], x["v"], x["beta"])
+    with pytest.raises(ValueError, match=r"^k: bfloat16"):
+        d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4)
+
+
 def test_deltanet_is_d_none_and_d_one():
     """``d = None`` and ``d ≡ 1`` both give DeltaNet (checked against the independent DeltaNet recurrence)."""
     x = make_inputs(5, T=30)
