@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ._validate import as_tensor, check_choice, check_range, check_same, check_scalar, check_shape
+from .preconditioners import _ratio
 from .recurrences import Diagnostics, prepare_inputs
 
 __all__ = [
@@ -529,7 +530,7 @@ def feedback_losses(k, beta, d) -> torch.Tensor:
             f"d: expected a shape that broadcasts to [B, T, H, K] = {list(k.shape)}, got {tuple(d.shape)}"
         ) from None
     check_range("d", d, 0.0, None)
-    return (1.0 - beta * (k * k * d).sum(-1)) ** 2
+    return _ratio(k, beta, d)
 
 
 def best_fixed_diagonal(

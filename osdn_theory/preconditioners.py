@@ -467,24 +467,39 @@ def _finish(buf, d_final, rule, step_rule, apf) -> DScan:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def ratio_feedback(k, beta, d) -> torch.Tensor:
-    """Ratio feedback ``r_t(d) = (1 − β_t Σ_i d_i k_{t,i}²)²`` of shape ``[B, T, H]``.
-
-    Args:
-        k: keys of shape ``[B, T, H, K]``.
-        beta: write strengths of shape ``[B, T, H]`` in (0, 1].
-        d: preconditioner, ``[B, T, H, K]`` or broadcastable to it (e.g. ``[K]``, a fixed d).
-    """
+def _feedback_inputs(k, beta, d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate ``k: [B, T, H, K]``, ``beta: [B, T, H]`` in (0, 1] and a finite ``d`` broadcastable to ``k``."""
     k = as_tensor("k", k)
     check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
+    check_range("k", k)
     beta = as_tensor("beta", beta, dtype=k.dtype)
     check_shape("beta", beta, list(k.shape[:3]), "[B, T, H]")
+    check_range("beta", beta, 0.0, 1.0, lo_open=True)
     d = as_tensor("d", d, dtype=k.dtype)
     try:
         d = torch.broadcast_to(d, k.shape)
     except RuntimeError:
         raise ValueError(f"d: expected a shape broadcastable to {list(k.shape)}, got {_desc(d)}") from None
+    check_range("d", d)
+    return k, beta, d
+
+
+def _ratio(k: torch.Tensor, beta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``(1 − β Σ_i d_i k_i²)²`` without validation (shared with :func:`osdn_theory.comparators.feedback_losses`)."""
     return (1.0 - beta * (d * k * k).sum(-1)) ** 2
+
+
+def ratio_feedback(k, beta, d) -> torch.Tensor:
+    """Ratio feedback ``r_t(d) = (1 − β_t Σ_i d_i k_{t,i}²)²`` of shape ``[B, T, H]``.
+
+    Defined for any real ``d`` (the identity ``r⁺ = (1 − s) e`` does not need ``d > 0``).
+
+    Args:
+        k: keys of shape ``[B, T, H, K]``.
+        beta: write strengths of shape ``[B, T, H]`` in (0, 1].
+        d: preconditioner, ``[B, T, H, K]`` or broadcastable to it (e.g. ``[K]``, a fixed d); finite.
+    """
+    return _ratio(*_feedback_inputs(k, beta, d))
 
 
 def hyper_feedback(k, beta, d) -> torch.Tensor:
@@ -492,8 +507,9 @@ def hyper_feedback(k, beta, d) -> torch.Tensor:
 
     Equals ``(ℓ_t(S_t(d)) − ℓ_t(S_{t−1})) / ‖∇ℓ_t(S_{t−1})‖²_F``. Shapes as in :func:`ratio_feedback`.
     """
-    r = ratio_feedback(k, beta, d)
-    nk2 = (as_tensor("k", k) ** 2).sum(-1).to(r.dtype)
+    k, beta, d = _feedback_inputs(k, beta, d)
+    r = _ratio(k, beta, d)
+    nk2 = (k * k).sum(-1)
     return torch.where(nk2 > 0, (r - 1.0) / (2.0 * torch.where(nk2 > 0, nk2, 1.0)), 0.0)
 
 

@@ -137,6 +137,10 @@ def test_osdn_adaptive_bad_arguments(kwargs, arg):
         (lambda: ratio_scan_as_delta_rule(_X["k"] * 0.0, _X["beta"], 0.5), "k"),
         (lambda: ratio_feedback(_X["k"], _X["beta"], torch.ones(2)), "d"),
         (lambda: ratio_feedback(_X["k"], _X["beta"][0], torch.ones(3)), "beta"),
+        (lambda: ratio_feedback(_X["k"], _X["beta"] * 0.0, torch.ones(3)), "beta"),
+        (lambda: ratio_feedback(_X["k"], _X["beta"], torch.tensor([1.0, float("nan"), 1.0])), "d"),
+        (lambda: hyper_feedback(_X["k"].clone().fill_(float("inf")), _X["beta"], torch.ones(3)), "k"),
+        (lambda: hyper_feedback(_X["k"], _X["beta"] + 1.0, torch.ones(3)), "beta"),
     ],
 )
 def test_step_rule_and_helper_bad_arguments(make, arg):
