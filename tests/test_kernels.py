@@ -536,6 +536,8 @@ def test_d_ratio_scan_checks_do_not_reject_valid_input():
         ("d", lambda x: dict(x, d=x["d"].float())),
         ("initial_state", lambda x: dict(x, initial_state=x["initial_state"].to("meta"))),
         ("scale", lambda x: dict(x, scale=0.0)),
+        ("validate", lambda x: dict(x, validate="no")),  # a non-empty string would have meant True
+        ("output_final_state", lambda x: dict(x, output_final_state=None)),
         ("d_init", lambda x: dict(x, d=None, d_rule=DRule(d_init=torch.ones(3, dtype=F64)))),
     ],
 )

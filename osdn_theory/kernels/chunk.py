@@ -173,9 +173,14 @@ def chunk_osdn(
     Returns:
         ``(o, final_state)``: ``o`` of shape ``[B, T, H, V]`` in the input dtype; ``final_state`` or ``None``.
 
-    Inputs may be float16, bfloat16 or float32 (float64 under the Triton interpreter); accumulation and the
-    state are float32. ``K, V ≤ 256``. Gradients flow to ``q, k, v, beta, d, alpha`` and ``initial_state``.
+    Inputs may be float16, bfloat16 or float32 on a GPU; under the Triton interpreter float16, float32 or
+    float64 (its ``tl.dot`` is wrong for bfloat16, which is refused there). Accumulation and the state are
+    float32 (float64 for float64 input). ``K, V ≤ 256``. Gradients flow to ``q, k, v, beta, d, alpha`` and
+    ``initial_state``.
     """
+    for name, flag in (("output_final_state", output_final_state), ("validate", validate)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
     k = check_keys(k)
     B, T, H, K = k.shape
     q = check_like("q", q, k, [B, T, H, K], "[B, T, H, K] (same as k)")
