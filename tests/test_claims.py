@@ -272,3 +272,20 @@ def test_recall_tuning_and_evaluation_seeds_are_disjoint():
         seed_sets(-1, 3)
     with pytest.raises(ValueError, match="n: expected"):
         seed_sets(0, 0)
+
+
+def test_c7_neg_fails_for_a_stuck_solver(monkeypatch):
+    """The rotated-Hessian control must not pass vacuously: a solver whose every step is null (ρ ≡ 1, no
+    super-geometric decay, chain trivially true) makes C7-neg FAIL."""
+    from osdn_theory.claims import super_geometric as sgm
+
+    real = sgm.osgm_diagonal_gd
+
+    def stuck(K_mat, E0, *, iters, eta, p_comparator=None):
+        p0 = torch.full((K_mat.shape[1],), 1e6, dtype=torch.float64)  # overshoots: every step rejected
+        return real(K_mat, E0, iters=iters, eta=1e-12, p0=p0, p_comparator=p_comparator)
+
+    monkeypatch.setattr(sgm, "osgm_diagonal_gd", stuck)
+    r = get_claim("C7-neg")(budget="quick", seed=0)
+    assert r.passed is False and r.evidence["per_seed_converging"] == [False] * 3
+    assert r.evidence["per_seed_null_steps"] == [get_claim("C7-neg").size("quick").iters] * 3
