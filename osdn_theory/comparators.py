@@ -421,6 +421,8 @@ def windowed_ridge_solution(k, v, t: int, *, window: int, lam: float = 1.0) -> t
     B, T, H, K = k.shape
     v = as_tensor("v", v, dtype=torch.float64)
     check_shape("v", v, [B, T, H, None], "[B, T, H, V]")
+    check_range("k", k)
+    check_range("v", v)
     t = check_scalar("t", t, 0, T, integer=True)
     window = check_scalar("window", window, 1, None, integer=True)
     lam = check_scalar("lam", lam, 0.0, None, lo_open=True)
@@ -471,7 +473,7 @@ def jacobi_d(
     Divergence of raw Jacobi (spec §4): with the EMA and ``c = 1`` on stationary keys ``h ≈ a`` so
     ``s_t = β_t Σ_i u_{t,i}/h_{t,i} ≈ β K``, far above 2 for ``K ≥ 3``: the write overshoots, ``|1 − s| > 1``
     and the memory diverges. A scale ``c ≤ 1/(βK)`` (``E s ≤ 1``) or the write-gain clip ``s_max`` contracts.
-    In the cumulative form ``h_t`` grows like ``t · a`` so ``s_t ≈ K/t`` falls below 2 after ~K/2 tokens.
+    In the cumulative form ``h_t`` grows like ``t · a`` so ``s_t ≈ βK/t`` falls below 2 after ~βK/2 tokens.
 
     Args:
         k: keys ``[B, T, H, K]``; beta: ``[B, T, H]`` in (0, 1] (used by ``c="fixed_point"``).

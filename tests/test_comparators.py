@@ -403,6 +403,10 @@ def test_argument_errors():
         windowed_rls(q, k, v, window=0)
     with pytest.raises(ValueError, match="^window:"):
         windowed_ridge_solution(k, v, 1, window=1.5)
+    with pytest.raises(ValueError, match="^v: expected finite"):
+        windowed_ridge_solution(k, v * float("nan"), 1, window=2)
+    with pytest.raises(ValueError, match="^k: expected finite"):
+        windowed_ridge_solution(k * float("inf"), v, 1, window=2)
     with pytest.raises(ValueError, match="^beta:"):
         longhorn_write_key(k, beta * 2)
     with pytest.raises(ValueError, match="^c:"):
