@@ -33,9 +33,14 @@ __all__ = [
     "window_geometric_means",
     "super_geometric_test",
     "osgm_chain",
+    "RATIO_FLOOR",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
+
+#: Default floor on the ratios of the super-geometric statistics: the round-off level ``(1e-14)²`` of a
+#: ratio of squared float64 residuals (``docs/theory.md`` §8).
+RATIO_FLOOR = 1e-28
 
 
 def _check_diag(diag) -> Diagnostics:
@@ -214,7 +219,7 @@ def _series(name: str, rho, *, allow_zero: bool = True) -> np.ndarray:
     return x
 
 
-def window_geometric_means(rho, num_windows: int, *, floor: float = 1e-28) -> np.ndarray:
+def window_geometric_means(rho, num_windows: int, *, floor: float = RATIO_FLOOR) -> np.ndarray:
     """Geometric means ``G_1 … G_J`` of ``max(ρ_t, floor)`` over ``J`` equal consecutive windows.
 
     Steps ``1..T`` are split into ``J = num_windows`` windows of length ``w = ⌊T/J⌋`` after dropping the
@@ -286,7 +291,7 @@ def super_geometric_test(
     num_windows: int = 8,
     factor: float = 100.0,
     tail_factor: float = 10.0,
-    floor: float = 1e-28,
+    floor: float = RATIO_FLOOR,
 ) -> SuperGeometricResult:
     """Finite-sample test of super-geometric convergence ``M_T^{1/T} → 0`` (spec §7, claim C7).
 
@@ -395,9 +400,16 @@ def osgm_chain(rho, rho_comparator, *, regret=None) -> OSGMChain:
     if measured:
         reg = cs - np.cumsum(y)
     else:
-        reg = np.asarray(regret.detach().cpu().numpy() if isinstance(regret, torch.Tensor) else regret, float)
+        if isinstance(regret, torch.Tensor):
+            regret = regret.detach().to(torch.float64).cpu().numpy()
+        try:
+            reg = np.asarray(regret, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"regret: expected a finite array of shape {x.shape}, got {type(regret).__name__}"
+            ) from None
         if reg.shape != x.shape or not np.all(np.isfinite(reg)):
-            raise ValueError(f"regret: expected a finite array of shape {x.shape}, got {reg.shape}")
+            raise ValueError(f"regret: expected a finite array of shape {x.shape}, got shape {reg.shape}")
     tot = np.cumsum(y) + reg
     if np.any(tot < 0):
         raise ValueError("regret: expected Σρ_cmp + Regret_T ≥ 0 at every T, got a negative total")

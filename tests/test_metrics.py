@@ -253,6 +253,10 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="^regret:"):
         osgm_chain(np.ones(5), np.ones(5), regret=np.ones(4))
     with pytest.raises(ValueError, match="^regret:"):
+        osgm_chain(np.ones(5), np.ones(5), regret="big")
+    with pytest.raises(ValueError, match="^regret:"):
+        osgm_chain(np.ones(5), np.ones(5), regret=np.full(5, np.nan))
+    with pytest.raises(ValueError, match="^regret:"):
         osgm_chain(np.ones(5), np.zeros(5), regret=-np.ones(5))
 
 
