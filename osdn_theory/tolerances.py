@@ -78,3 +78,11 @@ NEGATIVE_CONTROL_GAP = 1e-3
 #: (three orders of magnitude above round-off), e.g. the state dependence of the raw hypergradient (C5-neg-raw)
 #: or the deviation of the spec's RLS leverage from the ridge minimiser (C8-neg-erratum).
 NEG_CONTROL_SEPARATION = 1e3
+
+#: ``torch.autograd.gradcheck`` on the Triton kernel in float64 (interpreter): central differences with step
+#: ``GRADCHECK_EPS`` are exact to about ``eps² |f'''| + 1e-16 |f| / eps`` (~1e-10 for the O(1) outputs of the
+#: tiny test case); the absolute and relative bounds leave four orders of magnitude above that and are
+#: stricter than gradcheck's own defaults (1e-5, 1e-3).
+GRADCHECK_EPS = 1e-6
+GRADCHECK_ATOL = 1e-6
+GRADCHECK_RTOL = 1e-5

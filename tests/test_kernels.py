@@ -15,7 +15,17 @@ import torch.nn.functional as F
 from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, reference, stages
 from osdn_theory.kernels.chunk import _chunk_tables
 from osdn_theory.recurrences import delta_rule_recurrent, osdn_recurrent
-from osdn_theory.tolerances import EXACT_FLOAT64, KERNEL_BF16_OUT, KERNEL_INTERP_FLOAT64, rel_err, rtol
+from osdn_theory.tolerances import (
+    EXACT_FLOAT64,
+    GRADCHECK_ATOL,
+    GRADCHECK_EPS,
+    GRADCHECK_RTOL,
+    KERNEL_BF16_OUT,
+    KERNEL_INTERP_FLOAT64,
+    NEG_CONTROL_SEPARATION,
+    rel_err,
+    rtol,
+)
 
 from .test_kernels_gpu import CASES as GPU_CASES
 from .test_kernels_gpu import make as gpu_make
@@ -119,9 +129,9 @@ def test_stage_negative_control(dropped):
         None,
         C,
     )
-    assert rel_err(got[3], wrong[3]) > 1e3 * EXACT_FLOAT64
+    assert rel_err(got[3], wrong[3]) > NEG_CONTROL_SEPARATION * EXACT_FLOAT64
     if dropped == "d":
-        assert rel_err(got[0], wrong[0]) > 1e3 * EXACT_FLOAT64
+        assert rel_err(got[0], wrong[0]) > NEG_CONTROL_SEPARATION * EXACT_FLOAT64
 
 
 # ------------------------------------------------------------------------------------------------ forward
@@ -201,7 +211,7 @@ def test_negative_control_d_matters():
     x = make_inputs(6, T=30)
     o, _ = chunk_osdn(x["q"], x["k"], x["v"], x["beta"], x["d"], chunk_size=16)
     o_dn, _ = delta_rule_recurrent(x["q"], x["k"], x["v"], x["beta"])
-    assert rel_err(o, o_dn) > 1e3 * KERNEL_INTERP_FLOAT64
+    assert rel_err(o, o_dn) > NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64
 
 
 def test_broadcast_d_and_scale():
@@ -272,7 +282,9 @@ def test_gradcheck_tiny():
         )
         return o, ht
 
-    assert torch.autograd.gradcheck(fn, tuple(args), fast_mode=True, eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(
+        fn, tuple(args), fast_mode=True, eps=GRADCHECK_EPS, atol=GRADCHECK_ATOL, rtol=GRADCHECK_RTOL
+    )
 
 
 # ------------------------------------------------------------------------------------------- cu_seqlens
