@@ -196,10 +196,11 @@ def _stage_times(x):
     # configuration variants, for the next tuning step
     t["gram_solve_8warps"] = _bench(lambda: stages.gram_solve(k, d, beta, None, bounds, None, C, num_warps=8))
     resources["gram_solve_8warps"] = stages.RESOURCES.get("gram_solve")
-    t["bwd_wy_bk128"] = _bench(
-        lambda: stages.bwd_wy(k, d, None, kt, v, beta, None, ai, dw, du, dkt, None, bounds, C, bk=128)
+    # the default K block of bwd_wy on a GPU is all of K (one block); the variant splits it into blocks of 64
+    t["bwd_wy_bk64"] = _bench(
+        lambda: stages.bwd_wy(k, d, None, kt, v, beta, None, ai, dw, du, dkt, None, bounds, C, bk=64)
     )
-    resources["bwd_wy_bk128"] = stages.RESOURCES.get("bwd_wy")
+    resources["bwd_wy_bk64"] = stages.RESOURCES.get("bwd_wy")
     return t, resources
 
 
