@@ -289,3 +289,30 @@ def test_c7_neg_fails_for_a_stuck_solver(monkeypatch):
     r = get_claim("C7-neg")(budget="quick", seed=0)
     assert r.passed is False and r.evidence["per_seed_converging"] == [False] * 3
     assert r.evidence["per_seed_null_steps"] == [get_claim("C7-neg").size("quick").iters] * 3
+
+
+@pytest.mark.parametrize(
+    "label, module, name",
+    [("C5-neg-raw", "adaptive", "osdn_adaptive"), ("C8-neg-erratum", "rls", "rls")],
+)
+def test_negative_controls_fail_when_the_dropped_variant_returns_nan(monkeypatch, label, module, name):
+    """rel_err is inf for a NaN output, which is ≥ any separation bound: the controls must not read a broken
+    (NaN) variant as the predicted effect."""
+    import importlib
+    import types
+
+    mod = importlib.import_module(f"osdn_theory.claims.{module}")
+    real = getattr(mod, name)
+
+    def nan_variant(*args, **kw):
+        res = real(*args, **kw)
+        if kw.get("rule") == "raw":  # C5-neg-raw: the raw rule's d
+            return types.SimpleNamespace(d=torch.full_like(res.d, float("nan")))  # the claim reads only .d
+        if kw.get("variant") == "erratum" and kw.get("gamma") != 1.0:  # C8-neg-erratum: γ < 1 states
+            o, s, diag = res
+            return o, s, type(diag)(**dict(vars(diag), states=torch.full_like(diag.states, float("nan"))))
+        return res
+
+    monkeypatch.setattr(mod, name, nan_variant)
+    r = get_claim(label)(budget="quick", seed=0)
+    assert r.passed is False, r.evidence

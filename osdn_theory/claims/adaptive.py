@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -190,6 +191,7 @@ def c5_neg_raw(size: Size, seed: int) -> Outcome:
     return Outcome(
         measured=raw,
         bound=bound,
-        passed=raw >= bound and ratio <= rtol(F64),
+        # rel_err gives inf for a NaN/inf d: a raw rule that blew up must not count as "state-dependent".
+        passed=math.isfinite(raw) and raw >= bound and ratio <= rtol(F64),
         evidence=dict(raw_rule_d_difference=raw, ratio_rule_d_difference=ratio, dtype="float64", seed=seed),
     )
