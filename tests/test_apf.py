@@ -21,7 +21,7 @@ from osdn_theory.apf import (
 )
 from osdn_theory.preconditioners import AdaGradStep, NormalizedStep, ScheduledStep, d_scan, osdn_adaptive
 from osdn_theory.schedules import inverse_sqrt
-from osdn_theory.tolerances import EXACT_FLOAT64, rel_err
+from osdn_theory.tolerances import EXACT_FLOAT64, NEGATIVE_CONTROL_GAP, rel_err
 
 F64 = torch.float64
 
@@ -222,9 +222,11 @@ def test_restart_clock(step):
     assert torch.equal(sc.d[:, : first + 1], no.d[:, : first + 1])  # identical up to the first firing
     if isinstance(step, ScheduledStep):
         # the firing token's update uses step 1 of the schedule, the next one step 2
-        assert torch.allclose(sc.step[sc.triggered], torch.full_like(sc.step[sc.triggered], 0.05))
+        assert rel_err(sc.step[sc.triggered], torch.full_like(sc.step[sc.triggered], 0.05)) <= EXACT_FLOAT64
         t = torch.arange(1, 2 * L + 1)[None, :, None].expand_as(sc.step)
-        assert torch.allclose(no.step, inverse_sqrt(0.05)(t))
+        assert rel_err(no.step, inverse_sqrt(0.05)(t)) <= EXACT_FLOAT64
+        # negative control: with the clock restarted, the steps after the first firing differ
+        assert rel_err(sc.step, no.step) > NEGATIVE_CONTROL_GAP
     else:
         # AdaGrad forgot its accumulator: η_t = eta0/√(g_t ⊙ g_t + eps) on every firing token
         u = switched * switched
