@@ -78,6 +78,16 @@ def _family(cfg_method: dict) -> str:
     return f"osdn: {rate} → {(apf.get('prior') or {}).get('name', 'ones')}"
 
 
+def _check_frame(fn: str, df, stream_label: str, columns: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming the argument when ``df`` lacks ``columns`` or the stream ``stream_label``."""
+    missing = [c for c in ("stream_label", *columns) if c not in getattr(df, "columns", ())]
+    if missing:
+        raise ValueError(f"df: {fn} expected a frame from load_results with columns {missing}, got none such")
+    known = sorted(df["stream_label"].unique())
+    if stream_label not in known:
+        raise ValueError(f"stream_label: {fn} expected one of {known}, got {stream_label!r}")
+
+
 def _smooth(y: np.ndarray, w: int) -> np.ndarray:
     if w <= 1 or y.shape[-1] < w:
         return y
@@ -91,6 +101,12 @@ def plot_calibration_profile(df, stream_label: str, path: Path, before: int | No
 
     Needs the ``series.cal_profile`` column. ``smooth``: moving-average width in tokens (display only).
     """
+    cols = ("series.cal_profile", "method_cfg", "method_label", "recovery_time", "cal_mean", "seed")
+    _check_frame("plot_calibration_profile", df, stream_label, cols)
+    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
+        raise ValueError(f"smooth: expected a positive integer (tokens), got {smooth!r}")
+    if before is not None and (isinstance(before, bool) or not isinstance(before, int) or before < 0):
+        raise ValueError(f"before: expected None or a non-negative integer (tokens), got {before!r}")
     plt = _pyplot()
     sub = df[df["stream_label"] == stream_label].copy()
     sub["family"] = [_family(m) for m in sub["method_cfg"]]
@@ -143,6 +159,7 @@ def plot_recovery_heatmap(
 ):
     """Mean recovery time over the swept parameters of one APF rate rule (and one step rule ``step``, if
     given); returns None if nothing is swept."""
+    _check_frame("plot_recovery_heatmap", df, stream_label, (rate_col, "recovery_time", "seed"))
     plt = _pyplot()
     sub = df[(df["stream_label"] == stream_label) & (df[rate_col].astype(str) == rate)]
     if step is not None and "method.step.name" in sub:
@@ -203,6 +220,7 @@ def plot_recovery_heatmap(
 
 def plot_r1_bars(df, stream_label: str, path: Path, metric: str = "r1"):
     """R1 per method (horizontal bars): bar = mean over seeds, black dots = individual seeds; log axis."""
+    _check_frame("plot_r1_bars", df, stream_label, (metric, "method_label", "seed"))
     plt = _pyplot()
     sub = df[(df["stream_label"] == stream_label) & df[metric].notna()]
     groups = sorted(sub.groupby("method_label"), key=lambda x: x[0])

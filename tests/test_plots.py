@@ -96,6 +96,27 @@ def test_plot_errors(tmp_path, sweep_dir):
         plots.plot_sweep(tmp_path)
 
 
+def test_plot_functions_validate_their_inputs(sweep_dir, tmp_path):
+    """A wrong stream label or a missing column is an error naming the argument, not an empty figure."""
+    df = plots.load_results(sweep_dir)
+    sl = df["stream_label"].iloc[0]
+    with pytest.raises(ValueError, match="stream_label: plot_r1_bars expected one of"):
+        plots.plot_r1_bars(df, "nosuch(T=1)", tmp_path / "x.png")
+    with pytest.raises(ValueError, match="df: plot_r1_bars .*'r9'"):
+        plots.plot_r1_bars(df, sl, tmp_path / "x.png", metric="r9")
+    with pytest.raises(ValueError, match="stream_label"):
+        plots.plot_calibration_profile(df, "nosuch", tmp_path / "x.png")
+    with pytest.raises(ValueError, match="smooth"):
+        plots.plot_calibration_profile(df, sl, tmp_path / "x.png", smooth=0)
+    with pytest.raises(ValueError, match="before"):
+        plots.plot_calibration_profile(df, sl, tmp_path / "x.png", before=-1)
+    with pytest.raises(ValueError, match="df: plot_recovery_heatmap"):
+        plots.plot_recovery_heatmap(df, sl, "method.apf.nosuch", "x", tmp_path / "x.png")
+    with pytest.raises(ValueError, match="stream_label"):
+        plots.plot_recovery_heatmap(df, "nosuch", "method.apf.rate.name", "x", tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_svg_output(sweep_dir):
     paths = plots.plot_sweep(sweep_dir, fmt="svg")
     assert paths and all(p.suffix == ".svg" and p.read_text().lstrip().startswith("<?xml") for p in paths)
