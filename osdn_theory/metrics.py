@@ -203,7 +203,7 @@ def percent_reduction(metric_osdn, metric_deltanet):
 # super-geometric statistics
 
 
-def _series(name: str, rho, *, allow_zero: bool = True) -> np.ndarray:
+def _series(name: str, rho) -> np.ndarray:
     if isinstance(rho, torch.Tensor):
         x = rho.detach().to(torch.float64).cpu().numpy()
     elif isinstance(rho, np.ndarray | list | tuple):

@@ -402,7 +402,7 @@ def _segment_starts(T: int, L: int) -> tuple[int, ...]:
 
 
 def _segmented_build(
-    cfg, seed: int, profile_fn, *, switch_teacher: bool = False, scale_fn=None, token_profile_fn=None
+    cfg, seed: int, profile_fn, *, switch_teacher: bool = False, token_profile_fn=None
 ) -> StreamData:
     """Shared generator: independent Gaussian features with variances ``a_t`` (diagonal covariance).
 
