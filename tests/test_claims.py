@@ -24,7 +24,7 @@ from osdn_theory.claims import _registry as reg_mod
 from osdn_theory.claims.contraction import contraction_factor_bound
 from osdn_theory.claims.super_geometric import osgm_diagonal_gd, realizable_set
 from osdn_theory.metrics import super_geometric_test
-from osdn_theory.tolerances import EXACT_FLOAT64
+from osdn_theory.tolerances import EXACT_FLOAT64, rtol
 
 EXPECTED = {
     "C1", "C2", "C3", "C4", "C4-bound", "C4-neg-jacobi", "C4-neg-nonsym", "C5", "C5-neg-raw", "C5-normalized",
@@ -159,6 +159,30 @@ def test_contraction_factor_bound_matches_formula():
     k = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64)
     beta = torch.tensor([[[0.5]]], dtype=torch.float64)
     assert float(contraction_factor_bound(k, beta, 1.0, 3.0)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="k: expected shape"):
+        contraction_factor_bound(k[0], beta, 1.0, 3.0)
+    with pytest.raises(ValueError, match="beta: expected shape"):
+        contraction_factor_bound(k, beta[0], 1.0, 3.0)
+    with pytest.raises(ValueError, match="d_min"):
+        contraction_factor_bound(k, beta, 0.0, 3.0)
+    with pytest.raises(ValueError, match="d_max"):
+        contraction_factor_bound(k, beta, 2.0, 1.0)
+
+
+def test_realizable_set_validates():
+    g = torch.Generator().manual_seed(0)
+    Km, E0, sigma, R = realizable_set(g, 6, 4, 2, log10_cond=2.0, rotated=True)
+    assert Km.shape == (6, 4) and E0.shape == (2, 4) and R.shape == (4, 4)
+    eig = torch.linalg.eigvalsh(Km.T @ Km)
+    assert float(eig.max() / eig.min()) == pytest.approx(100.0, rel=rtol(torch.float64))
+    with pytest.raises(ValueError, match="N"):
+        realizable_set(g, 3, 4, 2, log10_cond=2.0, rotated=False)
+    with pytest.raises(ValueError, match="V"):
+        realizable_set(g, 6, 4, 0, log10_cond=2.0, rotated=False)
+    with pytest.raises(ValueError, match="log10_cond"):
+        realizable_set(g, 6, 4, 2, log10_cond=-1.0, rotated=False)
+    with pytest.raises(ValueError, match="g: expected a torch.Generator"):
+        realizable_set(0, 6, 4, 2, log10_cond=1.0, rotated=False)
 
 
 def test_osgm_solver_validates_and_separates_cases():
@@ -213,7 +237,7 @@ def test_raw_rule_is_state_free_under_the_normalized_step():
     """Finding behind C5-neg-raw's choice of step: with η = c/L_t, L_t = β²‖e‖²‖u‖², the raw rule's ‖e‖²
     cancels and it coincides with the ratio rule; the state dependence shows only with a scheduled step."""
     from osdn_theory.preconditioners import NormalizedStep, osdn_adaptive
-    from osdn_theory.tolerances import rel_err, rtol
+    from osdn_theory.tolerances import rel_err
 
     g = torch.Generator().manual_seed(0)
     k = torch.randn(1, 32, 1, 4, generator=g, dtype=torch.float64) / 2

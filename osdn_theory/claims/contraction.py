@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import as_tensor, check_scalar, check_shape
 from ..recurrences import osdn_recurrent
 from ..tolerances import rtol
 from ._common import F64, generator, random_inputs, worst
@@ -55,7 +56,19 @@ def c4_identity(size: Size, seed: int) -> Outcome:
 
 
 def contraction_factor_bound(k, beta, d_min: float, d_max: float) -> torch.Tensor:
-    """``max(|1 − β d_min ‖k‖²|, |1 − β d_max ‖k‖²|)`` of shape ``[B, T, H]`` (spec §4 bound)."""
+    """``max(|1 − β d_min ‖k‖²|, |1 − β d_max ‖k‖²|)`` of shape ``[B, T, H]`` (spec §4 bound).
+
+    Args:
+        k: keys of shape ``[B, T, H, K]``.
+        beta: write strengths of shape ``[B, T, H]``.
+        d_min, d_max: the box of the preconditioner, ``0 < d_min ≤ d_max``.
+    """
+    k = as_tensor("k", k, dtype=F64)
+    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
+    beta = as_tensor("beta", beta, dtype=F64)
+    check_shape("beta", beta, list(k.shape[:3]), "[B, T, H]")
+    d_min = check_scalar("d_min", d_min, 0.0, None, lo_open=True)
+    d_max = check_scalar("d_max", d_max, d_min, None)
     kk = (k * k).sum(-1)
     return torch.maximum((1 - beta * d_min * kk).abs(), (1 - beta * d_max * kk).abs())
 

@@ -154,7 +154,13 @@ def osgm_diagonal_gd(
 def realizable_set(g: torch.Generator, N: int, K: int, V: int, *, log10_cond: float, rotated: bool):
     """Keys ``K_mat = Q diag(σ) Rᵀ`` ``[N, K]`` (``Q`` orthonormal columns, ``σ`` log-spaced over
     ``10^{log10_cond/2}``, so ``cond(KᵀK) = 10^{log10_cond}``; ``R = I`` unless ``rotated``) and an initial
-    error ``E_0 = −S*`` ``[V, K]``. Returns ``(K_mat, E0, sigma, R)``."""
+    error ``E_0 = −S*`` ``[V, K]``. Returns ``(K_mat, E0, sigma, R)``; needs ``N ≥ K`` (orthonormal columns)."""
+    if not isinstance(g, torch.Generator):
+        raise ValueError(f"g: expected a torch.Generator, got {type(g).__name__}")
+    K = check_scalar("K", K, 1, None, integer=True)
+    N = check_scalar("N", N, K, None, integer=True)
+    V = check_scalar("V", V, 1, None, integer=True)
+    log10_cond = check_scalar("log10_cond", log10_cond, 0.0, None)
     Q, _ = torch.linalg.qr(torch.randn(N, K, generator=g, dtype=F64))
     sigma = torch.logspace(0, log10_cond / 2, K, dtype=F64)
     R = torch.eye(K, dtype=F64)
