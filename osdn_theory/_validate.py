@@ -48,6 +48,7 @@ def check_shape(name: str, t: torch.Tensor, shape: Sequence[int | None], layout:
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
+    """Check every entry of ``t`` (any shape) is finite."""
     if not bool(torch.isfinite(t).all()):
         n = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name}: expected finite values, got {n} NaN/inf entries in {_desc(t)}")
@@ -113,6 +114,7 @@ def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
 
 
 def check_choice(name: str, x: Any, choices: Sequence[Any]) -> Any:
+    """Check ``x`` is one of ``choices`` and return it."""
     if x not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {x!r}")
     return x

@@ -68,9 +68,21 @@ def prepare_inputs(
 ) -> OSDNInputs:
     """Validate and (optionally) cast the OSDN inputs; raise ``ValueError`` naming the bad argument.
 
-    ``d`` may be given as ``[B, T, H, K]`` or anything that broadcasts to it (e.g. ``[H, K]`` or ``[K]``).
-    ``beta`` must lie in (0, 1], ``alpha`` in (0, 1], ``d > 0``, ``s_max`` in (0, 2). ``dtype`` casts every
-    tensor (``None`` keeps the dtype of ``k``, and all tensors must then share it).
+    Args:
+        q: queries of shape ``[B, T, H, K]``; k: keys of shape ``[B, T, H, K]`` (``T ≥ 1``, finite).
+        v: values of shape ``[B, T, H, V]``.
+        beta: write strengths of shape ``[B, T, H]`` in (0, 1].
+        d: preconditioner ``> 0``, ``[B, T, H, K]`` or anything that broadcasts to it (e.g. ``[H, K]``,
+            ``[K]``); cast to the computation dtype. Default ``None`` (DeltaNet).
+        alpha: optional decay of shape ``[B, T, H]`` in (0, 1].
+        scale: read-out scale ``> 0``, default ``K ** -0.5``.
+        initial_state: optional state of shape ``[B, H, K, V]``.
+        s_max: optional write-gain clip in (0, 2).
+        dtype: casts every tensor; ``None`` keeps the dtype of ``k``, and ``q, v, beta, alpha,
+            initial_state`` must then share it and its device.
+
+    Returns:
+        :class:`OSDNInputs` (``d`` broadcast to ``[B, T, H, K]``, ``scale`` resolved).
     """
     k = as_tensor("k", k, dtype=dtype)
     check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
