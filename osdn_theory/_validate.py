@@ -118,3 +118,24 @@ def check_choice(name: str, x: Any, choices: Sequence[Any]) -> Any:
     if x not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {x!r}")
     return x
+
+
+def keys_and_beta(
+    k: Any, beta: Any, *, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate keys ``k: [B, T, H, K]`` (``T, K ≥ 1``, finite) and write strengths ``beta: [B, T, H]`` in
+    (0, 1], cast both to ``dtype`` (``None`` keeps each one's dtype, which must then agree), and return them.
+    """
+    k = as_tensor("k", k, dtype=dtype)
+    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
+    B, T, H, K = k.shape
+    if T == 0:
+        raise ValueError("k: expected at least one token (T >= 1), got T = 0")
+    if K == 0:
+        raise ValueError("k: expected at least one feature (K >= 1), got K = 0")
+    check_range("k", k)
+    beta = as_tensor("beta", beta, dtype=dtype)
+    check_shape("beta", beta, [B, T, H], "[B, T, H]")
+    check_same("beta", beta, "k", k)
+    check_range("beta", beta, 0.0, 1.0, lo_open=True)
+    return k, beta

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._validate import as_tensor, check_choice, check_range, check_same, check_scalar, check_shape
+from ._validate import as_tensor, check_choice, check_range, check_scalar, check_shape, keys_and_beta
 from .preconditioners import _ratio
 from .recurrences import Diagnostics, prepare_inputs
 
@@ -91,20 +91,6 @@ def _unit_beta(k: torch.Tensor) -> torch.Tensor:
 
 def _zeros_state(B: int, H: int, K: int, V: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros(B, H, K, V, dtype=like.dtype, device=like.device)
-
-
-def _keys_beta(k, beta, *, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``k: [B, T, H, K]`` and ``beta: [B, T, H]`` (in (0, 1]); cast to ``dtype``."""
-    k = as_tensor("k", k, dtype=dtype)
-    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
-    if k.shape[1] == 0:
-        raise ValueError("k: expected at least one token (T >= 1), got T = 0")
-    check_range("k", k)
-    beta = as_tensor("beta", beta, dtype=dtype)
-    check_shape("beta", beta, list(k.shape[:3]), "[B, T, H]")
-    check_same("beta", beta, "k", k)
-    check_range("beta", beta, 0.0, 1.0, lo_open=True)
-    return k, beta
 
 
 def _check_bool(name: str, x) -> bool:
@@ -447,7 +433,7 @@ def longhorn_write_key(k, beta) -> torch.Tensor:
     Args:
         k: keys ``[B, T, H, K]``; beta: ``[B, T, H]`` in (0, 1].
     """
-    k, beta = _keys_beta(k, beta)
+    k, beta = keys_and_beta(k, beta, dtype=torch.float64)
     return k * (beta / (1.0 + beta * (k * k).sum(-1)))[..., None]
 
 
@@ -481,7 +467,7 @@ def jacobi_d(
         ema: EMA rate in (0, 1], or None for the cumulative diagonal with forgetting ``gamma``.
         gamma: forgetting factor in (0, 1] (cumulative form only); lam: initial diagonal ``λ > 0``.
     """
-    k, beta = _keys_beta(k, beta)
+    k, beta = keys_and_beta(k, beta, dtype=torch.float64)
     B, T, H, K = k.shape
     if isinstance(c, str):
         check_choice("c", c, ("fixed_point",))
@@ -509,7 +495,7 @@ def token_local_newton_d(k, beta) -> torch.Tensor:
     Args:
         k: keys ``[B, T, H, K]`` with ``‖k_t‖ > 0``; beta: ``[B, T, H]`` in (0, 1].
     """
-    k, beta = _keys_beta(k, beta)
+    k, beta = keys_and_beta(k, beta, dtype=torch.float64)
     n2 = (k * k).sum(-1)
     if bool((n2 <= 0).any()):
         raise ValueError(f"k: expected every key to be nonzero, got {int((n2 <= 0).sum())} zero keys")
@@ -523,7 +509,7 @@ def feedback_losses(k, beta, d) -> torch.Tensor:
         k: keys ``[B, T, H, K]``; beta: ``[B, T, H]``; d: ``[B, T, H, K]`` or broadcastable (e.g. a fixed
             ``[B, 1, H, K]``), ``≥ 0``.
     """
-    k, beta = _keys_beta(k, beta)
+    k, beta = keys_and_beta(k, beta, dtype=torch.float64)
     d = as_tensor("d", d, dtype=torch.float64)
     try:
         d = torch.broadcast_to(d, k.shape)
@@ -554,7 +540,7 @@ def best_fixed_diagonal(
     """
     from scipy.optimize import lsq_linear
 
-    k, beta = _keys_beta(k, beta)
+    k, beta = keys_and_beta(k, beta, dtype=torch.float64)
     B, T, H, K = k.shape
     if not isinstance(box, tuple | list) or len(box) != 2:
         raise ValueError(f"box: expected a pair (d_lo, d_hi), got {box!r}")

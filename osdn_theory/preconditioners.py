@@ -61,7 +61,16 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ._validate import _desc, as_tensor, check_choice, check_range, check_same, check_scalar, check_shape
+from ._validate import (
+    _desc,
+    as_tensor,
+    check_choice,
+    check_range,
+    check_same,
+    check_scalar,
+    check_shape,
+    keys_and_beta,
+)
 from .apf import APF, as_apf
 from .recurrences import Diagnostics, _write_key, osdn_recurrent, prepare_inputs
 from .schedules import Schedule, Serializable, _from_dict_any, _register, as_schedule
@@ -300,21 +309,10 @@ class AdaptiveResult:
 
 
 def _keys_beta(k, beta, alpha, dtype):
-    k = as_tensor("k", k, dtype=dtype)
-    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
-    B, T, H, K = k.shape
-    if T == 0:
-        raise ValueError("k: expected at least one token (T >= 1), got T = 0")
-    if K == 0:
-        raise ValueError("k: expected at least one feature (K >= 1), got K = 0")
-    check_range("k", k)
-    beta = as_tensor("beta", beta, dtype=dtype)
-    check_shape("beta", beta, [B, T, H], "[B, T, H]")
-    check_same("beta", beta, "k", k)
-    check_range("beta", beta, 0.0, 1.0, lo_open=True)
+    k, beta = keys_and_beta(k, beta, dtype=dtype)
     if alpha is not None:
         alpha = as_tensor("alpha", alpha, dtype=dtype)
-        check_shape("alpha", alpha, [B, T, H], "[B, T, H]")
+        check_shape("alpha", alpha, list(k.shape[:3]), "[B, T, H]")
         check_same("alpha", alpha, "k", k)
         check_range("alpha", alpha, 0.0, 1.0, lo_open=True)
     return k, beta, alpha
@@ -470,11 +468,7 @@ def _finish(buf, d_final, rule, step_rule, apf) -> DScan:
 def _feedback_inputs(k, beta, d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate ``k: [B, T, H, K]``, ``beta: [B, T, H]`` in (0, 1] and a finite ``d`` broadcastable to ``k``."""
     k = as_tensor("k", k)
-    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
-    check_range("k", k)
-    beta = as_tensor("beta", beta, dtype=k.dtype)
-    check_shape("beta", beta, list(k.shape[:3]), "[B, T, H]")
-    check_range("beta", beta, 0.0, 1.0, lo_open=True)
+    k, beta = keys_and_beta(k, beta, dtype=k.dtype)
     d = as_tensor("d", d, dtype=k.dtype)
     try:
         d = torch.broadcast_to(d, k.shape)

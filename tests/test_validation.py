@@ -144,3 +144,40 @@ def test_chunk_factors_validates(change, arg):
     args.update(change)
     with pytest.raises(ValueError, match=rf"^{arg}:"):
         chunk_factors(args["k"], args["kt"], args["beta"], args["g"])
+
+
+@pytest.mark.parametrize(
+    "k, beta, arg, msg",
+    [
+        (
+            torch.ones(1, 0, 2, 3, dtype=torch.float64),
+            torch.ones(1, 0, 2, dtype=torch.float64),
+            "k",
+            "T >= 1",
+        ),
+        (
+            torch.ones(1, 4, 2, 0, dtype=torch.float64),
+            torch.ones(1, 4, 2, dtype=torch.float64),
+            "k",
+            "K >= 1",
+        ),
+        (torch.ones(1, 4, 2, 3, dtype=torch.float64), torch.ones(1, 4, 2), "beta", "dtype"),
+        (
+            torch.ones(1, 4, 2, 3, dtype=torch.float64),
+            torch.ones(1, 4, 3, dtype=torch.float64),
+            "beta",
+            "shape",
+        ),
+    ],
+)
+def test_keys_and_beta_shared_check(k, beta, arg, msg):
+    from osdn_theory._validate import keys_and_beta
+    from osdn_theory.comparators import token_local_newton_d
+    from osdn_theory.preconditioners import d_scan
+
+    for f in (lambda: keys_and_beta(k, beta), lambda: d_scan(k, beta, dtype=None)):
+        with pytest.raises(ValueError, match=rf"^{arg}:.*{msg}"):
+            f()
+    if msg != "dtype":  # the comparators cast to float64 first
+        with pytest.raises(ValueError, match=rf"^{arg}:.*{msg}"):
+            token_local_newton_d(k, beta)
