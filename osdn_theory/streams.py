@@ -189,6 +189,13 @@ def _check_spectrum(cfg) -> None:
     check_scalar("noise", cfg.noise, 0.0, None)
 
 
+def _base_spectrum(cfg) -> np.ndarray:
+    """Feature variances ``[K]`` of trace ``key_scale``: flat for ``cov="isotropic"``, else geometric."""
+    if cfg.cov == "isotropic":
+        return np.full(cfg.K, cfg.key_scale / cfg.K)
+    return geometric_spectrum(cfg.K, cfg.condition, cfg.key_scale)
+
+
 class _Stream:
     """Mixin: registry name and serialisation."""
 
@@ -245,11 +252,7 @@ class TeacherStream(_Stream):
         v = np.empty((B, T, H, V))
         W = np.empty((B, H, K, V))
         cov = np.empty((B, H, K, K))
-        base = (
-            np.full(K, self.key_scale / K)
-            if self.cov == "isotropic"
-            else geometric_spectrum(K, self.condition, self.key_scale)
-        )
+        base = _base_spectrum(self)
         for b in range(B):
             for h in range(H):
                 rng = rngs[b][h]
@@ -581,11 +584,7 @@ class KeyNormShiftStream(_Stream):
             object.__setattr__(self, "scales", tuple(self.scales))
 
     def build(self, seed: int) -> StreamData:
-        base = (
-            np.full(self.K, self.key_scale / self.K)
-            if self.cov == "isotropic"
-            else geometric_spectrum(self.K, self.condition, self.key_scale)
-        )
+        base = _base_spectrum(self)
         sc = self.scales
         return _segmented_build(self, seed, lambda rng, j: base * sc[j % len(sc)] ** 2)
 
@@ -619,11 +618,7 @@ class TeacherSwitchStream(_Stream):
         check_choice("cov", self.cov, ("isotropic", "anisotropic"))
 
     def build(self, seed: int) -> StreamData:
-        base = (
-            np.full(self.K, self.key_scale / self.K)
-            if self.cov == "isotropic"
-            else geometric_spectrum(self.K, self.condition, self.key_scale)
-        )
+        base = _base_spectrum(self)
         return _segmented_build(self, seed, lambda rng, j: base, switch_teacher=True)
 
 
