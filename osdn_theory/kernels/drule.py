@@ -34,7 +34,7 @@ _VPAD = 16
 
 @triton.jit
 def _d_readout_kernel(
-    u, vnew, h, d_out, bounds, d_min,
+    u, vnew, h, d_out, bounds, d_min_ptr,
     H, K,
     C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
@@ -51,6 +51,7 @@ def _d_readout_kernel(
     h0 = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * VP + ok * VP, mask=ok < K, other=0.0).to(ACC)
     inc = U0[:, None] * uu
     D = h0[None, :] + tl.cumsum(inc, 0) - inc
+    d_min = tl.load(d_min_ptr).to(ACC)  # from memory: a float argument would arrive rounded to fp32
     tl.store(d_out + t[:, None] * K + ok[None, :], tl.maximum(D, d_min).to(d_out.dtype.element_ty), mask=m)
 
 
@@ -161,7 +162,7 @@ def d_ratio_scan(
     h, vnew, _ = stages.state_pass(uhat, w, ut, None, h0, cu, offs, NC, chunk_size, False)
     d = torch.empty(B * T, H, K, dtype=k.dtype, device=k.device)
     _d_readout_kernel[(NC, H)](
-        uhat, vnew, h, d, bounds, float(d_min), H, K,
+        uhat, vnew, h, d, bounds, torch.full((1,), d_min, dtype=f, device=k.device), H, K,
         C=chunk_size, BK=max(16, triton.next_power_of_2(K)), VP=_VPAD, ACC=stages.acc_dtype(f),
         num_warps=stages._warps(4),
     )  # fmt: skip
