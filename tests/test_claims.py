@@ -258,6 +258,16 @@ def test_results_frame_and_report_errors(tmp_path):
     f.write_text("x")
     with pytest.raises(ValueError, match="out: expected a directory"):
         write_report(rs, f, budget="quick", seed=0, duration_s=0.0)
+    d = tmp_path / "r"
+    with pytest.raises(ValueError, match="budget"):
+        write_report(rs, d, budget="medium", seed=0, duration_s=0.0)
+    with pytest.raises(ValueError, match="seed"):
+        write_report(rs, d, budget="quick", seed=-2, duration_s=0.0)
+    with pytest.raises(ValueError, match="duration_s"):
+        write_report(rs, d, budget="quick", seed=0, duration_s=float("nan"))
+    with pytest.raises(ValueError, match="results: expected ClaimResult"):
+        write_report([*rs, {"label": "C9"}], d, budget="quick", seed=0, duration_s=0.0)
+    assert not d.exists()
 
 
 @pytest.mark.slow

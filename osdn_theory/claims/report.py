@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._registry import ClaimResult
+from .._validate import check_choice, check_scalar
+from ._registry import BUDGETS, ClaimResult
 
 __all__ = ["format_number", "results_frame", "summary", "write_figures", "write_report"]
 
@@ -143,6 +144,12 @@ def write_report(
     figures: bool = True,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and (optionally) figures into ``out`` (created if needed)."""
+    bad = [type(r).__name__ for r in results if not isinstance(r, ClaimResult)]
+    if bad:
+        raise ValueError(f"results: expected ClaimResult objects, got {sorted(set(bad))}")
+    check_choice("budget", budget, BUDGETS)
+    seed = int(check_scalar("seed", seed, 0, None, integer=True))
+    duration_s = check_scalar("duration_s", duration_s, 0.0, None)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: expected a directory path, got an existing file {str(out)!r}")
