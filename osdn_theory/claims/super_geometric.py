@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .._validate import as_tensor, check_range, check_scalar, check_shape
-from ..metrics import osgm_chain, super_geometric_test
+from ..metrics import RATIO_FLOOR, osgm_chain, super_geometric_test
 from ..tolerances import rtol
 from ._common import F64, generator
 from ._registry import Outcome, Size, claim
@@ -205,7 +205,7 @@ def _batch_evidence(runs, size):
         per_seed_null_steps=[r.null_steps for r, _, _ in runs],
         chain_holds_every_T=all(c.holds for _, _, c in runs),
         chain_regret_is_measured=all(c.regret_is_measured for _, _, c in runs),
-        test=dict(_SG_DOC, floor=1e-28),
+        test=dict(_SG_DOC, floor=RATIO_FLOOR),
         N=size.N,
         K=size.K,
         V=size.V,
@@ -359,7 +359,7 @@ def c7_token(size: Size, seed: int) -> Outcome:
             sum_rho_theory_bound=sum_bound,
             chain_holds_every_T=chain_ok,
             chain_regret_is_measured=all(c.regret_is_measured for c in chains),
-            test=dict(_SG_DOC, floor=1e-28),
+            test=dict(_SG_DOC, floor=RATIO_FLOOR),
             T=size.T,
             K=size.K,
             beta=size.beta,
