@@ -11,6 +11,8 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, reference, stages
 from osdn_theory.kernels.chunk import _chunk_tables
@@ -222,6 +224,32 @@ def test_bfloat16_refused_under_the_interpreter():
         chunk_osdn(x["q"], x["k"], x["v"], x["beta"])
     with pytest.raises(ValueError, match=r"^k: bfloat16"):
         d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4)
+
+
+@triton.jit
+def _dot16(a, b, c, DT: tl.constexpr):
+    o = tl.arange(0, 16)
+    x = tl.load(a + o[:, None] * 16 + o[None, :]).to(DT)
+    y = tl.load(b + o[:, None] * 16 + o[None, :]).to(DT)
+    tl.store(c + o[:, None] * 16 + o[None, :], tl.dot(x, y, out_dtype=tl.float32))
+
+
+def test_interpreter_bf16_dot_is_wrong_fp16_right():
+    """Why bf16 is refused under the interpreter: one 16×16 ``tl.dot`` of bf16 operands misses the product of
+    the same (bf16-exact) values by far more than ``rtol(bfloat16)``, while fp16 meets ``rtol(float16)``. If
+    a Triton release fixes the interpreter, this fails and the guard in ``kernels/_checks.py`` can go."""
+    g = torch.Generator().manual_seed(8)
+    a32 = (
+        torch.randn(16, 16, generator=g).bfloat16().float()
+    )  # values exact in bf16 and in fp16
+    b32 = torch.randn(16, 16, generator=g).bfloat16().float()
+    errs = {}
+    for name, dt in (("bf16", tl.bfloat16), ("fp16", tl.float16)):
+        c = torch.empty(16, 16)
+        _dot16[(1,)](a32, b32, c, DT=dt)
+        errs[name] = rel_err(c, a32.double() @ b32.double())
+    assert errs["bf16"] > NEG_CONTROL_SEPARATION * rtol(torch.bfloat16), errs
+    assert errs["fp16"] < rtol(torch.float16), errs
 
 
 def test_deltanet_is_d_none_and_d_one():

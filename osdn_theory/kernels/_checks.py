@@ -25,8 +25,8 @@ def check_keys(k) -> torch.Tensor:
             "k: float64 runs only under the Triton interpreter (TRITON_INTERPRET=1); got float64"
         )
     if k.dtype == torch.bfloat16 and stages.INTERPRET:
-        # numpy has no bfloat16: the interpreter's tl.dot on bf16 operands returns garbage (seen with Triton
-        # 3.8: errors ~1e10 on a single 16x16 product), so the kernels would run and return nonsense.
+        # numpy has no bfloat16: with Triton 3.8 the interpreter's tl.dot on bf16 operands returned values off
+        # by many orders of magnitude on a single 16x16 product, so the kernels would run and return nonsense.
         raise ValueError(
             "k: bfloat16 is not supported under the Triton interpreter (its tl.dot is wrong for bf16 operands); "
             "expected float16, float32 or float64 there, got bfloat16"
