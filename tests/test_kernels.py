@@ -239,9 +239,7 @@ def test_interpreter_bf16_dot_is_wrong_fp16_right():
     the same (bf16-exact) values by far more than ``rtol(bfloat16)``, while fp16 meets ``rtol(float16)``. If
     a Triton release fixes the interpreter, this fails and the guard in ``kernels/_checks.py`` can go."""
     g = torch.Generator().manual_seed(8)
-    a32 = (
-        torch.randn(16, 16, generator=g).bfloat16().float()
-    )  # values exact in bf16 and in fp16
+    a32 = torch.randn(16, 16, generator=g).bfloat16().float()  # values exact in bf16 and in fp16
     b32 = torch.randn(16, 16, generator=g).bfloat16().float()
     errs = {}
     for name, dt in (("bf16", tl.bfloat16), ("fp16", tl.float16)):
