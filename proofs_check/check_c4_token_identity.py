@@ -1,4 +1,4 @@
-"""C4: r⁺ = S_t k − v = (1 − s) e with s = β kᵀ D k (gated: e = α S_{t−1} k − v)."""
+"""C4: r⁺ = S_t k − v = (1 − s) e with s = β kᵀ D k (gated: e = α S_{t−1} k − v; clipped: s = s_max)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,18 @@ def main() -> int:
         e = a * S * k - v
         St = a * S - beta * e * kt.T
         c.zero(f"{name}: S_t k − v = (1 − s) e", St * k - v - (1 - s) * e)
-    c.true(
-        "s = β Σ_i d_i k_i² (the write gain)",
-        sp.expand(s - beta * sum(d[i] * k[i] ** 2 for i in range(K))) == 0,
+    # Clipped write: k̃ = c · d ⊙ k with c = s_max/s_raw (when s_raw > s_max). The identity above holds with
+    # the effective gain s = β kᵀk̃, which equals s_max exactly; so the clipped residual is (1 − s_max) e.
+    s_max = sp.Symbol("s_max", positive=True)
+    kc = kt * (s_max / s)
+    s_eff = beta * (k.T * kc)[0, 0]
+    c.zero(
+        "clipped: the effective gain β kᵀ(c d ⊙ k) with c = s_max/s_raw is s_max", sp.cancel(s_eff - s_max)
+    )
+    e = S * k - v
+    c.zero(
+        "clipped: S_t k − v = (1 − s_max) e",
+        ((S - beta * e * kc.T) * k - v - (1 - s_max) * e).applyfunc(sp.cancel),
     )
     return c.done()
 
