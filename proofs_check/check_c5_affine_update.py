@@ -50,6 +50,10 @@ def main() -> int:
     )
     c.true("the memory S cancels from h(d)", not (hyper.free_symbols & (set(S) | set(v))))
     ghyper = sp.Matrix(K, 1, lambda i, _: sp.diff(((1 - s) ** 2 - 1) / (2 * n2(k)), d[i]))
+    c.zero(
+        "hyper step: d − η∇h = d + ηβ(1 − s)u/‖k‖² (the update d_scan implements)",
+        (d - eta * ghyper - (d + eta * beta * (1 - s) * u / n2(k))).applyfunc(sp.cancel),
+    )
     c.true(
         "∇_d h is affine in d (its Jacobian in d is constant)",
         all(sp.diff(ghyper[i], d[j], d[m]) == 0 for i in range(K) for j in range(K) for m in range(K)),
