@@ -105,6 +105,13 @@ def check_scalar(
     return int(v) if integer else v
 
 
+def check_bool(name: str, x: Any) -> bool:
+    """Check ``x`` is a Python ``bool`` (not merely truthy) and return it."""
+    if not isinstance(x, bool):
+        raise ValueError(f"{name}: expected a bool, got {_desc(x)}")
+    return x
+
+
 def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
     """Check ``t`` has the same dtype and device as ``ref``."""
     if t.dtype != ref.dtype:

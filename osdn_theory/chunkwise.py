@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validate import as_tensor, check_range, check_same, check_scalar, check_shape
+from ._validate import as_tensor, check_bool, check_range, check_same, check_scalar, check_shape
 from .recurrences import _write_key, prepare_inputs
 
 __all__ = ["osdn_chunkwise", "chunk_factors"]
@@ -115,6 +115,7 @@ def osdn_chunkwise(
         ``(o, final_state)``: ``o: [B, T, H, V]``, ``final_state: [B, H, K, V]`` or ``None``.
     """
     chunk_size = int(check_scalar("chunk_size", chunk_size, 1, None, integer=True))
+    check_bool("output_final_state", output_final_state)
     x = prepare_inputs(
         q, k, v, beta, d, alpha=alpha, scale=scale, initial_state=initial_state, s_max=s_max, dtype=dtype
     )

@@ -32,7 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._validate import as_tensor, check_choice, check_range, check_scalar, check_shape, keys_and_beta
+from ._validate import (
+    as_tensor,
+    check_bool,
+    check_choice,
+    check_range,
+    check_scalar,
+    check_shape,
+    keys_and_beta,
+)
 from .preconditioners import _ratio
 from .recurrences import Diagnostics, prepare_inputs
 
@@ -93,12 +101,6 @@ def _zeros_state(B: int, H: int, K: int, V: int, like: torch.Tensor) -> torch.Te
     return torch.zeros(B, H, K, V, dtype=like.dtype, device=like.device)
 
 
-def _check_bool(name: str, x) -> bool:
-    if not isinstance(x, bool):
-        raise ValueError(f"{name}: expected a bool, got {type(x).__name__} {x!r}")
-    return x
-
-
 # ----------------------------------------------------------------------------------------------------------
 # general right-preconditioned reference
 
@@ -140,8 +142,8 @@ def right_preconditioned_recurrent(
         ``(o, final_state)`` or ``(o, final_state, diagnostics)``; ``o: [B, T, H, V]``.
     """
     x = prepare_inputs(q, k, v, beta, None, scale=scale, initial_state=initial_state, dtype=torch.float64)
-    _check_bool("output_final_state", output_final_state)
-    _check_bool("diagnostics", diagnostics)
+    check_bool("output_final_state", output_final_state)
+    check_bool("diagnostics", diagnostics)
     B, T, H, K, V = x.shape
     P = as_tensor("P", P, dtype=torch.float64)
     try:
@@ -221,9 +223,9 @@ def rls(
     gamma = check_scalar("gamma", gamma, 0.0, 1.0, lo_open=True)
     lam = check_scalar("lam", lam, 0.0, None, lo_open=True)
     check_choice("variant", variant, ("exact", "erratum"))
-    _check_bool("output_final_state", output_final_state)
-    _check_bool("diagnostics", diagnostics)
-    _check_bool("keep_states", keep_states)
+    check_bool("output_final_state", output_final_state)
+    check_bool("diagnostics", diagnostics)
+    check_bool("keep_states", keep_states)
     if keep_states and not diagnostics:
         raise ValueError("keep_states: expected diagnostics=True with it, got diagnostics=False")
     k_ = as_tensor("k", k, dtype=torch.float64)
@@ -347,9 +349,9 @@ def windowed_rls(
     """
     window = check_scalar("window", window, 1, None, integer=True)
     lam = check_scalar("lam", lam, 0.0, None, lo_open=True)
-    _check_bool("output_final_state", output_final_state)
-    _check_bool("diagnostics", diagnostics)
-    _check_bool("keep_states", keep_states)
+    check_bool("output_final_state", output_final_state)
+    check_bool("diagnostics", diagnostics)
+    check_bool("keep_states", keep_states)
     if keep_states and not diagnostics:
         raise ValueError("keep_states: expected diagnostics=True with it, got diagnostics=False")
     k_ = as_tensor("k", k, dtype=torch.float64)

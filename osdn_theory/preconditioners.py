@@ -64,6 +64,7 @@ import torch
 from ._validate import (
     _desc,
     as_tensor,
+    check_bool,
     check_choice,
     check_range,
     check_same,
@@ -185,8 +186,7 @@ class AdaGradStep(StepRule):
     def __post_init__(self):
         object.__setattr__(self, "eta0", check_scalar("eta0", self.eta0, 0.0, None, lo_open=True))
         object.__setattr__(self, "eps", check_scalar("eps", self.eps, 0.0, None, lo_open=True))
-        if not isinstance(self.diagonal, bool):
-            raise ValueError(f"diagonal: expected a bool, got {_desc(self.diagonal)}")
+        check_bool("diagonal", self.diagonal)
 
     def init(self, B, H, K, dtype, device):
         return {"G": torch.zeros((B, H, K) if self.diagonal else (B, H), dtype=dtype, device=device)}
@@ -672,6 +672,7 @@ def osdn_adaptive(
         :class:`AdaptiveResult` with ``o``, ``final_state``, ``d``, ``diagnostics``, ``feedback``, ``scan``.
     """
     check_choice("rule", rule, RULES)
+    check_bool("output_final_state", output_final_state)
     x = prepare_inputs(
         q, k, v, beta, None, alpha=alpha, scale=scale, initial_state=initial_state, s_max=s_max, dtype=dtype
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validate import as_tensor, check_range, check_same, check_scalar, check_shape
+from ._validate import as_tensor, check_bool, check_range, check_same, check_scalar, check_shape
 
 __all__ = [
     "Diagnostics",
@@ -235,6 +235,8 @@ def osdn_recurrent(
     Returns:
         ``(o, final_state)`` with ``o: [B, T, H, V]``, or ``(o, final_state, Diagnostics)`` if ``diagnostics``.
     """
+    check_bool("output_final_state", output_final_state)
+    check_bool("diagnostics", diagnostics)
     x = prepare_inputs(
         q, k, v, beta, d, alpha=alpha, scale=scale, initial_state=initial_state, s_max=s_max, dtype=dtype
     )
@@ -299,6 +301,8 @@ def delta_rule_recurrent(
     Returns:
         ``(o, final_state)`` with ``o: [B, T, H, V]``, or ``(o, final_state, Diagnostics)`` if ``diagnostics``.
     """
+    check_bool("output_final_state", output_final_state)
+    check_bool("diagnostics", diagnostics)
     x = prepare_inputs(
         q, k, v, beta, None, alpha=alpha, scale=scale, initial_state=initial_state, dtype=dtype
     )

@@ -47,6 +47,7 @@ def _cases():
         ("scale", _bad(x, scale=float("nan")), "finite"),
         ("s_max", _bad(x, s_max=2.0), r"\(0.0, 2.0\)"),
         ("s_max", _bad(x, s_max=0.0), r"\(0.0, 2.0\)"),
+        ("output_final_state", _bad(x, output_final_state=1), "bool"),
     ]
 
 
@@ -181,3 +182,10 @@ def test_keys_and_beta_shared_check(k, beta, arg, msg):
     if msg != "dtype":  # the comparators cast to float64 first
         with pytest.raises(ValueError, match=rf"^{arg}:.*{msg}"):
             token_local_newton_d(k, beta)
+
+
+@pytest.mark.parametrize("solver", [osdn_recurrent, delta_rule_recurrent], ids=lambda f: f.__name__)
+def test_diagnostics_flag_must_be_bool(solver):
+    x = {n: t for n, t in _X.items() if solver is osdn_recurrent or n != "d"}
+    with pytest.raises(ValueError, match="^diagnostics: expected a bool"):
+        solver(**x, diagnostics="yes")
