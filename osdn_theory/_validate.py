@@ -122,7 +122,11 @@ def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
 
 def check_choice(name: str, x: Any, choices: Sequence[Any]) -> Any:
     """Check ``x`` is one of ``choices`` and return it."""
-    if x not in choices:
+    try:
+        ok = any(x is c or (isinstance(x, type(c)) and x == c) for c in choices)
+    except (TypeError, ValueError, RuntimeError):  # arrays and tensors have no single truth value
+        ok = False
+    if not ok:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {x!r}")
     return x
 

@@ -189,3 +189,12 @@ def test_diagnostics_flag_must_be_bool(solver):
     x = {n: t for n, t in _X.items() if solver is osdn_recurrent or n != "d"}
     with pytest.raises(ValueError, match="^diagnostics: expected a bool"):
         solver(**x, diagnostics="yes")
+
+
+@pytest.mark.parametrize("bad", [np.array(["ratio", "hyper"]), torch.tensor([1, 2]), 1, None])
+def test_check_choice_names_the_argument_for_any_value(bad):
+    from osdn_theory._validate import check_choice
+
+    with pytest.raises(ValueError, match="^rule: expected one of"):
+        check_choice("rule", bad, ("ratio", "hyper"))
+    assert check_choice("rule", "hyper", ("ratio", "hyper")) == "hyper"
