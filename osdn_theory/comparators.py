@@ -380,7 +380,7 @@ def windowed_rls(
             Pkj = torch.einsum("bhij,bhj->bhi", Pinv, k_j)
             bj = (k_j * Pkj).sum(-1)
             Pinv = Pinv + Pkj[..., :, None] * Pkj[..., None, :] / (1.0 - bj)[..., None, None]
-            kj_key = torch.einsum("bhij,bhj->bhi", Pinv, k_j)
+            kj_key = Pkj / (1.0 - bj)[..., None]  # P⁻ k_j = P⁺ k_j / (1 − k_jᵀ P⁺ k_j) (Sherman–Morrison)
             ej = torch.einsum("bhk,bhkv->bhv", k_j, M) - x.v[:, j]
             M = M + kj_key[..., :, None] * ej[..., None, :]
         Pinv = 0.5 * (Pinv + Pinv.transpose(-1, -2))
