@@ -493,9 +493,12 @@ def test_value_errors_name_the_argument():
         chunk_osdn(q, k, v, b, d0)
     with pytest.raises(ValueError, match=r"^beta: "):
         chunk_osdn(q, k, v, -b)
-    # the same inputs pass when validation is off (the caller vouches for them)
-    o, _ = chunk_osdn(q, k, v, b, x["d"], validate=False, chunk_size=16)
-    assert torch.isfinite(o).all()
+    # validate=False skips only the value checks: the NaN query now runs (and shows up in the output) and
+    # d = 0 is accepted, while shape checks still raise
+    o, _ = chunk_osdn(bad, k, v, b, d0, validate=False, chunk_size=16)
+    assert not bool(torch.isfinite(o).all()) and bool(torch.isfinite(o[0, :3]).all())
+    with pytest.raises(ValueError, match=r"^q: "):
+        chunk_osdn(q[:, :4], k, v, b, validate=False)
 
 
 # ------------------------------------------------------------------------------------------- the solve
