@@ -385,22 +385,24 @@ class _Update:
 
 
 def _state_free_grad(rule: str, u, beta, d):
-    """``(g, L, s, rule_feedback)`` of the ratio or hyper feedback at ``d`` (all per ``(b, h)``)."""
+    """``(g, L, s, r, rule_feedback)`` at ``d`` (all per ``(b, h)``): gradient, curvature, write gain, ratio
+    feedback ``r = (1 − s)²`` and the rule's own feedback (``r`` for ratio)."""
     s = beta * (u * d).sum(-1)
     one_m_s = 1.0 - s
+    r = one_m_s**2
     uu = (u * u).sum(-1)
     if rule == "ratio":
         g = (-2.0 * beta * one_m_s)[..., None] * u
         L = 2.0 * beta**2 * uu
-        f = one_m_s**2
+        f = r
     else:  # hyper
         nk2 = u.sum(-1)
         pos = nk2 > 0
         inv = torch.where(pos, 1.0 / torch.where(pos, nk2, 1.0), 0.0)
         g = (-beta * one_m_s * inv)[..., None] * u
         L = beta**2 * uu * inv
-        f = (one_m_s**2 - 1.0) * 0.5 * inv
-    return g, L, s, f
+        f = (r - 1.0) * 0.5 * inv
+    return g, L, s, r, f
 
 
 def _alloc(B, T, H, K, step_rule, apf, dtype, device):
@@ -564,8 +566,7 @@ def d_scan(
     for t in range(T):
         u_t, b_t = u[:, t], beta[:, t]
         buf["d"][:, t] = d
-        g, L, s, f = _state_free_grad(rule, u_t, b_t, d)
-        r = (1.0 - s) ** 2
+        g, L, s, r, f = _state_free_grad(rule, u_t, b_t, d)
         buf["write_gain"][:, t], buf["feedback"][:, t], buf["rule_feedback"][:, t] = s, r, f
         d, *rest = upd(t + 1, d, g, L, u_t, b_t, r)
         _record(buf, t, *rest)
