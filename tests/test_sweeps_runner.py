@@ -291,6 +291,34 @@ def test_kill_mid_sweep_then_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_dask_without_scheduler_starts_and_closes_its_own_cluster(tmp_path):
+    """``executor="dask"`` with no address: a LocalCluster of ``workers`` worker processes is started for the
+    sweep and closed afterwards (the path a user on one machine takes); results equal the serial ones."""
+    import psutil  # a dependency of dask.distributed
+
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, BAD], seeds=(0,))
+    run_sweep(f, tmp_path / "serial", executor="serial", progress=False)
+    ref = {r["hash"]: r for r in _lines(tmp_path / "serial")}
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    s = run_sweep(f, tmp_path / "dask", executor="dask", workers=1, progress=False)
+    assert s.executed == 2 and s.failed == 1
+    recs = _lines(tmp_path / "dask")
+    assert {r["hash"] for r in recs} == set(ref)
+    for r in recs:
+        assert r["status"] == ref[r["hash"]]["status"]
+        if r["status"] == "ok":
+            assert r["metrics"] == pytest.approx(ref[r["hash"]]["metrics"], rel=TOL, nan_ok=True)
+    # multiprocessing's resource tracker is a per-process singleton that lives until this process exits
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and p.is_running() and "resource_tracker" not in " ".join(p.cmdline())
+    ]
+    gone, alive = psutil.wait_procs(left, timeout=10)
+    assert not alive, f"dask worker processes left running: {[p.pid for p in alive]}"
+
+
+@pytest.mark.slow
 def test_local_pool_and_dask_match_serial(tmp_path):
     from dask.distributed import LocalCluster
 
