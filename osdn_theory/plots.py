@@ -39,7 +39,7 @@ def load_results(out: str | Path):
     p = Path(out)
     if not (p / RESULTS).exists():
         raise ValueError(f"out: expected a sweep folder containing {RESULTS}, got {str(out)!r}")
-    store = ResultsStore(p)
+    store = ResultsStore(p, repair=False)  # a sweep may be writing here right now: read, never truncate
     recs = [r for r in store.records.values() if r["status"] == "ok"]
     if not recs:
         raise ValueError(f"out: {str(out)!r} has no successful runs to plot")

@@ -49,6 +49,26 @@ def test_truncated_last_line_is_dropped_and_file_repaired(tmp_path):
     assert ResultsStore(tmp_path).done() == {"a", "b", "c"}
 
 
+def test_reader_ignores_but_never_truncates_an_unfinished_line(tmp_path):
+    """A reader (plots, notebooks) may open the folder while a sweep is writing its next line: it must not cut
+    that line, or the writer's remaining bytes land after the cut and corrupt a middle line."""
+    with ResultsStore(tmp_path) as st:
+        st.append(_rec("a"))
+    path = tmp_path / RESULTS
+    partial = path.read_bytes() + b'{"hash": "b", "status": "o'
+    path.write_bytes(partial)
+    ro = ResultsStore(tmp_path, repair=False)
+    assert ro.done() == {"a"} and ro.dropped_tail > 0
+    assert path.read_bytes() == partial  # untouched
+    with pytest.raises(ValueError, match="read-only"):
+        ro.append(_rec("c"))
+    # the writer finishes its line: the file is valid and holds both records
+    path.write_bytes(partial + b'k", "config": {}}\n')
+    assert ResultsStore(tmp_path).done() == {"a", "b"}
+    with pytest.raises(ValueError, match="repair"):
+        ResultsStore(tmp_path, repair=1)
+
+
 def test_corrupt_last_line_with_newline_is_dropped(tmp_path):
     with ResultsStore(tmp_path) as st:
         st.append(_rec("a"))

@@ -91,9 +91,16 @@ class ResultsStore:
 
     Args:
         out: the sweep folder (created if missing).
+        repair: truncate an unfinished last line on open (default). Only the process that holds the folder's
+            lock (the sweep runner) may repair; a reader such as ``osdn plot`` passes ``repair=False`` and just
+            ignores the unfinished line, because the line may still be being written by a running sweep
+            (truncating under it would splice the rest of that line onto a cut one and corrupt the file).
     """
 
-    def __init__(self, out: str | Path):
+    def __init__(self, out: str | Path, *, repair: bool = True):
+        if not isinstance(repair, bool):
+            raise ValueError(f"repair: expected a bool, got {type(repair).__name__}")
+        self.repair = repair
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"out: expected a directory, got an existing file {str(self.out)!r}")
@@ -131,6 +138,8 @@ class ResultsStore:
             self.records[rec["hash"]] = rec
         if good_end < len(data):
             self.dropped_tail = len(data) - good_end
+            if not self.repair:
+                return
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
                 f.flush()
@@ -143,6 +152,8 @@ class ResultsStore:
     # -- writing -------------------------------------------------------------------------------------------
     def append(self, record: dict) -> None:
         """Append one record as a JSON line; returns once the line is flushed and fsync'd."""
+        if not self.repair:
+            raise ValueError("record: this store was opened read-only (repair=False); it cannot append")
         if "hash" not in record or "status" not in record:
             raise ValueError(f"record: expected keys 'hash' and 'status', got {sorted(record)}")
         line = json.dumps(record, sort_keys=True, allow_nan=True, separators=(",", ":"))
