@@ -379,6 +379,21 @@ def test_recovery_time_requires_staying_below_tol():
         recovery_time(e, 0.25, 0)
     with pytest.raises(ValueError, match="err"):
         recovery_time(e[0], 0.25, 3)
+    with pytest.raises(ValueError, match="err"):
+        recovery_time(e.tolist(), 0.25, 3)
+    for bad_tol in (float("nan"), -0.1, "0.2"):
+        with pytest.raises(ValueError, match="tol"):
+            recovery_time(e, bad_tol, 3)
+
+
+def test_evaluate_batch_rejects_an_empty_batch():
+    """``evaluate_batch`` records failing runs, but an empty batch is a caller error (it used to escape as an
+    IndexError from the failure path)."""
+    from osdn_theory.sweeps.evaluate import evaluate_batch
+
+    for bad in ([], None, ()):
+        with pytest.raises(ValueError, match="run_dicts"):
+            evaluate_batch(bad)
 
 
 def test_one_sweep_per_folder_at_a_time(tmp_path):

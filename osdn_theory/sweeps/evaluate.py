@@ -36,6 +36,7 @@ Pipeline per batch (float64 torch, all seeds stacked along the batch axis B):
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -75,8 +76,10 @@ def evaluate_batch(run_dicts: list[dict]) -> list[dict]:
 
     The runs are evaluated stacked (they must share :func:`stack_key`). If the stacked evaluation fails,
     each run is evaluated alone, so one bad run is recorded as failed (with its traceback) and the others
-    still succeed.
+    still succeed. An empty or non-list ``run_dicts`` is a caller error (``ValueError``), not a failed run.
     """
+    if not isinstance(run_dicts, list) or not run_dicts:
+        raise ValueError(f"run_dicts: expected a non-empty list of run configs, got {run_dicts!r}")
     t0 = time.perf_counter()
     try:
         metrics, series = evaluate_runs(run_dicts)
@@ -242,8 +245,10 @@ def recovery_time(err: torch.Tensor, tol: float, window: int) -> tuple[torch.Ten
     Returns:
         ``(time [B, H] float64, recovered [B, H] bool)``; ``time = L`` (censored) where never recovered.
     """
-    if err.ndim != 3:
-        raise ValueError(f"err: expected shape [B, L, H], got {tuple(err.shape)}")
+    if not isinstance(err, torch.Tensor) or err.ndim != 3:
+        raise ValueError(f"err: expected a tensor of shape [B, L, H], got {getattr(err, 'shape', type(err))}")
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol: expected a finite non-negative number, got {tol!r}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window: expected a positive integer, got {window!r}")
     L = err.shape[1]
