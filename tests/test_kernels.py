@@ -615,11 +615,20 @@ def test_chunk_osdn_argument_errors(name, change):
         chunk_osdn(**change(x), chunk_size=16)
 
 
-def test_drule_rejects_non_finite_d_init():
-    with pytest.raises(ValueError, match=r"^d_init: expected positive finite"):
-        DRule(d_init=torch.tensor([1.0, float("nan")], dtype=F64))
-    with pytest.raises(ValueError, match=r"^d_init: expected"):
-        DRule(d_init=float("inf"))
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("d_init", dict(d_init=torch.tensor([1.0, float("nan")], dtype=F64))),
+        ("d_init", dict(d_init=float("inf"))),
+        ("d_init", dict(d_init=torch.zeros(0, dtype=F64))),
+        ("rule", dict(rule="sign")),
+        ("c", dict(c=0.0)),
+        ("d_min", dict(d_min=-1e-4)),
+    ],
+)
+def test_drule_argument_errors(name, kw):
+    with pytest.raises(ValueError, match=rf"^{name}: expected .*got"):
+        DRule(**kw)
 
 
 # --------------------------------------------------------------- the GPU tests' reference, checked on the CPU
