@@ -15,8 +15,9 @@
 #
 # Multi-query associative recall: $P$ key–value pairs are written (repeated `num_passes` times, as in JRT
 # prompts), then queries read $S k_q$ and decode the nearest codebook value. Metrics: **recall accuracy**
-# and **R1** $=\sum_{i\in\text{stored}}\|Sk_i-v_i\|^2/\sum_i\|v_i\|^2$. OSDN uses the ratio rule with a
-# normalized step; RLS (cumulative right-Newton, small ridge) is the comparator. The runs go through the
+# and **R1** $=\sum_{i\in\text{stored}}\|Sk_i-v_i\|^2/\sum_i\|v_i\|^2$. OSDN uses the ratio rule with four
+# step rules (normalized $c=0.5$ and $c=0.1$, the schedule $0.5/\sqrt{t}$, AdaGrad), all with the clip
+# $s_{\max}=1.8$; RLS (cumulative right-Newton, small ridge) is the comparator. The runs go through the
 # sweep runner in this process (same metrics as `osdn sweep`).
 
 # %% tags=["parameters"]
