@@ -93,7 +93,8 @@ def check_scalar(
         raise ValueError(f"{name}: expected a {'integer' if integer else 'real number'}, got {_desc(x)}")
     if integer and not float(x).is_integer():
         raise ValueError(f"{name}: expected an integer, got {x!r}")
-    v = float(x)
+    # integers stay exact (a float round trip would merge e.g. the seeds 2**60 and 2**60 + 1)
+    v = int(x) if isinstance(x, int | np.integer) else float(x)
     if not math.isfinite(v):
         raise ValueError(f"{name}: expected a finite number, got {x!r}")
     bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
@@ -102,7 +103,7 @@ def check_scalar(
     if bad:
         interval = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open else ']'}"
         raise ValueError(f"{name}: expected a value in {interval}, got {x!r}")
-    return int(v) if integer else v
+    return int(v) if integer else float(v)
 
 
 def check_bool(name: str, x: Any) -> bool:

@@ -198,3 +198,17 @@ def test_check_choice_names_the_argument_for_any_value(bad):
     with pytest.raises(ValueError, match="^rule: expected one of"):
         check_choice("rule", bad, ("ratio", "hyper"))
     assert check_choice("rule", "hyper", ("ratio", "hyper")) == "hyper"
+
+
+def test_check_scalar_keeps_large_integers_exact():
+    from osdn_theory._validate import check_scalar
+    from osdn_theory.streams import TeacherStream
+
+    big = 2**60 + 1
+    assert check_scalar("seed", big, 0, None, integer=True) == big
+    assert check_scalar("seed", np.int64(big), 0, None, integer=True) == big
+    assert check_scalar("x", 3, 0.0, None) == 3.0 and isinstance(check_scalar("x", 3, 0.0, None), float)
+    with pytest.raises(ValueError, match="^seed: expected a value in"):
+        check_scalar("seed", -big, 0, None, integer=True)
+    cfg = TeacherStream(T=3, K=2, V=1)
+    assert not torch.equal(cfg.build(big - 1).k, cfg.build(big).k)  # distinct seeds, distinct streams
