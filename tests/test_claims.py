@@ -350,3 +350,23 @@ def test_negative_controls_fail_when_the_dropped_variant_returns_nan(monkeypatch
     monkeypatch.setattr(mod, name, nan_variant)
     r = get_claim(label)(budget="quick", seed=0)
     assert r.passed is False, r.evidence
+
+
+def test_c7_batch_needs_every_seed(monkeypatch):
+    """theory.md §8 'Robustness': a C7 claim asserts the verdict for every seed. One seed failing the window
+    test (here forced on the second seed) fails C7-batch; the former rule (≥ 2/3 of seeds) passed it."""
+    import dataclasses
+
+    from osdn_theory.claims import super_geometric as sgm
+
+    real, calls = sgm.super_geometric_test, []
+
+    def second_seed_fails(rho, **kw):
+        res = real(rho, **kw)
+        calls.append(1)
+        return dataclasses.replace(res, super_geometric=False, reason="none") if len(calls) == 2 else res
+
+    monkeypatch.setattr(sgm, "super_geometric_test", second_seed_fails)
+    r = get_claim("C7-batch")(budget="quick", seed=0)
+    assert r.evidence["per_seed_super_geometric"] == [True, False, True]
+    assert r.passed is False and r.measured == pytest.approx(2 / 3)
