@@ -66,7 +66,9 @@ def check_range(
     """Check every entry of ``t`` lies in the interval (``lo_open``/``hi_open`` choose open ends)."""
     if t.numel() == 0:
         return
-    mn_t, mx_t = torch.aminmax(t)  # one pass; NaN propagates, so finiteness of both ends ⇔ all finite
+    mn_t, mx_t = torch.aminmax(
+        t.detach()
+    )  # one pass; NaN propagates, so finiteness of both ends ⇔ all finite
     mn, mx = float(mn_t), float(mx_t)
     if not (math.isfinite(mn) and math.isfinite(mx)):
         check_finite(name, t)

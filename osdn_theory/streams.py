@@ -168,7 +168,8 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 def _t(x) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    a = np.ascontiguousarray(x, dtype=np.float64)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 def _base_checks(cfg, *, need_T: bool = True) -> None:
