@@ -11,6 +11,11 @@ of the computation being checked. The metric is the relative RMS error
 | tf32     | 1e-3               | fp32 dots on tensor cores (10-bit mantissa inputs)         |
 | float16  | 5e-3               | fp16 inputs, fp32 accumulation                             |
 | bfloat16 | 1e-2               | bf16 inputs (8-bit mantissa), fp32 accumulation            |
+
+Further named constants below, each with its reason: ``EXACT_FLOAT64`` (algebraically equal forms),
+``STAT_Z`` (sample statistics), ``KERNEL_*`` (Triton kernel checks), ``NEGATIVE_CONTROL_GAP`` (absolute
+gap a negative control must show), ``NEG_CONTROL_SEPARATION`` (factor over the float64 tolerance a negative
+control must show), ``GRADCHECK_*`` (finite-difference gradient checks).
 """
 
 from __future__ import annotations
