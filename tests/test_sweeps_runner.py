@@ -222,6 +222,7 @@ def test_serial_sweep_records_failures_and_resumes(tmp_path):
     assert len(bad) == 2 and all(r["traceback"].startswith("Traceback") for r in bad)
     s = run_sweep(f, out, executor="serial", progress=False)
     assert s.executed == 0 and len(_lines(out)) == 6  # nothing repeated
+    assert s.failed == 0 and s.failed_recorded == 2  # earlier failures are still reported
     s = run_sweep(f, out, executor="serial", progress=False, retry_failed=True)
     assert s.executed == 2 and s.failed == 2
     df = pd.read_parquet(out / "results.parquet")
@@ -361,6 +362,9 @@ def test_cli_sweep_and_plot(tmp_path):
     r = runner.invoke(app, ["sweep", str(f2), "--out", str(tmp_path / "o2"), "--executor", "serial"])
     assert r.exit_code == 1 and "1 failed" in r.output
     assert ResultsStore(tmp_path / "o2").records  # the failure is on disk
+    # Resuming executes nothing, but the sweep still has a failed run: not reported as success.
+    r = runner.invoke(app, ["sweep", str(f2), "--out", str(tmp_path / "o2"), "--executor", "serial"])
+    assert r.exit_code == 1 and "0 executed (0 failed)" in r.output and "1 run(s)" in r.output
 
 
 def test_recovery_time_requires_staying_below_tol():

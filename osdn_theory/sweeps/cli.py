@@ -53,8 +53,12 @@ def register(app: typer.Typer) -> None:
             f"{spec.name}: {summary.total} runs, {summary.skipped} already done, {summary.executed} executed "
             f"({summary.failed} failed), {summary.remaining} remaining, {summary.elapsed_s:.1f} s -> {out}"
         )
-        if summary.failed:
-            typer.echo(f"failed runs are recorded with tracebacks in {out}/results.jsonl", err=True)
+        if summary.failed or summary.failed_recorded:
+            typer.echo(
+                f"{summary.failed_recorded} run(s) of this sweep are recorded as failed, with tracebacks, in "
+                f"{out}/results.jsonl (--retry-failed runs them again)",
+                err=True,
+            )
             raise typer.Exit(1)
 
     @app.command()

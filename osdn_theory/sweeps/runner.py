@@ -32,6 +32,9 @@ class SweepSummary:
     failed: int  # of which failed
     elapsed_s: float
     failed_hashes: list[str] = field(default_factory=list)
+    failed_recorded: int = (
+        0  # runs of the sweep whose latest record is a failure (this or earlier invocations)
+    )
 
     @property
     def remaining(self) -> int:
@@ -221,4 +224,5 @@ def _run_locked(spec, out, executor, workers, scheduler, max_runs, retry_failed,
         failed=failed,
         elapsed_s=time.perf_counter() - t0,
         failed_hashes=failed_hashes,
+        failed_recorded=sum(1 for h in spec.hashes if store.records.get(h, {}).get("status") == "failed"),
     )
