@@ -24,7 +24,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["EXECUTORS", "make_executor", "SerialExecutor", "LocalExecutor", "DaskExecutor"]
+__all__ = [
+    "EXECUTORS",
+    "DaskExecutor",
+    "LocalExecutor",
+    "SerialExecutor",
+    "check_executor_args",
+    "make_executor",
+]
 
 EXECUTORS = ("local", "serial", "dask")
 
