@@ -155,6 +155,11 @@ def test_no_runs_and_bad_files(tmp_path):
         parse_spec(_raw(method=[dict(OSDN, d_init=float("nan"))]))
 
 
+def test_method_label_rejects_a_non_table():
+    with pytest.raises(ValueError, match="method: expected a method table"):
+        method_label("osdn")
+
+
 def test_method_labels():
     assert method_label({"name": "deltanet"}) == "deltanet"
     assert method_label({"name": "rls", "gamma": 0.99}) == "rls(gamma=0.99)"

@@ -157,6 +157,10 @@ def method_label(method: Mapping) -> str:
         params = ",".join(f"{k}={short(v)}" for k, v in sorted(x.items()) if k != "name")
         return f"{x.get('name', '')}({params})"
 
+    if not isinstance(method, Mapping):
+        raise ValueError(
+            f"method: expected a method table (mapping with 'name'), got {type(method).__name__}"
+        )
     name = method.get("name", "?")
     rest = {k: v for k, v in method.items() if k != "name"}
     if name != "osdn":
