@@ -95,9 +95,9 @@ def write_figures(results: Sequence[ClaimResult], out: Path) -> list[str]:
             s = by["C7"].series
             ax.semilogy(np.maximum(s["rho_osdn_seed0"], 1e-300), label="OSDN ratio rule ρ_t = (1 − s_t)²")
             ax.semilogy(s["rho_deltanet_seed0"], label="DeltaNet ρ_t = (1 − β)²")
-            ax.set_title("C7 SG-token (L2-normalized keys)")
+            ax.set_title(f"C7 SG-token (L2-normalized keys), seed {by['C7'].seed}, realisation 0")
             ax.set_xlabel("token t")
-            ax.set_ylabel("ρ_t")
+            ax.set_ylabel("ρ_t = ‖r⁺_t‖² / ‖e_t‖²  [dimensionless]")
             ax.legend(fontsize=8)
         ax = axes[1]
         for lab, name in (
@@ -106,9 +106,10 @@ def write_figures(results: Sequence[ClaimResult], out: Path) -> list[str]:
         ):
             if lab in by:
                 ax.plot(by[lab].series["log10_F_seed0"], label=f"{lab}: {name}")
-        ax.set_title("C7 SG-batch: OSGM diagonal preconditioning")
+        seeds = sorted({by[lab].seed for lab in ("C7-batch", "C7-neg") if lab in by})
+        ax.set_title(f"C7 SG-batch: OSGM diagonal preconditioning, seed {seeds}, realisation 0")
         ax.set_xlabel("iteration j")
-        ax.set_ylabel("log10 F_j / F_0")
+        ax.set_ylabel("log10 (F_j / F_0)  [dimensionless]")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "fig_C7_convergence.png", dpi=110)
@@ -120,8 +121,9 @@ def write_figures(results: Sequence[ClaimResult], out: Path) -> list[str]:
         ax.hist(s["contraction"], bins=40, alpha=0.7, label="‖r⁺‖/‖e‖ (measured)")
         ax.hist(s["bound_factor"], bins=40, alpha=0.5, label="bound max(|1 − βd_min‖k‖²|, |1 − βd_max‖k‖²|)")
         ax.axvline(1.0, color="k", ls="--", lw=1)
-        ax.set_title("C4 token-local contraction (d in a box)")
-        ax.set_xlabel("ratio")
+        ax.set_title(f"C4 token-local contraction (d in a box), seed {by['C4-bound'].seed}")
+        ax.set_xlabel("ratio per token  [dimensionless]")
+        ax.set_ylabel("tokens (count)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "fig_C4_contraction.png", dpi=110)
