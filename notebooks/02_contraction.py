@@ -35,6 +35,7 @@ from IPython.display import display
 from osdn_theory import osdn_recurrent
 from osdn_theory import tolerances as tol
 from osdn_theory.claims import get_claim, run_claim
+from osdn_theory.claims.contraction import contraction_factor_bound
 
 budget = "full" if FULL else "quick"
 labels = ("C4", "C4-bound", "C4-neg-jacobi", "C4-neg-nonsym")
@@ -70,8 +71,7 @@ d_min, d_max = 0.3, 1.6
 d = d_min + (d_max - d_min) * torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
 _, _, diag = osdn_recurrent(k, k, v, beta, d, diagnostics=True)
 ratio = (diag.residual_post.norm(dim=-1) / diag.residual_pre.norm(dim=-1)).flatten()
-n2 = (k * k).sum(-1)
-bound = torch.maximum((1 - beta * d_min * n2).abs(), (1 - beta * d_max * n2).abs()).flatten()
+bound = contraction_factor_bound(k, beta, d_min, d_max).flatten()  # the same formula claim C4-bound checks
 exact = (1 - diag.write_gain).abs().flatten()
 print(f"max measured/bound = {float((ratio / bound).max()):.6f} (≤ 1 required)")
 print(f"max |measured − |1 − s_t|| = {float((ratio - exact).abs().max()):.2e} (identity r⁺ = (1 − s) e)")
