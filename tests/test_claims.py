@@ -352,21 +352,25 @@ def test_negative_controls_fail_when_the_dropped_variant_returns_nan(monkeypatch
     assert r.passed is False, r.evidence
 
 
-def test_c7_batch_needs_every_seed(monkeypatch):
-    """theory.md §8 'Robustness': a C7 claim asserts the verdict for every seed. One seed failing the window
-    test (here forced on the second seed) fails C7-batch; the former rule (≥ 2/3 of seeds) passed it."""
+@pytest.mark.parametrize("failing", [(2,), (1, 3)], ids=["one-miss", "two-misses"])
+def test_c7_batch_allows_exactly_one_miss(monkeypatch, failing):
+    """theory.md §8 'Robustness': C7-batch allows one seed of its set to miss the window test (stated, with the
+    measured pass rate); two misses fail it."""
     import dataclasses
 
     from osdn_theory.claims import super_geometric as sgm
 
     real, calls = sgm.super_geometric_test, []
 
-    def second_seed_fails(rho, **kw):
+    def some_seeds_fail(rho, **kw):
         res = real(rho, **kw)
         calls.append(1)
-        return dataclasses.replace(res, super_geometric=False, reason="none") if len(calls) == 2 else res
+        return (
+            dataclasses.replace(res, super_geometric=False, reason="none") if len(calls) in failing else res
+        )
 
-    monkeypatch.setattr(sgm, "super_geometric_test", second_seed_fails)
+    monkeypatch.setattr(sgm, "super_geometric_test", some_seeds_fail)
     r = get_claim("C7-batch")(budget="quick", seed=0)
-    assert r.evidence["per_seed_super_geometric"] == [True, False, True]
-    assert r.passed is False and r.measured == pytest.approx(2 / 3)
+    assert r.evidence["per_seed_super_geometric"] == [i + 1 not in failing for i in range(3)]
+    assert r.measured == pytest.approx(1 - len(failing) / 3)
+    assert r.passed is (len(failing) <= sgm.C7_BATCH_MAX_MISSES)
