@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from osdn_theory.claims import labels
+from osdn_theory.tolerances import EXACT_FLOAT64
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +54,13 @@ def test_readme_commands_exist():
     assert "python -m pytest -n 2" in ci, ".ci/run must run the README's test command"
     for path in re.findall(r"`((?:sweeps|benchmarks|notebooks|docs)/[\w./-]+\.(?:toml|py|md))`", readme):
         assert (ROOT / path).exists(), f"README names {path}, which does not exist"
+
+
+def test_readme_tour_runs(capsys):
+    """The README's 30-second tour is executed as written and prints a chunk-vs-recurrence error ≤ 1e-12."""
+    readme = (ROOT / "README.md").read_text()
+    tour = readme[readme.index("## A 30-second tour") :]
+    code = tour[tour.index("```python") + len("```python") : tour.index("```", tour.index("```python") + 9)]
+    exec(compile(code, "README.md (tour)", "exec"), {})
+    printed = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed <= EXACT_FLOAT64
