@@ -410,19 +410,15 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
 
 
 @triton.jit
-def _output_kernel(
-    q, kt, vnew, h, g, o, bounds, scale,
-    H, K, V,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
-    ACC: tl.constexpr, IEEE: tl.constexpr,
-):  # fmt: skip
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K,
+                  C: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr,
+                  ACC: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+    """Rows of one chunk and its masked intra-chunk scores ``Γ ⊙ tril₀(Q K̃ᵀ)`` (shared by output and dv)."""
     t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
     nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
     DT: tl.constexpr = q.dtype.element_ty
     oc = tl.arange(0, C)
     ok = tl.arange(0, BK)
-    ov = i_v * BV + tl.arange(0, BV)
     rmask = oc < nv
     t = (t0 + oc) * H + i_h
     qq = _rows(q, t, rmask, K, ok, K, ACC)
@@ -431,9 +427,25 @@ def _output_kernel(
     if GATED:
         gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
         P = P * _decay(gg, oc, oc, False)
-        qq = qq * tl.exp(gg)[:, None]
     else:
+        gg = tl.zeros([C], dtype=ACC)
         P = tl.where(oc[:, None] >= oc[None, :], P, 0.0)
+    return t, rmask, ok, qq, P, gg
+
+
+@triton.jit
+def _output_kernel(
+    q, kt, vnew, h, g, o, bounds, scale,
+    H, K, V,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    DT: tl.constexpr = q.dtype.element_ty
+    ov = i_v * BV + tl.arange(0, BV)
+    t, rmask, ok, qq, P, gg = _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K, C, BK, GATED, ACC, IEEE)
+    if GATED:
+        qq = qq * tl.exp(gg)[:, None]
     kv = (ok[:, None] < K) & (ov[None, :] < V)
     M = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + ok[:, None] * V + ov[None, :], mask=kv, other=0.0)
     U = _rows(vnew, t, rmask, V, ov, V, ACC)
@@ -468,22 +480,9 @@ def _dv_local_kernel(
     ACC: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
     DT: tl.constexpr = q.dtype.element_ty
-    oc = tl.arange(0, C)
-    ok = tl.arange(0, BK)
     ov = i_v * BV + tl.arange(0, BV)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
-    qq = _rows(q, t, rmask, K, ok, K, ACC)
-    ktc = _rows(kt, t, rmask, K, ok, K, ACC)
-    P = _mm(qq, tl.trans(ktc), DT, ACC, IEEE)
-    if GATED:
-        gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
-        P = P * _decay(gg, oc, oc, False)
-    else:
-        P = tl.where(oc[:, None] >= oc[None, :], P, 0.0)
+    t, rmask, ok, qq, P, gg = _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K, C, BK, GATED, ACC, IEEE)
     dO = _rows(do, t, rmask, V, ov, V, ACC)
     _store_rows(dv_out, scale * _mm(tl.trans(P), dO, DT, ACC, IEEE), t, rmask, V, ov, V)
 
