@@ -176,6 +176,38 @@ def right_preconditioned_recurrent(
 # RLS and its closed form
 
 
+class _RLSRecorder:
+    """Per-token outputs and diagnostics shared by :func:`rls` and :func:`windowed_rls`."""
+
+    def __init__(self, B: int, T: int, H: int, K: int, V: int, keep_states: bool):
+        self.o = torch.empty(B, T, H, V, dtype=torch.float64)
+        self.e_pre, self.r_post = torch.empty_like(self.o), torch.empty_like(self.o)
+        self.lev = torch.empty(B, T, H, dtype=torch.float64)
+        self.s = torch.empty(B, T, H, dtype=torch.float64)
+        self.kts = torch.empty(B, T, H, K, dtype=torch.float64)
+        self.states = torch.empty(B, T, H, K, V, dtype=torch.float64) if keep_states else None
+
+    def record(self, t: int, x, M: torch.Tensor, e: torch.Tensor, a: torch.Tensor, kt: torch.Tensor) -> None:
+        k_t = x.k[:, t]
+        self.o[:, t] = x.scale * torch.einsum("bhk,bhkv->bhv", x.q[:, t], M)
+        self.e_pre[:, t] = e
+        self.r_post[:, t] = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]
+        self.lev[:, t] = a
+        self.s[:, t] = (k_t * kt).sum(-1)
+        self.kts[:, t] = kt
+        if self.states is not None:
+            self.states[:, t] = M
+
+    def result(self, M: torch.Tensor, output_final_state: bool, diagnostics: bool):
+        final = M if output_final_state else None
+        if diagnostics:
+            diag = RLSDiagnostics(
+                self.e_pre, self.r_post, self.s, torch.ones_like(self.s), self.lev, self.kts, self.states
+            )
+            return self.o, final, diag
+        return self.o, final
+
+
 def rls(
     q,
     k,
@@ -237,12 +269,7 @@ def rls(
     eye = torch.eye(K, dtype=torch.float64)
     Pinv = (eye / lam).expand(B, H, K, K).clone()  # H_0⁻¹
     M = _zeros_state(B, H, K, V, x.k) if x.initial_state is None else x.initial_state.clone()
-    o = torch.empty(B, T, H, V, dtype=torch.float64)
-    e_pre, r_post = torch.empty_like(o), torch.empty_like(o)
-    lev = torch.empty(B, T, H, dtype=torch.float64)
-    s = torch.empty(B, T, H, dtype=torch.float64)
-    kts = torch.empty(B, T, H, K, dtype=torch.float64)
-    states = torch.empty(B, T, H, K, V, dtype=torch.float64) if keep_states else None
+    rec = _RLSRecorder(B, T, H, K, V, keep_states)
     for t in range(T):
         k_t = x.k[:, t]  # [B,H,K]
         Pg = Pinv / gamma  # (γ H_{t−1})⁻¹
@@ -257,18 +284,8 @@ def rls(
         Pinv = 0.5 * (Pinv + Pinv.transpose(-1, -2))
         e = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]
         M = M - kt[..., :, None] * e[..., None, :]
-        o[:, t] = x.scale * torch.einsum("bhk,bhkv->bhv", x.q[:, t], M)
-        e_pre[:, t] = e
-        r_post[:, t] = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]
-        lev[:, t] = a
-        s[:, t] = (k_t * kt).sum(-1)
-        kts[:, t] = kt
-        if states is not None:
-            states[:, t] = M
-    final = M if output_final_state else None
-    if diagnostics:
-        return o, final, RLSDiagnostics(e_pre, r_post, s, torch.ones_like(s), lev, kts, states)
-    return o, final
+        rec.record(t, x, M, e, a, kt)
+    return rec.result(M, output_final_state, diagnostics)
 
 
 def ridge_solution(k, v, t: int, *, gamma: float = 1.0, lam: float = 1.0, initial_state=None) -> torch.Tensor:
@@ -360,12 +377,7 @@ def windowed_rls(
     B, T, H, K, V = x.shape
     Pinv = (torch.eye(K, dtype=torch.float64) / lam).expand(B, H, K, K).clone()
     M = _zeros_state(B, H, K, V, x.k)
-    o = torch.empty(B, T, H, V, dtype=torch.float64)
-    e_pre, r_post = torch.empty_like(o), torch.empty_like(o)
-    lev = torch.empty(B, T, H, dtype=torch.float64)
-    s = torch.empty(B, T, H, dtype=torch.float64)
-    kts = torch.empty(B, T, H, K, dtype=torch.float64)
-    states = torch.empty(B, T, H, K, V, dtype=torch.float64) if keep_states else None
+    rec = _RLSRecorder(B, T, H, K, V, keep_states)
     for t in range(T):
         k_t = x.k[:, t]
         Pk = torch.einsum("bhij,bhj->bhi", Pinv, k_t)
@@ -384,18 +396,8 @@ def windowed_rls(
             ej = torch.einsum("bhk,bhkv->bhv", k_j, M) - x.v[:, j]
             M = M + kj_key[..., :, None] * ej[..., None, :]
         Pinv = 0.5 * (Pinv + Pinv.transpose(-1, -2))
-        o[:, t] = x.scale * torch.einsum("bhk,bhkv->bhv", x.q[:, t], M)
-        e_pre[:, t] = e
-        r_post[:, t] = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]
-        lev[:, t] = a
-        s[:, t] = (k_t * kt).sum(-1)
-        kts[:, t] = kt
-        if states is not None:
-            states[:, t] = M
-    final = M if output_final_state else None
-    if diagnostics:
-        return o, final, RLSDiagnostics(e_pre, r_post, s, torch.ones_like(s), lev, kts, states)
-    return o, final
+        rec.record(t, x, M, e, a, kt)
+    return rec.result(M, output_final_state, diagnostics)
 
 
 def windowed_ridge_solution(k, v, t: int, *, window: int, lam: float = 1.0) -> torch.Tensor:
