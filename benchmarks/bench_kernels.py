@@ -194,15 +194,7 @@ def _stage_times(x):
             lambda: d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4, validate=False)
         ),
     }
-    resources = dict(stages.RESOURCES)  # before the variants below overwrite the entries
-    # configuration variants, for the next tuning step
-    t["gram_solve_8warps"] = _bench(lambda: stages.gram_solve(k, d, beta, None, bounds, None, C, num_warps=8))
-    resources["gram_solve_8warps"] = stages.RESOURCES.get("gram_solve")
-    # the default K block of bwd_wy on a GPU is all of K (one block); the variant splits it into blocks of 64
-    t["bwd_wy_bk64"] = _bench(
-        lambda: stages.bwd_wy(k, d, None, kt, v, beta, None, ai, dw, du, dkt, None, bounds, C, bk=64)
-    )
-    resources["bwd_wy_bk64"] = stages.RESOURCES.get("bwd_wy")
+    resources = dict(stages.RESOURCES)
     return t, resources
 
 

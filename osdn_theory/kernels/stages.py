@@ -49,6 +49,22 @@ def _warps(n: int) -> int:
     return 1 if INTERPRET else n
 
 
+#: Launch-configuration overrides by stage name (``"gram_solve"``, ``"wy"``, ``"state"``, ``"output"``,
+#: ``"dv_local"``, ``"dh"``, ``"bwd_dqk"``, ``"bwd_wy"``), e.g. ``{"state": {"BV": 64, "num_warps": 4}}``.
+#: Empty in normal use; the tuning benchmark fills it to time variants. Values change speed, never results,
+#: except ``PREC``/``NEWTON`` of ``gram_solve`` (the solve's dot precision), which the tuning run also checks.
+TUNE: dict[str, dict] = {}
+
+
+def _cfg(name: str, **defaults):
+    """The launch configuration of stage ``name``: ``defaults`` updated by :data:`TUNE` (warps → 1 under the
+    interpreter, which runs one thread per program)."""
+    cfg = {**defaults, **TUNE.get(name, {})}
+    if INTERPRET:
+        cfg["num_warps"] = 1
+    return cfg
+
+
 def _stages(dtype: torch.dtype) -> int:
     """Software-pipelining depth of the kernels with a loop: fp32 tiles are twice as large, so one stage."""
     return 1 if dtype in (torch.float32, torch.float64) else 2
@@ -108,13 +124,13 @@ def _last(x, offs, nv):
 
 
 @triton.jit
-def _mmf(a, b, ACC: tl.constexpr):
-    """Small full-precision product (16×16 blocks of the inverse)."""
-    return tl.dot(a, b, input_precision="ieee", out_dtype=ACC)
+def _mmf(a, b, ACC: tl.constexpr, PREC: tl.constexpr = "ieee"):
+    """Small fp32 product (16×16 blocks of the inverse); ``PREC`` is Triton's ``input_precision``."""
+    return tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
 
 
 @triton.jit
-def _unit_lower_inverse16(L, ACC: tl.constexpr):
+def _unit_lower_inverse16(L, ACC: tl.constexpr, PREC: tl.constexpr = "ieee", NEWTON: tl.constexpr = True):
     """``(I + L)⁻¹`` for a strictly lower 16×16 block ``L``, by products only (no serial substitution).
 
     ``L`` is nilpotent (``L¹⁶ = 0``), so ``(I + L)⁻¹ = Σ_{m<16} (−L)^m = (I − L)(I + L²)(I + L⁴)(I + L⁸)``
@@ -124,13 +140,15 @@ def _unit_lower_inverse16(L, ACC: tl.constexpr):
     """
     o16 = tl.arange(0, 16)
     eye = tl.where(o16[:, None] == o16[None, :], 1.0, 0.0).to(ACC)
-    L2 = _mmf(L, L, ACC)
-    L4 = _mmf(L2, L2, ACC)
-    L8 = _mmf(L4, L4, ACC)
-    X = _mmf(_mmf(eye - L, eye + L2, ACC), eye + L4, ACC)
-    X = _mmf(X, eye + L8, ACC)
-    R = eye - X - _mmf(L, X, ACC)  # I − (I + L) X
-    return X + _mmf(X, R, ACC)
+    L2 = _mmf(L, L, ACC, PREC)
+    L4 = _mmf(L2, L2, ACC, PREC)
+    L8 = _mmf(L4, L4, ACC, PREC)
+    X = _mmf(_mmf(eye - L, eye + L2, ACC, PREC), eye + L4, ACC, PREC)
+    X = _mmf(X, eye + L8, ACC, PREC)
+    if NEWTON:
+        R = eye - X - _mmf(L, X, ACC, PREC)  # I − (I + L) X
+        X = X + _mmf(X, R, ACC, PREC)
+    return X
 
 
 # ------------------------------------------------------------------------- stage 1: write key, Gram, solve
@@ -187,7 +205,7 @@ def _gram_solve_kernel(
     k, d, beta, log_alpha, kt_out, c_out, g_out, ai_out, bounds,
     H, K, s_max,
     C: tl.constexpr, BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr,
-    SOLVE: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+    SOLVE: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr, PREC: tl.constexpr, NEWTON: tl.constexpr,
 ):  # fmt: skip
     """Stage 1 in 16-row blocks: ``A⁻¹`` by inverting the 16×16 diagonal blocks (product form plus one Newton
     step, :func:`_unit_lower_inverse16`; the four are independent) and assembling the rest with
@@ -227,25 +245,26 @@ def _gram_solve_kernel(
             L31 = _lblock(kk3, kt1, b3, g3, g1, False, GATED, DT, ACC, IEEE)
             L32 = _lblock(kk3, kt2, b3, g3, g2, False, GATED, DT, ACC, IEEE)
     if SOLVE:
-        X00 = _unit_lower_inverse16(L00, ACC)
+        X00 = _unit_lower_inverse16(L00, ACC, PREC, NEWTON)
         t = (t0 + o16) * H + i_h
         _store_rows(ai_out, X00, t, o16 < nv, C, o16, C)
         if NB >= 2:
-            X11 = _unit_lower_inverse16(L11, ACC)
-            X10 = -_mmf(X11, _mmf(L10, X00, ACC), ACC)
+            X11 = _unit_lower_inverse16(L11, ACC, PREC, NEWTON)
+            X10 = -_mmf(X11, _mmf(L10, X00, ACC, PREC), ACC, PREC)
             t = (t0 + 16 + o16) * H + i_h
             m = (16 + o16) < nv
             _store_rows(ai_out, X10, t, m, C, o16, C)
             _store_rows(ai_out, X11, t, m, C, 16 + o16, C)
             _store_rows(ai_out, Z, (t0 + o16) * H + i_h, o16 < nv, C, 16 + o16, C)
         if NB >= 4:
-            X22 = _unit_lower_inverse16(L22, ACC)
-            X33 = _unit_lower_inverse16(L33, ACC)
-            X21 = -_mmf(X22, _mmf(L21, X11, ACC), ACC)
-            X20 = -_mmf(X22, _mmf(L20, X00, ACC) + _mmf(L21, X10, ACC), ACC)
-            X32 = -_mmf(X33, _mmf(L32, X22, ACC), ACC)
-            X31 = -_mmf(X33, _mmf(L31, X11, ACC) + _mmf(L32, X21, ACC), ACC)
-            X30 = -_mmf(X33, _mmf(L30, X00, ACC) + _mmf(L31, X10, ACC) + _mmf(L32, X20, ACC), ACC)
+            X22 = _unit_lower_inverse16(L22, ACC, PREC, NEWTON)
+            X33 = _unit_lower_inverse16(L33, ACC, PREC, NEWTON)
+            X21 = -_mmf(X22, _mmf(L21, X11, ACC, PREC), ACC, PREC)
+            X20 = -_mmf(X22, _mmf(L20, X00, ACC, PREC) + _mmf(L21, X10, ACC, PREC), ACC, PREC)
+            X32 = -_mmf(X33, _mmf(L32, X22, ACC, PREC), ACC, PREC)
+            X31 = -_mmf(X33, _mmf(L31, X11, ACC, PREC) + _mmf(L32, X21, ACC, PREC), ACC, PREC)
+            S30 = _mmf(L30, X00, ACC, PREC) + _mmf(L31, X10, ACC, PREC) + _mmf(L32, X20, ACC, PREC)
+            X30 = -_mmf(X33, S30, ACC, PREC)
             t = (t0 + o16) * H + i_h
             m = o16 < nv
             _store_rows(ai_out, Z, t, m, C, 32 + o16, C)
@@ -268,10 +287,10 @@ def _gram_solve_kernel(
             _store_rows(ai_out, X33, t, m, C, 48 + o16, C)
 
 
-def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, num_warps=4):
+def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
     """Stage 1. ``k, d: [N, H, K]``, ``beta, log_alpha: [N, H]``, ``bounds: [NC, 2]`` int32 (chunk start
     token, end of its sequence). Returns ``(kt [N,H,K], c [N,H] fp32 or None, g [N,H] fp32 or None,
-    Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. ``num_warps`` is exposed for the benchmark."""
+    Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``."""
     N, H, K = k.shape
     NC = bounds.shape[0]
     f = torch.float64 if k.dtype == torch.float64 else torch.float32
@@ -279,13 +298,15 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, num_warps=4)
     c = torch.empty(N, H, device=k.device, dtype=f) if s_max is not None else None
     g = torch.empty(N, H, device=k.device, dtype=f) if log_alpha is not None else None
     ai = torch.empty(N, H, C, device=k.device, dtype=f) if solve else kt
+    cfg = _cfg("gram_solve", num_warps=4, PREC="ieee", NEWTON=True)
+    if k.dtype in (torch.float32, torch.float64):
+        cfg["PREC"] = "ieee"  # tf32 variants only for 16-bit inputs (fp32 promises IEEE dots)
     _c = _gram_solve_kernel[(NC, H)](
         k, d if d is not None else k, beta, log_alpha if log_alpha is not None else beta, kt,
         c if c is not None else ai, g if g is not None else ai, ai, bounds,
         H, K, float(s_max) if s_max is not None else 1.0,
         C=C, BK=max(16, triton.next_power_of_2(K)), HAS_D=d is not None, CLIP=s_max is not None,
-        GATED=log_alpha is not None, SOLVE=solve, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32,
-        num_warps=_warps(num_warps),
+        GATED=log_alpha is not None, SOLVE=solve, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("gram_solve" if solve else "gram_keys_only", _c)
     return kt, c, g, (ai if solve else None)
@@ -331,10 +352,13 @@ def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None):
     dt = inter_dtype or k.dtype
     w = torch.empty(N, H, K, device=k.device, dtype=dt)
     u = torch.empty(N, H, V, device=k.device, dtype=dt)
+    cfg = _cfg(
+        "wy", BK=min(64, max(16, triton.next_power_of_2(K))), BV=min(64, max(16, triton.next_power_of_2(V))),
+        num_warps=4,
+    )
     _c = _wy_kernel[(bounds.shape[0], H)](
         k, v, beta, g if g is not None else beta, ai, w, u, bounds, H, K, V,
-        C=C, BK=min(64, max(16, triton.next_power_of_2(K))), BV=min(64, max(16, triton.next_power_of_2(V))),
-        GATED=g is not None, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32, num_warps=_warps(4),
+        C=C, GATED=g is not None, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("wy", _c)
     return w, u
@@ -394,13 +418,12 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
     h = torch.empty(NC, H, K, V, device=kt.device, dtype=dt)
     vnew = torch.empty(N, H, V, device=kt.device, dtype=dt)
     ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
-    BV = _bv(V, S * H)
-    _c = _state_kernel[(triton.cdiv(V, BV), S * H)](
+    cfg = _cfg("state", BV=_bv(V, S * H), num_stages=_stages(kt.dtype), num_warps=4 if K <= 64 else 8)
+    _c = _state_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         kt, w, u, g if g is not None else u, h0 if h0 is not None else h, h, vnew, ht if ht is not None else h,
         cu_seqlens, chunk_offsets, H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None, USE_H0=h0 is not None,
-        STORE_HT=output_final_state, ACC=acc_dtype(kt.dtype), IEEE=kt.dtype == torch.float32,
-        num_stages=_stages(kt.dtype), num_warps=_warps(4 if K <= 64 else 8),
+        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None, USE_H0=h0 is not None,
+        STORE_HT=output_final_state, ACC=acc_dtype(kt.dtype), IEEE=kt.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("state", _c)
     return h, vnew, ht
@@ -459,11 +482,11 @@ def output(q, kt, vnew, h, g, bounds, scale, C):
     V = vnew.shape[-1]
     NC = bounds.shape[0]
     o = torch.empty(N, H, V, device=q.device, dtype=q.dtype)
-    BV = min(64, max(16, triton.next_power_of_2(V)))
-    _c = _output_kernel[(triton.cdiv(V, BV), NC, H)](
+    cfg = _cfg("output", BV=min(64, max(16, triton.next_power_of_2(V))), num_warps=4)
+    _c = _output_kernel[(triton.cdiv(V, cfg["BV"]), NC, H)](
         q, kt, vnew, h, g if g is not None else q, o, bounds, float(scale), H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None,
-        ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, num_warps=_warps(4),
+        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None,
+        ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("output", _c)
     return o
@@ -492,11 +515,11 @@ def dv_local(q, kt, g, do, bounds, scale, C, inter_dtype=None):
     N, H, K = q.shape
     V = do.shape[-1]
     dv = torch.empty(N, H, V, device=q.device, dtype=inter_dtype or q.dtype)
-    BV = min(64, max(16, triton.next_power_of_2(V)))
-    _c = _dv_local_kernel[(triton.cdiv(V, BV), bounds.shape[0], H)](
+    cfg = _cfg("dv_local", BV=min(64, max(16, triton.next_power_of_2(V))), num_warps=4)
+    _c = _dv_local_kernel[(triton.cdiv(V, cfg["BV"]), bounds.shape[0], H)](
         q, kt, g if g is not None else q, do, dv, bounds, float(scale), H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None,
-        ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, num_warps=_warps(4),
+        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None,
+        ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("dv_local", _c)
     return dv
@@ -559,13 +582,12 @@ def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, 
     dh = torch.empty(NC, H, K, V, device=q.device, dtype=dt)
     du = torch.empty(N, H, V, device=q.device, dtype=dt)
     dh0 = torch.empty(S, H, K, V, device=q.device, dtype=f) if need_dh0 else None
-    BV = _bv(V, S * H)
-    _c = _dh_kernel[(triton.cdiv(V, BV), S * H)](
+    cfg = _cfg("dh", BV=_bv(V, S * H), num_stages=_stages(q.dtype), num_warps=4 if K <= 64 else 8)
+    _c = _dh_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         q, kt, w, g if g is not None else q, do, dvl, dht if dht is not None else dh, dh, du,
         dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), BV=BV, GATED=g is not None, USE_DHT=dht is not None,
-        STORE_DH0=need_dh0, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32,
-        num_stages=_stages(q.dtype), num_warps=_warps(4 if K <= 64 else 8),
+        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None, USE_DHT=dht is not None,
+        STORE_DH0=need_dh0, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("dh", _c)
     return dh, du, dh0
@@ -641,12 +663,15 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
     dkt = torch.empty(N, H, K, device=q.device, dtype=f)
     dw = torch.empty(N, H, K, device=q.device, dtype=q.dtype)  # only ever used as a dot operand
     dg = torch.empty(N, H, device=q.device, dtype=f) if g is not None else None
+    cfg = _cfg(
+        "bwd_dqk", BV=min(64, max(16, triton.next_power_of_2(V))), num_stages=_stages(q.dtype),
+        num_warps=4 if K <= 64 else 8,
+    )
     _c = _bwd_dqk_kernel[(bounds.shape[0], H)](
         q, kt, g if g is not None else q, vnew, h, do, dh, du, dq, dkt, dw, dg if dg is not None else dq,
         bounds, float(scale), H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), BV=min(64, max(16, triton.next_power_of_2(V))),
-        GATED=g is not None, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32,
-        num_stages=_stages(q.dtype), num_warps=_warps(4 if K <= 64 else 8),
+        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None, ACC=acc_dtype(q.dtype),
+        IEEE=q.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("bwd_dqk", _c)
     return dq, dkt, dw, dg
@@ -766,9 +791,9 @@ def _bk_wy(K: int, gpu: bool | None = None) -> int:
     return max(16, triton.next_power_of_2(K)) if (not INTERPRET if gpu is None else gpu) else 16
 
 
-def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C, bk=None):
+def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
     """Gradients through WY factors, solve, Gram, decay and write key: returns ``dk, dd (or None), dv`` in the
-    input dtype and ``dβ, d log α (or None)`` in fp32/fp64. ``bk`` overrides the K block (for the benchmark)."""
+    input dtype and ``dβ, d log α (or None)`` in fp32/fp64."""
     N, H, K = k.shape
     V = v.shape[-1]
     f = torch.float64 if k.dtype == torch.float64 else torch.float32
@@ -777,13 +802,16 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C, bk=None):
     dv = torch.empty(N, H, V, device=k.device, dtype=k.dtype)
     db = torch.empty(N, H, device=k.device, dtype=f)
     dla = torch.empty(N, H, device=k.device, dtype=f) if g is not None else None
+    cfg = _cfg(
+        "bwd_wy", BK=_bk_wy(K), BV=min(64, max(16, triton.next_power_of_2(V))), num_stages=_stages(k.dtype),
+        num_warps=4 if K <= 64 else 8,
+    )
     _c = _bwd_wy_kernel[(bounds.shape[0], H)](
         k, d if d is not None else k, c if c is not None else db, kt, v, beta, g if g is not None else db, ai,
         dw, du, dkt, dg if dg is not None else db, dk, dd if dd is not None else dk, dv, db,
         dla if dla is not None else db, bounds, H, K, V,
-        C=C, BK=bk or _bk_wy(K), BV=min(64, max(16, triton.next_power_of_2(V))),
-        HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, ACC=acc_dtype(k.dtype),
-        IEEE=k.dtype == torch.float32, num_stages=_stages(k.dtype), num_warps=_warps(4 if K <= 64 else 8),
+        C=C, HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, ACC=acc_dtype(k.dtype),
+        IEEE=k.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("bwd_wy", _c)
     return dk, dd, dv, db, dla
