@@ -353,7 +353,9 @@ def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None):
     w = torch.empty(N, H, K, device=k.device, dtype=dt)
     u = torch.empty(N, H, V, device=k.device, dtype=dt)
     cfg = _cfg(
-        "wy", BK=min(64, max(16, triton.next_power_of_2(K))), BV=min(64, max(16, triton.next_power_of_2(V))),
+        "wy",
+        BK=min(64, max(16, triton.next_power_of_2(K))),
+        BV=min(64, max(16, triton.next_power_of_2(V))),
         num_warps=4,
     )
     _c = _wy_kernel[(bounds.shape[0], H)](
@@ -664,7 +666,9 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
     dw = torch.empty(N, H, K, device=q.device, dtype=q.dtype)  # only ever used as a dot operand
     dg = torch.empty(N, H, device=q.device, dtype=f) if g is not None else None
     cfg = _cfg(
-        "bwd_dqk", BV=min(64, max(16, triton.next_power_of_2(V))), num_stages=_stages(q.dtype),
+        "bwd_dqk",
+        BV=min(64, max(16, triton.next_power_of_2(V))),
+        num_stages=_stages(q.dtype),
         num_warps=4 if K <= 64 else 8,
     )
     _c = _bwd_dqk_kernel[(bounds.shape[0], H)](
@@ -803,7 +807,10 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
     db = torch.empty(N, H, device=k.device, dtype=f)
     dla = torch.empty(N, H, device=k.device, dtype=f) if g is not None else None
     cfg = _cfg(
-        "bwd_wy", BK=_bk_wy(K), BV=min(64, max(16, triton.next_power_of_2(V))), num_stages=_stages(k.dtype),
+        "bwd_wy",
+        BK=_bk_wy(K),
+        BV=min(64, max(16, triton.next_power_of_2(V))),
+        num_stages=_stages(k.dtype),
         num_warps=4 if K <= 64 else 8,
     )
     _c = _bwd_wy_kernel[(bounds.shape[0], H)](
