@@ -300,6 +300,28 @@ def test_backward_matches_recurrence_autograd(case, K):
         assert rel_err(got[n], ref[n]) < KERNEL_INTERP_FLOAT64, n
 
 
+@pytest.mark.parametrize("K", [20, 64])
+@pytest.mark.parametrize("case", ["d-clip", "gated-d-h0"])
+def test_state_pass_key_split(case, K, monkeypatch):
+    """The state pass with its state block split into two halves over the key dimension (``KSPLIT``; at K = 20
+    the second half is partly masked): forward, final state and every gradient against the float64
+    recurrence (the default path, without the split, is what every other test runs)."""
+    monkeypatch.setitem(stages.TUNE, "state", {"KSPLIT": True})
+    assert stages._cfg("state", KSPLIT=False)["KSPLIT"] is True  # the override reaches the launcher
+    names, kw = CASES[case]
+    x = make_inputs(31, T=37, H=2, K=K, V=24)
+    g = torch.Generator().manual_seed(32)
+    do = torch.randn(x["v"].shape, generator=g, dtype=F64)
+    dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
+    got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16)
+    ref = _grads(osdn_recurrent, x, names, kw, do, dht)
+    o, ht = chunk_osdn(**_pick(x, names), **kw, output_final_state=True, chunk_size=16)
+    o_ref, ht_ref = osdn_recurrent(**_pick(x, names), **kw, output_final_state=True)
+    assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64 and rel_err(ht, ht_ref) < KERNEL_INTERP_FLOAT64
+    for n in got:
+        assert rel_err(got[n], ref[n]) < KERNEL_INTERP_FLOAT64, n
+
+
 @pytest.mark.parametrize("case", ["d-clip", "gated-d-h0"])
 def test_gpu_block_choices_under_the_interpreter(case, monkeypatch):
     """The interpreter normally runs its own block choices (V in one block up to 64, ``bwd_wy`` in K blocks of

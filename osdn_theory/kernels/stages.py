@@ -298,8 +298,14 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
     c = torch.empty(N, H, device=k.device, dtype=f) if s_max is not None else None
     g = torch.empty(N, H, device=k.device, dtype=f) if log_alpha is not None else None
     ai = torch.empty(N, H, C, device=k.device, dtype=f) if solve else kt
-    cfg = _cfg("gram_solve", num_warps=4, PREC="ieee", NEWTON=True)
-    if k.dtype in (torch.float32, torch.float64):
+    # Measured on an H200 (bf16, K = 128; benchmarks/tune_kernels.py): 2 warps 0.190 ms, 4 warps 0.240, 8 warps
+    # 0.399; tf32 or tf32x3 dots spill and are no faster. The Newton step (2 of the 8 dots of each diagonal
+    # block) is kept for fp32/fp64 inputs, where it brings the inverse to substitution accuracy; for 16-bit
+    # inputs its effect on the output is far below their rounding (end-to-end error vs float64 0.00734 with
+    # and 0.00736 without it on nearly aligned keys), so it is skipped there.
+    wide = k.dtype in (torch.float32, torch.float64)
+    cfg = _cfg("gram_solve", num_warps=2, PREC="ieee", NEWTON=wide)
+    if wide:
         cfg["PREC"] = "ieee"  # tf32 variants only for 16-bit inputs (fp32 promises IEEE dots)
     _c = _gram_solve_kernel[(NC, H)](
         k, d if d is not None else k, beta, log_alpha if log_alpha is not None else beta, kt,
@@ -374,39 +380,61 @@ def _state_kernel(
     kt, w, u, g, h0, h_out, vnew_out, ht_out, cu_seqlens, chunk_offsets,
     H, K, V,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, USE_H0: tl.constexpr,
-    STORE_HT: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+    STORE_HT: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr, KSPLIT: tl.constexpr,
 ):  # fmt: skip
+    """Stage 3, one program per (V block, sequence·head). With ``KSPLIT`` the state block is kept as two
+    halves over the key dimension (rows ``[0, BK/2)`` and ``[BK/2, BK)``), so each product is half as deep and
+    the two halves' products are independent. Dot operands are loaded in the input dtype (no fp32 round trip)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
     boc = tl.load(chunk_offsets + i_n).to(tl.int64)
     DT: tl.constexpr = kt.dtype.element_ty
+    BH: tl.constexpr = BK // 2 if KSPLIT else BK
     oc = tl.arange(0, C)
-    ok = tl.arange(0, BK)
     ov = i_v * BV + tl.arange(0, BV)
-    kv = (ok[:, None] < K) & (ov[None, :] < V)
-    kvoff = ok[:, None] * V + ov[None, :]
-    M = tl.zeros([BK, BV], dtype=ACC)  # Sᵀ block: rows key dim, columns value dim
+    ok1 = tl.arange(0, BH)
+    kv1 = (ok1[:, None] < K) & (ov[None, :] < V)
+    off1 = ok1[:, None] * V + ov[None, :]
+    M1 = tl.zeros([BH, BV], dtype=ACC)  # Sᵀ block: rows key dim, columns value dim
     if USE_H0:
-        M += tl.load(h0 + i_nh.to(tl.int64) * K * V + kvoff, mask=kv, other=0.0).to(ACC)
+        M1 += tl.load(h0 + i_nh.to(tl.int64) * K * V + off1, mask=kv1, other=0.0).to(ACC)
+    if KSPLIT:
+        ok2 = BH + tl.arange(0, BH)
+        kv2 = (ok2[:, None] < K) & (ov[None, :] < V)
+        off2 = ok2[:, None] * V + ov[None, :]
+        M2 = tl.zeros([BH, BV], dtype=ACC)
+        if USE_H0:
+            M2 += tl.load(h0 + i_nh.to(tl.int64) * K * V + off2, mask=kv2, other=0.0).to(ACC)
     for n in range(tl.cdiv(Tn, C)):
         nv = tl.minimum(Tn - n * C, C)
         rmask = oc < nv
         t = (bos + n * C + oc) * H + i_h
-        tl.store(h_out + ((boc + n) * H + i_h) * K * V + kvoff, M.to(h_out.dtype.element_ty), mask=kv)
-        W = _rows(w, t, rmask, K, ok, K, ACC)
-        U = _rows(u, t, rmask, V, ov, V, ACC) - _mm(W, M, DT, ACC, IEEE)
+        hbase = h_out + ((boc + n) * H + i_h) * K * V
+        tl.store(hbase + off1, M1.to(h_out.dtype.element_ty), mask=kv1)
+        WM = _mm(_rows(w, t, rmask, K, ok1, K, DT), M1, DT, ACC, IEEE)
+        if KSPLIT:
+            tl.store(hbase + off2, M2.to(h_out.dtype.element_ty), mask=kv2)
+            WM += _mm(_rows(w, t, rmask, K, ok2, K, DT), M2, DT, ACC, IEEE)
+        U = _rows(u, t, rmask, V, ov, V, ACC) - WM
         _store_rows(vnew_out, U, t, rmask, V, ov, V)
-        ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+        Ud = U.to(DT)
         if GATED:
             gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
             g_last = _last(gg, oc, nv)
-            ktc = ktc * tl.where(rmask, tl.exp(g_last - gg), 0.0)[:, None]
-            M = M * tl.exp(g_last)
-        M += _mm(tl.trans(ktc), U, DT, ACC, IEEE)
+            # the decay of each row to the chunk end goes on U (rows), the same product as on the key rows
+            Ud = (U * tl.where(rmask, tl.exp(g_last - gg), 0.0)[:, None]).to(DT)
+            M1 = M1 * tl.exp(g_last)
+            if KSPLIT:
+                M2 = M2 * tl.exp(g_last)
+        M1 += _mm(tl.trans(_rows(kt, t, rmask, K, ok1, K, DT)), Ud, DT, ACC, IEEE)
+        if KSPLIT:
+            M2 += _mm(tl.trans(_rows(kt, t, rmask, K, ok2, K, DT)), Ud, DT, ACC, IEEE)
     if STORE_HT:
-        tl.store(ht_out + i_nh.to(tl.int64) * K * V + kvoff, M.to(ht_out.dtype.element_ty), mask=kv)
+        tl.store(ht_out + i_nh.to(tl.int64) * K * V + off1, M1.to(ht_out.dtype.element_ty), mask=kv1)
+        if KSPLIT:
+            tl.store(ht_out + i_nh.to(tl.int64) * K * V + off2, M2.to(ht_out.dtype.element_ty), mask=kv2)
 
 
 def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_state, inter_dtype=None):
@@ -420,11 +448,14 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
     h = torch.empty(NC, H, K, V, device=kt.device, dtype=dt)
     vnew = torch.empty(N, H, V, device=kt.device, dtype=dt)
     ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
-    cfg = _cfg("state", BV=_bv(V, S * H), num_stages=_stages(kt.dtype), num_warps=4 if K <= 64 else 8)
+    BK = max(16, triton.next_power_of_2(K))
+    cfg = _cfg("state", BV=_bv(V, S * H), num_stages=_stages(kt.dtype), num_warps=4, KSPLIT=False)
+    if BK < 32:
+        cfg["KSPLIT"] = False  # halves below 16 rows are not a dot shape
     _c = _state_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         kt, w, u, g if g is not None else u, h0 if h0 is not None else h, h, vnew, ht if ht is not None else h,
         cu_seqlens, chunk_offsets, H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None, USE_H0=h0 is not None,
+        C=C, BK=BK, GATED=g is not None, USE_H0=h0 is not None,
         STORE_HT=output_final_state, ACC=acc_dtype(kt.dtype), IEEE=kt.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("state", _c)
