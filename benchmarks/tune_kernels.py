@@ -220,6 +220,37 @@ def fla_stages(x):
     }
 
 
+def dscan_sweep(x):
+    """The d rule alone (``d_ratio_scan``) for each scan chunk size and ``d_scan`` launch configuration, with
+    the error of its bf16 output against the float64 scan of ``preconditioners.d_scan`` (same rounded keys)."""
+    from osdn_theory import preconditioners as pre
+    from osdn_theory.kernels import d_ratio_scan, stages
+
+    k, b = x["k"], x["beta"]
+    ref = pre.d_scan(k.double(), b.double(), rule="ratio", step=pre.NormalizedStep(0.5), d_init=1.0).d
+    ref = ref.clamp_min(1e-4)
+    rows = []
+    for C in (16, 32, 64):
+        for w in (None, 2, 4, 8):
+            stages.TUNE.clear()
+            if w is not None:
+                stages.TUNE["d_scan"] = {"num_warps": w}
+
+            def fn(C=C):
+                return d_ratio_scan(k, b, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=C, validate=False)
+
+            row = {"chunk": C, "d_scan_warps": w or "default"}
+            try:
+                row["rel_err_vs_f64"] = _rel(fn(), ref)
+                row["ms"] = _bench(fn)
+                row["regs_spills"] = stages.RESOURCES.get("d_scan")
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+            rows.append(row)
+    stages.TUNE.clear()
+    return rows
+
+
 def _summary(res):
     lines = []
     for shape, r in res["shapes"].items():
@@ -235,6 +266,10 @@ def _summary(res):
                 f"{sum('error' in x for x in rows)} variants failed"
                 if best
                 else f"{name}: no variant ran"
+            )
+        for d in r.get("d_scan", []):
+            lines.append(
+                f"d scan C={d['chunk']} warps={d['d_scan_warps']}: {d.get('ms')} ms, err {d.get('rel_err_vs_f64')}"
             )
     for p in res.get("precision", []):
         lines.append(f"precision {p['case']:8s} {p['config']}: {p['rel_err_vs_f64']:.2e}")
@@ -253,6 +288,7 @@ def main():
         help="stages swept at the shapes after the first (the shape-dependent ones)",
     )
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--dscan", action="store_true", help="also sweep the d rule at the first shape")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("tune_kernels: needs a CUDA device")
@@ -280,6 +316,9 @@ def main():
             except Exception:
                 r["fla_error"] = traceback.format_exc()[-600:]
             r["fla_wall_s"] = time.perf_counter() - t0
+            write()
+        if i == 0 and a.dscan:
+            r["d_scan"] = dscan_sweep(x)
             write()
         st = _Stages(x)
         for name in names:

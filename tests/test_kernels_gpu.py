@@ -193,3 +193,32 @@ def test_gpu_matches_fla_dplr_with_d():
     o_ref, h_ref = _ref(x, ["d"])
     assert rel_err(o1, o_ref) < KERNEL_BF16_OUT
     assert rel_err(o1, o2) < 2 * KERNEL_BF16_OUT and rel_err(h1, h2) < 2 * KERNEL_BF16_OUT
+
+
+@pytest.mark.parametrize("scan_chunk", [16, 32, 64])
+def test_gpu_d_rule_matches_float64(scan_chunk):
+    """The in-kernel ratio rule (bf16 keys) against the float64 scan of ``preconditioners.d_scan`` from the
+    same rounded keys, and ``chunk_osdn`` with the rule against the float64 reference given that ``d``."""
+    from osdn_theory import preconditioners as pre
+    from osdn_theory.kernels import DRule
+
+    x = make(9, 2, 1000, 4, 128, 128, torch.bfloat16)
+    rule = DRule(c=0.5, d_init=1.0, d_min=1e-4, chunk_size=scan_chunk)
+    d = rule.compute(x["k"], x["beta"])
+    ref = pre.d_scan(
+        x["k"].to(F64), x["beta"].to(F64), rule="ratio", step=pre.NormalizedStep(0.5), d_init=1.0
+    )
+    d_ref = ref.d.clamp_min(1e-4)
+    assert d.dtype == torch.bfloat16 and rel_err(d, d_ref) < KERNEL_BF16_OUT
+    o, _ = chunk_osdn(x["q"], x["k"], x["v"], x["beta"], d_rule=rule, output_final_state=True)
+    o_ref, _ = _ref(dict(x, d=d_ref), ["d"])
+    assert rel_err(o, o_ref) < KERNEL_BF16_OUT
+
+
+def test_gpu_forward_four_value_blocks():
+    """K = V = 256: the output kernel and the state pass run several V blocks per chunk (masked nowhere)."""
+    x = make(10, 1, 300, 2, 256, 256, torch.bfloat16)
+    names = ["d", "alpha", "initial_state"]
+    o, ht = chunk_osdn(**_pick(x, names), output_final_state=True)
+    o_ref, ht_ref = _ref(x, names)
+    assert rel_err(o, o_ref) < KERNEL_BF16_OUT and rel_err(ht, ht_ref) < KERNEL_BF16_OUT
