@@ -6,10 +6,34 @@ With ``u_t = k_t ⊙ k_t`` and the normalized step ``η_t = c / (2 β_t² ‖u_t
 
 i.e. a delta rule on a one-column memory with key ``û_t = u_t / ‖u_t‖``, strength ``c`` and value
 ``1 / (β_t ‖u_t‖)`` (tokens with ``u_t = 0`` leave ``d`` unchanged). Token ``t`` is written with ``d_t``
-(the value *before* its own update). The scan therefore reuses the chunk stages (Gram/solve, WY, state
-pass) with a value width of 16 (one used column) and a small read-out kernel that forms every ``d_t``:
-``d_r = h_n + Σ_{i<r} U_i û_i`` within chunk ``n``. Positivity: ``d`` is floored at read-out,
-``max(d_t, d_min)``, which keeps the scan affine (spec §5).
+(the value *before* its own update).
+
+The scan runs in four launches:
+
+1. ``_d_prep_kernel``: one pass over ``k`` and ``β`` forms ``û``, the strength and the value (in column 0 of
+   a 16-wide value, since ``tl.dot`` needs at least 16 columns).
+2. :func:`stages.gram_solve`: ``A⁻¹`` of every chunk (chunks are independent).
+3. :func:`stages.wy_factors`: ``W = T Û`` and ``Ũ = T v`` with ``T = A⁻¹ diag(c)`` (only column 0 of ``Ũ``
+   is used).
+4. ``_d_scan_kernel``: one program per (sequence, head) carries the ``K``-vector state ``h`` (fp32; fp64 for
+   fp64 input) in registers through the chunks of its sequence. Per chunk of ``C`` rows::
+
+       U = Ũ₀ − W h                          (one scalar per row)
+       d_r = h + Σ_{i<r} U_i û_i              (exclusive cumulative sum over the rows)
+       h ← h + Σ_i U_i û_i
+
+   and stores ``max(d_r, d_min)``. The state of a one-column memory is only ``K`` numbers, so the
+   inter-chunk recurrence needs no ``[K, V]`` tile and no dot; the state pass and the read-out that it
+   replaces ran as two launches and wrote every chunk's state to memory.
+
+The chunk size of the scan (:attr:`DRule.chunk_size`) may differ from that of :func:`chunk_osdn`.
+Measured on an H200 (B=4, T=4096, H=16, K=128; whole :func:`d_ratio_scan`, ms, C = 16/32/64): bf16
+0.49/0.44/0.48 against 0.51/0.42/0.42 for the former state pass + read-out (both without the host
+synchronisation that a host-to-device copy of ``d_init`` used to cause: 0.66/0.53/0.50 with it); fp32
+1.01/0.98/4.4 against 1.56/1.45/7.8. The scan kernel alone takes 0.29/0.23/0.23 ms (bf16); the rest is
+stages 1–3, of which :func:`stages.gram_solve` is the largest.
+Positivity: ``d`` is floored at read-out only, ``max(d_t, d_min)``; the carried state is not floored, which
+keeps the scan affine (spec §5).
 
 The rule's output is treated as a constant of the keys (no gradient flows through the rule into ``k``
 or ``β``), like an optimizer's preconditioner state.
@@ -31,6 +55,11 @@ __all__ = ["DRule", "d_ratio_scan"]
 
 _VPAD = 16
 
+#: Warps of the scan kernel by chunk size (one program per sequence and head, so few programs run at once).
+#: Measured on an H200 at B=4, T=4096, H=16, K=128, bf16 (kernel alone, ms, warps 2/4/8): C=16: 0.29/0.34/0.56;
+#: C=32: 0.51/0.23/0.32; C=64: 6.2/0.37/0.23 (at C=64 four warps spill, two spill heavily; so do fp32 tiles).
+_SCAN_WARPS = {16: 2, 32: 4, 64: 8}
+
 
 @triton.jit
 def _d_readout_kernel(
@@ -38,6 +67,8 @@ def _d_readout_kernel(
     H, K,
     C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
+    """Read-out of the former two-launch scan (``d_r = h_n + Σ_{i<r} U_i û_i`` from the chunk states ``h`` of
+    :func:`stages.state_pass`); no longer used by :func:`d_ratio_scan`, which runs :func:`_d_scan_kernel`."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
     nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
@@ -53,6 +84,55 @@ def _d_readout_kernel(
     D = h0[None, :] + tl.cumsum(inc, 0) - inc
     d_min = tl.load(d_min_ptr).to(ACC)  # from memory: a float argument would arrive rounded to fp32
     tl.store(d_out + t[:, None] * K + ok[None, :], tl.maximum(D, d_min).to(d_out.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _d_scan_tiles(uhat, w, ut, bos, Tn, n, i_h, H, K, C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr):
+    """Rows of chunk ``n`` of a sequence (zero past its end): ``W``, ``û`` and ``Ũ₀``, in the stored dtype
+    (not converted here, so that the loads of the next chunk stay in flight while this one is computed)."""
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < Tn - n * C
+    t = (bos + n * C + oc) * H + i_h
+    m = rmask[:, None] & (ok[None, :] < K)
+    W = tl.load(w + t[:, None] * K + ok[None, :], mask=m, other=0.0)
+    uu = tl.load(uhat + t[:, None] * K + ok[None, :], mask=m, other=0.0)
+    u0 = tl.load(ut + t * VP, mask=rmask, other=0.0)
+    return W, uu, u0
+
+
+@triton.jit
+def _d_scan_kernel(
+    uhat, w, ut, h0, d_out, cu_seqlens, d_min_ptr,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """One program per (sequence, head): the ``K``-vector state ``h`` (from ``h0: [N, H, K]``) is carried in
+    registers through the chunks of the sequence; per chunk ``U = Ũ₀ − W h``, ``d_r = h + Σ_{i<r} U_i û_i``
+    (stored floored at ``d_min``) and ``h ← h + Σ_i U_i û_i``. ``uhat, w: [tokens, H, K]``, ``ut: [tokens, H,
+    VP]`` (column 0 used), ``d_out: [tokens, H, K]``; the tail chunk of a sequence is masked.
+
+    The tiles of chunk ``n + 1`` are loaded before chunk ``n`` is computed (by hand: Triton's pipeliner left
+    these loads alone). On an H200 (B=4, T=4096, H=16, K=128, bf16) this took the kernel from 0.315 to 0.223 ms
+    at C = 32 with 4 warps, and from 0.263 to 0.232 ms at C = 64 with 8 warps."""
+    i_nh = tl.program_id(0)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    h = tl.load(h0 + i_nh.to(tl.int64) * K + ok, mask=ok < K, other=0.0).to(ACC)
+    d_min = tl.load(d_min_ptr).to(ACC)  # from memory: a float argument would arrive rounded to fp32
+    W, uu, u0 = _d_scan_tiles(uhat, w, ut, bos, Tn, 0, i_h, H, K, C, BK, VP)
+    for n in range(tl.cdiv(Tn, C)):
+        W1, uu1, u01 = _d_scan_tiles(uhat, w, ut, bos, Tn, n + 1, i_h, H, K, C, BK, VP)  # next chunk
+        U = u0.to(ACC) - tl.sum(W.to(ACC) * h[None, :], 1)  # 0 on masked rows
+        inc = U[:, None] * uu.to(ACC)
+        D = h[None, :] + tl.cumsum(inc, 0) - inc
+        t = (bos + n * C + oc) * H + i_h
+        stages._store_rows(d_out, tl.maximum(D, d_min), t, oc < Tn - n * C, K, ok, K)
+        h += tl.sum(inc, 0)
+        W, uu, u0 = W1, uu1, u01
 
 
 @triton.jit
@@ -112,7 +192,7 @@ def d_ratio_scan(
             ``B``, or the number of packed sequences), e.g. ``[K]`` or ``[H, K]``.
         d_min: read-out floor ``> 0``.
         cu_seqlens: optional ``[N + 1]`` packed-sequence offsets (integer tensor, ``B = 1``). Default ``None``.
-        chunk_size: one of 16, 32, 64 (default 64).
+        chunk_size: chunk size of the scan, one of 16, 32, 64 (default 64).
         validate: check ``β ∈ (0, 1]`` and finite keys (a pass over both and a host synchronisation).
             Default ``True``.
     """
@@ -141,7 +221,7 @@ def d_ratio_scan(
 
     f = torch.float64 if k.dtype == torch.float64 else torch.float32
     # One pass over the keys forms the scan's key, strength and value (in the dtype of k, so the scan's dots
-    # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 inside the state pass.
+    # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 (fp64) inside the scan kernel.
     kf = k.detach().reshape(B * T, H, K).contiguous()
     uhat = torch.empty_like(kf)
     strength = torch.empty(B * T, H, dtype=k.dtype, device=k.device)
@@ -153,19 +233,20 @@ def d_ratio_scan(
         BR=32, BK=max(16, triton.next_power_of_2(K)), VP=_VPAD, ACC=stages.acc_dtype(f),
         num_warps=stages._warps(4),
     )  # fmt: skip
-    di = torch.as_tensor(d_init, dtype=f, device=k.device)
-    h0 = torch.zeros(N, H, K, _VPAD, dtype=f, device=k.device)
-    h0[..., 0] = torch.broadcast_to(di, (N, H, K))
-    cu, offs, bounds, NC = _chunk_tables(cu_seqlens, B, T, chunk_size, k.device)
+    if isinstance(d_init, torch.Tensor):
+        h0 = torch.broadcast_to(d_init.to(dtype=f, device=k.device), (N, H, K)).contiguous()
+    else:  # a fill on the device: a host-to-device copy of the number would wait for the queued work
+        h0 = torch.full((N, H, K), d_init, dtype=f, device=k.device)
+    cu, _, bounds, _ = _chunk_tables(cu_seqlens, B, T, chunk_size, k.device)
     _, _, _, ai = stages.gram_solve(uhat, None, strength, None, bounds, None, chunk_size)
     w, ut = stages.wy_factors(uhat, vals, strength, None, ai, bounds, chunk_size)
-    h, vnew, _ = stages.state_pass(uhat, w, ut, None, h0, cu, offs, NC, chunk_size, False)
     d = torch.empty(B * T, H, K, dtype=k.dtype, device=k.device)
-    _d_readout_kernel[(NC, H)](
-        uhat, vnew, h, d, bounds, torch.full((1,), d_min, dtype=f, device=k.device), H, K,
+    _c = _d_scan_kernel[(N * H,)](
+        uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=f, device=k.device), H, K,
         C=chunk_size, BK=max(16, triton.next_power_of_2(K)), VP=_VPAD, ACC=stages.acc_dtype(f),
-        num_warps=stages._warps(4),
+        **stages._cfg("d_scan", num_warps=_SCAN_WARPS[chunk_size], num_stages=stages._stages(k.dtype)),
     )  # fmt: skip
+    stages._record("d_scan", _c)
     return d.reshape(B, T, H, K)
 
 
@@ -179,18 +260,23 @@ class DRule:
         d_init: ``d_1``; a positive scalar or a tensor of shape ``[K]``, ``[H, K]`` or ``[N, H, K]``.
             Default 1.0.
         d_min: read-out floor ``d_t ← max(d_t, d_min)`` keeping ``d > 0``; default 1e-4.
+        chunk_size: chunk size of the d scan, one of 16, 32, 64; ``None`` (default): the chunk size given to
+            :func:`chunk_osdn` / :meth:`compute`. The scan's chunk size changes only its speed and round-off.
     """
 
     rule: str = "ratio"
     c: float = 0.5
     d_init: float | torch.Tensor = 1.0
     d_min: float = 1e-4
+    chunk_size: int | None = None
 
     def __post_init__(self):
         check_choice("rule", self.rule, ["ratio"])
         check_scalar("c", self.c, 0.0, 2.0, lo_open=True, hi_open=True)
         check_scalar("d_min", self.d_min, 0.0, None, lo_open=True)
         _check_d_init(self.d_init)
+        if self.chunk_size is not None:
+            object.__setattr__(self, "chunk_size", check_chunk_size(self.chunk_size))
 
     def compute(
         self,
@@ -202,7 +288,8 @@ class DRule:
         validate: bool = True,
     ):
         """``d: [B, T, H, K]`` (dtype of ``k``, detached) for keys ``k: [B, T, H, K]`` and ``beta: [B, T, H]``;
-        the arguments are those of :func:`d_ratio_scan` (which checks them)."""
+        the arguments are those of :func:`d_ratio_scan` (which checks them). The scan runs with chunk size
+        :attr:`chunk_size` if set, else ``chunk_size``."""
         return d_ratio_scan(
             k,
             beta,
@@ -210,6 +297,6 @@ class DRule:
             d_init=self.d_init,
             d_min=self.d_min,
             cu_seqlens=cu_seqlens,
-            chunk_size=chunk_size,
+            chunk_size=self.chunk_size or chunk_size,
             validate=validate,
         )

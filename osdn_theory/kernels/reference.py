@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gram_solve_ref", "wy_factors_ref", "state_pass_ref", "output_ref", "d_readout_ref"]
+__all__ = ["gram_solve_ref", "wy_factors_ref", "state_pass_ref", "output_ref", "d_readout_ref", "d_scan_ref"]
 
 
 def _chunks(bounds: torch.Tensor, C: int):
@@ -106,4 +106,21 @@ def d_readout_ref(u, vnew, h, bounds, C, d_min):
     for i, t0, t1 in _chunks(bounds, C):
         inc = vnew[t0:t1, :, :1] * u[t0:t1]  # [n, H, K]
         d[t0:t1] = h[i][None, :, :, 0] + torch.cumsum(inc, 0) - inc
+    return d.clamp_min(d_min)
+
+
+def d_scan_ref(uhat, w, ut, h0, cu_seqlens, C, d_min):
+    """Twin of the d rule's scan kernel: per sequence, the state ``h`` (from ``h0: [S, H, K]``) goes through
+    its chunks of ``C`` tokens: ``U = Ũ₀ − W h``, ``d_r = max(h + Σ_{i<r} U_i û_i, d_min)``,
+    ``h ← h + Σ_i U_i û_i``. ``uhat, w: [N, H, K]``, ``ut: [N, H, V]`` (column 0 used); returns ``d: [N, H, K]``."""
+    d = torch.zeros_like(uhat)
+    cu = cu_seqlens.tolist()
+    for s in range(len(cu) - 1):
+        h = h0[s].clone()  # [H, K]
+        for t0 in range(cu[s], cu[s + 1], C):
+            t1 = min(t0 + C, cu[s + 1])
+            U = ut[t0:t1, :, 0] - (w[t0:t1] * h).sum(-1)  # [n, H]
+            inc = U[..., None] * uhat[t0:t1]  # [n, H, K]
+            d[t0:t1] = h + torch.cumsum(inc, 0) - inc
+            h = h + inc.sum(0)
     return d.clamp_min(d_min)

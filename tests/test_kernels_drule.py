@@ -1,0 +1,223 @@
+"""The d rule's scan (``osdn_theory.kernels.drule``) against its twin, the spec's token loop and
+``preconditioners.d_scan`` (CPU: Triton interpreter, float64, tiny shapes with odd lengths, K = 20, two
+packed sequences with tail chunks, chunk sizes 16/32/64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, drule, reference, stages
+from osdn_theory.recurrences import osdn_recurrent
+from osdn_theory.tolerances import KERNEL_INTERP_FLOAT64, NEG_CONTROL_SEPARATION, rel_err, rtol
+
+pytestmark = pytest.mark.interpreter
+
+F64 = torch.float64
+CHUNKS = [16, 32, 64]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _keys(seed, B=1, T=37, H=2, K=20, dtype=F64):
+    """Unit-norm keys ``[B, T, H, K]`` and β ∈ [0.6, 1] ``[B, T, H]``."""
+    g = _gen(seed)
+    k = F.normalize(torch.randn(B, T, H, K, generator=g, dtype=F64), dim=-1)
+    beta = torch.rand(B, T, H, generator=g, dtype=F64) * 0.4 + 0.6
+    return k.to(dtype), beta.to(dtype)
+
+
+def _ratio_rule_loop(k, beta, c, d_init):
+    """Spec §5 ratio rule, token by token (float64, no floor): ``d_{t+1} = d_t + c (1 − s_t) u_t / (β_t ‖u_t‖²)``
+    with ``s_t = β_t u_tᵀ d_t``, ``u_t = k_t ⊙ k_t``; row ``t`` of the result is ``d_t`` (before its update)."""
+    k, beta = k.to(F64), beta.to(F64)
+    B, T, H, K = k.shape
+    d = torch.broadcast_to(torch.as_tensor(d_init, dtype=F64), (B, H, K)).clone()
+    out = torch.empty(B, T, H, K, dtype=F64)
+    for t in range(T):
+        out[:, t] = d
+        u = k[:, t] ** 2
+        s = beta[:, t] * (u * d).sum(-1)
+        d = d + (c * (1 - s) / (beta[:, t] * (u * u).sum(-1)))[..., None] * u
+    return out
+
+
+def _lens(C):
+    """Two sequences crossing a chunk boundary, with tail chunks (total length odd)."""
+    return [C + 5, C + 16]
+
+
+# ------------------------------------------------------------------------------------------ the scan kernel
+
+
+def _scan_inputs(seed, C, H=2, K=20):
+    lens = _lens(C)
+    N = sum(lens)
+    g = _gen(seed)
+    cu = torch.tensor([0, lens[0], N], dtype=torch.int32)
+    uhat = torch.rand(N, H, K, generator=g, dtype=F64)
+    w = 0.3 * torch.randn(N, H, K, generator=g, dtype=F64)
+    ut = torch.randn(N, H, drule._VPAD, generator=g, dtype=F64)
+    h0 = torch.randn(2, H, K, generator=g, dtype=F64)  # negative entries: the floor binds
+    return uhat, w, ut, h0, cu
+
+
+def _run_scan_kernel(uhat, w, ut, h0, cu, C, d_min):
+    N, H, K = uhat.shape
+    d = torch.empty(N, H, K, dtype=F64)
+    drule._d_scan_kernel[((cu.numel() - 1) * H,)](
+        uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=F64), H, K,
+        C=C, BK=32, VP=ut.shape[-1], ACC=stages.acc_dtype(F64), num_warps=1,
+    )  # fmt: skip
+    return d
+
+
+def _scan_ref_no_carry(uhat, w, ut, h0, cu_seqlens, C, d_min):
+    """A wrong twin for the negative control: every chunk starts again from ``h0``."""
+    d = torch.zeros_like(uhat)
+    cu = cu_seqlens.tolist()
+    for s in range(len(cu) - 1):
+        for t0 in range(cu[s], cu[s + 1], C):
+            t1 = min(t0 + C, cu[s + 1])
+            U = ut[t0:t1, :, 0] - (w[t0:t1] * h0[s]).sum(-1)
+            inc = U[..., None] * uhat[t0:t1]
+            d[t0:t1] = h0[s] + torch.cumsum(inc, 0) - inc
+    return d.clamp_min(d_min)
+
+
+@pytest.mark.parametrize("C", CHUNKS)
+def test_d_scan_kernel_matches_twin(C):
+    """``_d_scan_kernel`` against ``reference.d_scan_ref`` (two sequences, tail chunks, K = 20 padded to 32),
+    with negative controls: a twin without the floor and a twin that does not carry ``h`` across chunks
+    both miss by orders of magnitude (the floor binds on some entries, every sequence has two chunks)."""
+    d_min = 0.1
+    uhat, w, ut, h0, cu = _scan_inputs(10 + C, C)
+    d = _run_scan_kernel(uhat, w, ut, h0, cu, C, d_min)
+    ref = reference.d_scan_ref(uhat, w, ut, h0, cu, C, d_min)
+    assert rel_err(d, ref) <= KERNEL_INTERP_FLOAT64
+    assert bool((ref == d_min).any()) and bool((ref > d_min).any())  # the floor binds, not everywhere
+    unfloored = reference.d_scan_ref(uhat, w, ut, h0, cu, C, -float("inf"))
+    assert rel_err(d, unfloored) >= NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64
+    no_carry = _scan_ref_no_carry(uhat, w, ut, h0, cu, C, d_min)
+    assert rel_err(d, no_carry) >= NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64
+
+
+def test_d_scan_kernel_reads_d_min_from_memory():
+    """A float64 floor that is not an fp32 number comes out exact (a float argument would be rounded)."""
+    d_min = 0.1 + 1e-12
+    assert float(torch.tensor(d_min, dtype=torch.float32)) != d_min
+    uhat, w, ut, h0, cu = _scan_inputs(20, 16)
+    d = _run_scan_kernel(uhat, w, ut, h0, cu, 16, d_min)
+    floored = d[reference.d_scan_ref(uhat, w, ut, h0, cu, 16, -float("inf")) < d_min]
+    assert floored.numel() > 0 and bool((floored == d_min).all())
+
+
+# ------------------------------------------------------------------------------------------- d_ratio_scan
+
+
+@pytest.mark.parametrize("C", CHUNKS)
+def test_d_ratio_scan_matches_spec_loop(C):
+    """The whole scan (prep, solve, WY, scan kernel) against the spec's token loop, floored at read-out only;
+    the floor binds on some entries (``d_min`` above the smallest ``d_t``), so the floor-only-at-read-out
+    semantics is checked too."""
+    k, beta = _keys(30, B=2, T=2 * C + 9)
+    d0 = torch.exp(0.2 * torch.randn(2, 20, generator=_gen(31), dtype=F64))
+    ref = _ratio_rule_loop(k, beta, 0.3, d0)
+    d_min = float(ref.quantile(0.02))
+    got = d_ratio_scan(k, beta, c=0.3, d_init=d0, d_min=d_min, chunk_size=C)
+    assert rel_err(got, ref.clamp_min(d_min)) <= KERNEL_INTERP_FLOAT64
+    assert rel_err(got, ref) >= NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64  # the floor is not a no-op
+
+
+@pytest.mark.parametrize("C", CHUNKS)
+def test_d_rule_chunk_size_against_preconditioners_d_scan(C):
+    """``DRule(chunk_size=C).compute`` (given a different chunk size) against ``preconditioners.d_scan``
+    without a floor (inactive here: every ``d_t`` stays above ``d_min``)."""
+    from osdn_theory import preconditioners as pre
+
+    k, beta = _keys(32, B=1, T=C + 13)
+    ref = pre.d_scan(k, beta, rule="ratio", step=pre.NormalizedStep(0.3), d_init=1.0, positivity="none").d
+    assert float(ref.min()) > 1e-9
+    other = 64 if C != 64 else 16
+    got = DRule(c=0.3, d_init=1.0, d_min=1e-9, chunk_size=C).compute(k, beta, chunk_size=other)
+    assert rel_err(got, ref) <= KERNEL_INTERP_FLOAT64
+
+
+@pytest.mark.parametrize("C", CHUNKS)
+def test_d_ratio_scan_varlen_matches_separate_sequences(C):
+    """Two packed sequences (``cu_seqlens``, a ``d_init`` per sequence) give what each gives alone, and what the
+    token loop gives per sequence."""
+    lens = _lens(C)
+    k, beta = _keys(33, B=1, T=sum(lens))
+    d0 = torch.exp(0.2 * torch.randn(2, 2, 20, generator=_gen(34), dtype=F64))  # [N, H, K]
+    cu = torch.tensor([0, lens[0], sum(lens)], dtype=torch.int64)
+    got = d_ratio_scan(k, beta, c=0.5, d_init=d0, d_min=1e-9, cu_seqlens=cu, chunk_size=C)
+    for i in range(2):
+        a, b = int(cu[i]), int(cu[i + 1])
+        alone = d_ratio_scan(k[:, a:b], beta[:, a:b], c=0.5, d_init=d0[i], d_min=1e-9, chunk_size=C)
+        assert rel_err(got[:, a:b], alone) <= KERNEL_INTERP_FLOAT64
+        loop = _ratio_rule_loop(k[:, a:b], beta[:, a:b], 0.5, d0[i]).clamp_min(1e-9)
+        assert rel_err(got[:, a:b], loop) <= KERNEL_INTERP_FLOAT64
+    # negative control: one sequence of the packed length (h carried over the boundary) differs
+    joined = d_ratio_scan(k, beta, c=0.5, d_init=d0[0], d_min=1e-9, chunk_size=C)
+    assert rel_err(got, joined) >= NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64
+
+
+def test_d_ratio_scan_float32():
+    """float32 keys (fp32 accumulation) against the float64 token loop within the float32 tolerance."""
+    k, beta = _keys(35, B=1, T=45, dtype=torch.float32)
+    ref = _ratio_rule_loop(k, beta, 0.5, 1.0).clamp_min(1e-4)
+    got = d_ratio_scan(k, beta, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=16)
+    assert got.dtype == torch.float32
+    assert rel_err(got, ref) <= rtol(torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ DRule.chunk_size
+
+
+@pytest.mark.parametrize("bad", [8, 48, 128, "16", True])
+def test_drule_chunk_size_errors(bad):
+    with pytest.raises(ValueError, match=r"^chunk_size: expected .*got"):
+        DRule(chunk_size=bad)
+
+
+def test_drule_chunk_size_accepted():
+    """Control for the test above: None and the three chunk sizes are accepted."""
+    for cs in (None, 16, 32, 64):
+        assert DRule(chunk_size=cs).chunk_size == cs
+
+
+@pytest.mark.parametrize("rule_cs, call_cs, expected", [(16, 64, 16), (None, 32, 32), (64, 16, 64)])
+def test_drule_compute_uses_its_chunk_size(monkeypatch, rule_cs, call_cs, expected):
+    """``DRule.compute`` runs the scan with its own chunk size if set, else with the one it is given."""
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw["chunk_size"])
+        return d_ratio_scan(*args, **kw)
+
+    monkeypatch.setattr(drule, "d_ratio_scan", spy)
+    k, beta = _keys(36, T=9, K=4)
+    DRule(chunk_size=rule_cs).compute(k, beta, chunk_size=call_cs)
+    assert seen == [expected]
+
+
+def test_chunk_osdn_with_d_rule_of_other_chunk_size():
+    """``chunk_osdn(..., d_rule=DRule(chunk_size=16), chunk_size=64)`` against the float64 recurrence given the
+    ``d`` of the spec's token loop."""
+    g = _gen(37)
+    B, T, H, K, V = 1, 77, 2, 20, 8
+    k, beta = _keys(38, B=B, T=T, H=H, K=K)
+    q = torch.randn(B, T, H, K, generator=g, dtype=F64)
+    v = torch.randn(B, T, H, V, generator=g, dtype=F64)
+    rule = DRule(c=0.5, d_init=1.0, d_min=1e-9, chunk_size=16)
+    o, ht = chunk_osdn(q, k, v, beta, d_rule=rule, output_final_state=True, chunk_size=64)
+    d = _ratio_rule_loop(k, beta, 0.5, 1.0).clamp_min(1e-9)
+    o_ref, ht_ref = osdn_recurrent(q, k, v, beta, d, output_final_state=True)
+    assert rel_err(o, o_ref) <= KERNEL_INTERP_FLOAT64 and rel_err(ht, ht_ref) <= KERNEL_INTERP_FLOAT64
+    # negative control: DeltaNet (d ≡ 1) is far off
+    o_dn, _ = osdn_recurrent(q, k, v, beta, torch.ones_like(d), output_final_state=True)
+    assert rel_err(o_dn, o_ref) >= NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64
