@@ -341,13 +341,13 @@ def _wy_kernel(
         eg = tl.exp(tl.load(g + t, mask=rmask, other=0.0).to(ACC))
     for i_k in range(tl.cdiv(K, BK)):
         ok = i_k * BK + tl.arange(0, BK)
-        kk = _rows(k, t, rmask, K, ok, K, ACC)
+        kk = _rows(k, t, rmask, K, ok, K, DT)  # dot operands stay in the input dtype
         if GATED:
-            kk = kk * eg[:, None]
+            kk = kk.to(ACC) * eg[:, None]
         _store_rows(w_out, _mm(Tm, kk, DT, ACC, IEEE), t, rmask, K, ok, K)
     for i_v in range(tl.cdiv(V, BV)):
         ov = i_v * BV + tl.arange(0, BV)
-        vv = _rows(v, t, rmask, V, ov, V, ACC)
+        vv = _rows(v, t, rmask, V, ov, V, DT)
         _store_rows(u_out, _mm(Tm, vv, DT, ACC, IEEE), t, rmask, V, ov, V)
 
 
@@ -477,8 +477,8 @@ def _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K,
     ok = tl.arange(0, BK)
     rmask = oc < nv
     t = (t0 + oc) * H + i_h
-    qq = _rows(q, t, rmask, K, ok, K, ACC)
-    ktc = _rows(kt, t, rmask, K, ok, K, ACC)
+    qq = _rows(q, t, rmask, K, ok, K, DT)  # dot operands stay in the input dtype
+    ktc = _rows(kt, t, rmask, K, ok, K, DT)
     P = _mm(qq, tl.trans(ktc), DT, ACC, IEEE)
     if GATED:
         gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
@@ -501,10 +501,10 @@ def _output_kernel(
     ov = i_v * BV + tl.arange(0, BV)
     t, rmask, ok, qq, P, gg = _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K, C, BK, GATED, ACC, IEEE)
     if GATED:
-        qq = qq * tl.exp(gg)[:, None]
+        qq = (qq.to(ACC) * tl.exp(gg)[:, None]).to(DT)
     kv = (ok[:, None] < K) & (ov[None, :] < V)
     M = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + ok[:, None] * V + ov[None, :], mask=kv, other=0.0)
-    U = _rows(vnew, t, rmask, V, ov, V, ACC)
+    U = _rows(vnew, t, rmask, V, ov, V, DT)
     O = scale * (_mm(qq, M, DT, ACC, IEEE) + _mm(P, U, DT, ACC, IEEE))
     _store_rows(o, O, t, rmask, V, ov, V)
 
@@ -539,7 +539,7 @@ def _dv_local_kernel(
     DT: tl.constexpr = q.dtype.element_ty
     ov = i_v * BV + tl.arange(0, BV)
     t, rmask, ok, qq, P, gg = _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K, C, BK, GATED, ACC, IEEE)
-    dO = _rows(do, t, rmask, V, ov, V, ACC)
+    dO = _rows(do, t, rmask, V, ov, V, DT)
     _store_rows(dv_out, scale * _mm(tl.trans(P), dO, DT, ACC, IEEE), t, rmask, V, ov, V)
 
 
@@ -586,16 +586,18 @@ def _dh_kernel(
         rmask = oc < nv
         t = (bos + n * C + oc) * H + i_h
         tl.store(dh_out + ((boc + n) * H + i_h) * K * V + kvoff, dM.to(dh_out.dtype.element_ty), mask=kv)
-        qq = _rows(q, t, rmask, K, ok, K, ACC)
-        ktc = _rows(kt, t, rmask, K, ok, K, ACC)
-        W = _rows(w, t, rmask, K, ok, K, ACC)
-        dO = _rows(do, t, rmask, V, ov, V, ACC)
+        # dot operands in the input dtype (no fp32 round trip); the gate scales rows of fp32 values
+        qq = _rows(q, t, rmask, K, ok, K, DT)
+        ktc = _rows(kt, t, rmask, K, ok, K, DT)
+        W = _rows(w, t, rmask, K, ok, K, DT)
+        dO = _rows(do, t, rmask, V, ov, V, DT)
+        KdM = _mm(ktc, dM, DT, ACC, IEEE)
         if GATED:
             gg = tl.load(g + t, mask=rmask, other=0.0).to(ACC)
             g_last = _last(gg, oc, nv)
-            ktc = ktc * tl.where(rmask, tl.exp(g_last - gg), 0.0)[:, None]
-            qq = qq * tl.exp(gg)[:, None]
-        dU = _rows(dvl, t, rmask, V, ov, V, ACC) + _mm(ktc, dM, DT, ACC, IEEE)
+            KdM = KdM * tl.where(rmask, tl.exp(g_last - gg), 0.0)[:, None]
+            qq = (qq.to(ACC) * tl.exp(gg)[:, None]).to(DT)
+        dU = _rows(dvl, t, rmask, V, ov, V, ACC) + KdM
         _store_rows(du_out, dU, t, rmask, V, ov, V)
         if GATED:
             dM = dM * tl.exp(g_last)
