@@ -111,33 +111,6 @@ def test_stages_match_torch_twins(case):
     assert rel_err(o, o_ref) < EXACT_FLOAT64
 
 
-def test_d_readout_matches_torch_twin():
-    """The d rule's read-out kernel against its twin ``reference.d_readout_ref`` (two sequences, a tail chunk,
-    the floor active on some entries), plus a negative control: without the floor the twin differs. (With
-    ``d_min`` passed as a float argument the floored entries came out rounded to fp32: off by 8e-10.)"""
-    from osdn_theory.kernels import drule
-
-    C, H, K, VP = 16, 2, 20, drule._VPAD
-    x = make_inputs(3, B=2, T=21, H=H, K=K)
-    _, _, (_, _, bounds, NC), _ = _packed(x, [], C)
-    g = torch.Generator().manual_seed(4)
-    N = x["k"].shape[0] * x["k"].shape[1]
-    u = torch.rand(N, H, K, generator=g, dtype=F64)
-    vnew = torch.randn(N, H, VP, generator=g, dtype=F64)
-    h = torch.randn(NC, H, K, VP, generator=g, dtype=F64)
-    d = torch.empty(N, H, K, dtype=F64)
-    d_min = 0.1
-    drule._d_readout_kernel[(NC, H)](
-        u, vnew, h, d, bounds, torch.full((1,), d_min, dtype=F64), H, K,
-        C=C, BK=32, VP=VP, ACC=stages.acc_dtype(F64), num_warps=1,
-    )  # fmt: skip
-    ref = reference.d_readout_ref(u, vnew, h, bounds, C, d_min)
-    assert rel_err(d, ref) < EXACT_FLOAT64
-    assert bool((ref == d_min).any())  # the floor is exercised
-    unfloored = reference.d_readout_ref(u, vnew, h, bounds, C, -float("inf"))
-    assert rel_err(d, unfloored) > NEG_CONTROL_SEPARATION * EXACT_FLOAT64
-
-
 @pytest.mark.parametrize("dropped", ["d", "alpha"])
 def test_stage_negative_control(dropped):
     """Negative control for the stage test: stage 1's write key and ``A⁻¹`` miss the same bound by orders of

@@ -62,31 +62,6 @@ _SCAN_WARPS = {16: 2, 32: 4, 64: 8}
 
 
 @triton.jit
-def _d_readout_kernel(
-    u, vnew, h, d_out, bounds, d_min_ptr,
-    H, K,
-    C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    """Read-out of the former two-launch scan (``d_r = h_n + Σ_{i<r} U_i û_i`` from the chunk states ``h`` of
-    :func:`stages.state_pass`); no longer used by :func:`d_ratio_scan`, which runs :func:`_d_scan_kernel`."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
-    oc = tl.arange(0, C)
-    ok = tl.arange(0, BK)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
-    m = rmask[:, None] & (ok[None, :] < K)
-    uu = tl.load(u + t[:, None] * K + ok[None, :], mask=m, other=0.0).to(ACC)
-    U0 = tl.load(vnew + t * VP, mask=rmask, other=0.0).to(ACC)
-    h0 = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * VP + ok * VP, mask=ok < K, other=0.0).to(ACC)
-    inc = U0[:, None] * uu
-    D = h0[None, :] + tl.cumsum(inc, 0) - inc
-    d_min = tl.load(d_min_ptr).to(ACC)  # from memory: a float argument would arrive rounded to fp32
-    tl.store(d_out + t[:, None] * K + ok[None, :], tl.maximum(D, d_min).to(d_out.dtype.element_ty), mask=m)
-
-
-@triton.jit
 def _d_scan_tiles(uhat, w, ut, bos, Tn, n, i_h, H, K, C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr):
     """Rows of chunk ``n`` of a sequence (zero past its end): ``W``, ``û`` and ``Ũ₀``, in the stored dtype
     (not converted here, so that the loads of the next chunk stay in flight while this one is computed)."""
@@ -260,15 +235,17 @@ class DRule:
         d_init: ``d_1``; a positive scalar or a tensor of shape ``[K]``, ``[H, K]`` or ``[N, H, K]``.
             Default 1.0.
         d_min: read-out floor ``d_t ← max(d_t, d_min)`` keeping ``d > 0``; default 1e-4.
-        chunk_size: chunk size of the d scan, one of 16, 32, 64; ``None`` (default): the chunk size given to
-            :func:`chunk_osdn` / :meth:`compute`. The scan's chunk size changes only its speed and round-off.
+        chunk_size: chunk size of the d scan, one of 16, 32, 64, or ``None`` (the chunk size given to
+            :func:`chunk_osdn` / :meth:`compute`). Default 32: the whole scan took 0.436 ms at 32 against 0.483 at
+            64 and 0.486 at 16 on an H200 (bf16, B=4, T=4096, H=16, K=128). The scan's chunk size changes only
+            its speed and round-off.
     """
 
     rule: str = "ratio"
     c: float = 0.5
     d_init: float | torch.Tensor = 1.0
     d_min: float = 1e-4
-    chunk_size: int | None = None
+    chunk_size: int | None = 32
 
     def __post_init__(self):
         check_choice("rule", self.rule, ["ratio"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gram_solve_ref", "wy_factors_ref", "state_pass_ref", "output_ref", "d_readout_ref", "d_scan_ref"]
+__all__ = ["gram_solve_ref", "wy_factors_ref", "state_pass_ref", "output_ref", "d_scan_ref"]
 
 
 def _chunks(bounds: torch.Tensor, C: int):
@@ -98,15 +98,6 @@ def output_ref(q, kt, vnew, h, g, bounds, scale, C):
             qc = qc * torch.exp(gc)[..., None]
         o[t0:t1] = (scale * (qc @ h[i] + P @ U)).transpose(0, 1)
     return o
-
-
-def d_readout_ref(u, vnew, h, bounds, C, d_min):
-    """Twin of the d-rule read-out: ``d_r = max(h_n + Σ_{i<r} U_i u_i, d_min)`` within each chunk."""
-    d = torch.zeros_like(u)
-    for i, t0, t1 in _chunks(bounds, C):
-        inc = vnew[t0:t1, :, :1] * u[t0:t1]  # [n, H, K]
-        d[t0:t1] = h[i][None, :, :, 0] + torch.cumsum(inc, 0) - inc
-    return d.clamp_min(d_min)
 
 
 def d_scan_ref(uhat, w, ut, h0, cu_seqlens, C, d_min):

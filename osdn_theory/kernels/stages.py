@@ -71,14 +71,26 @@ def _stages(dtype: torch.dtype) -> int:
 
 
 def _bv(V: int, progs: int, gpu: bool | None = None) -> int:
-    """Block over the value dimension: 64 normally; on a GPU smaller when few programs would run in parallel.
+    """V block of the sequential passes (state, dh): 64, halved on a GPU while fewer than 128 programs would run.
+
+    Measured on an H200 (bf16, ``benchmarks/tune_kernels.py``, runs 7–8): the fastest state pass had 128
+    programs at all three shapes timed — V block 64 with 64 sequence·heads at K = V = 128 (0.111 ms; 32: 0.143),
+    16 with 16 sequence·heads (0.201 ms; 32: 0.276), 64 with 128 sequence·heads at K = V = 64 (0.052 ms).
     ``gpu`` (default: not under the interpreter) picks the rule, so the tests can run the GPU choice too."""
     bv = min(64, triton.next_power_of_2(V))
     if not (not INTERPRET if gpu is None else gpu):
         return max(16, bv)
-    while bv > 16 and progs * triton.cdiv(V, bv) < 256:
+    while bv > 16 and progs * triton.cdiv(V, bv) < 128:
         bv //= 2
     return max(16, bv)
+
+
+def _pass_stages(dtype: torch.dtype, bv: int) -> int:
+    """Software-pipelining depth of the sequential passes: one for fp32/fp64 (shared memory); for 16-bit
+    inputs 3, or 4 with V blocks of at most 32 (measured best in the same runs)."""
+    if dtype in (torch.float32, torch.float64):
+        return 1
+    return 4 if bv <= 32 else 3
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -298,7 +310,7 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
     c = torch.empty(N, H, device=k.device, dtype=f) if s_max is not None else None
     g = torch.empty(N, H, device=k.device, dtype=f) if log_alpha is not None else None
     ai = torch.empty(N, H, C, device=k.device, dtype=f) if solve else kt
-    # Measured on an H200 (bf16, K = 128; benchmarks/tune_kernels.py): 2 warps 0.190 ms, 4 warps 0.240, 8 warps
+    # Measured on an H200 (bf16, K = 128; benchmarks/tune_kernels.py, run 6): 2 warps 0.190 ms, 4 warps 0.240, 8 warps
     # 0.399; tf32 or tf32x3 dots spill and are no faster. The Newton step (2 of the 8 dots of each diagonal
     # block) is kept for fp32/fp64 inputs, where it brings the inverse to substitution accuracy; for 16-bit
     # inputs its effect on the output is far below their rounding (end-to-end error vs float64 0.00734 with
@@ -449,7 +461,8 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
     vnew = torch.empty(N, H, V, device=kt.device, dtype=dt)
     ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
     BK = max(16, triton.next_power_of_2(K))
-    cfg = _cfg("state", BV=_bv(V, S * H), num_stages=_stages(kt.dtype), num_warps=4, KSPLIT=False)
+    bv = _bv(V, S * H)
+    cfg = _cfg("state", BV=bv, num_stages=_pass_stages(kt.dtype, bv), num_warps=4, KSPLIT=False)
     if BK < 32:
         cfg["KSPLIT"] = False  # halves below 16 rows are not a dot shape
     _c = _state_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
@@ -548,7 +561,8 @@ def dv_local(q, kt, g, do, bounds, scale, C, inter_dtype=None):
     N, H, K = q.shape
     V = do.shape[-1]
     dv = torch.empty(N, H, V, device=q.device, dtype=inter_dtype or q.dtype)
-    cfg = _cfg("dv_local", BV=min(64, max(16, triton.next_power_of_2(V))), num_warps=4)
+    # V block up to 128 (H200, K = V = 128: 0.073 ms against 0.085 at 64)
+    cfg = _cfg("dv_local", BV=min(128, max(16, triton.next_power_of_2(V))), num_warps=4)
     _c = _dv_local_kernel[(triton.cdiv(V, cfg["BV"]), bounds.shape[0], H)](
         q, kt, g if g is not None else q, do, dv, bounds, float(scale), H, K, V,
         C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None,
@@ -617,7 +631,9 @@ def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, 
     dh = torch.empty(NC, H, K, V, device=q.device, dtype=dt)
     du = torch.empty(N, H, V, device=q.device, dtype=dt)
     dh0 = torch.empty(S, H, K, V, device=q.device, dtype=f) if need_dh0 else None
-    cfg = _cfg("dh", BV=_bv(V, S * H), num_stages=_stages(q.dtype), num_warps=4 if K <= 64 else 8)
+    # H200, K = V = 128, 64 sequence·heads: V block 64 with 8 warps and 3 stages 0.254 ms (32, 2 stages: 0.390)
+    bv = _bv(V, S * H)
+    cfg = _cfg("dh", BV=bv, num_stages=min(3, _pass_stages(q.dtype, bv)), num_warps=4 if K <= 64 else 8)
     _c = _dh_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         q, kt, w, g if g is not None else q, do, dvl, dht if dht is not None else dh, dh, du,
         dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,
@@ -821,11 +837,11 @@ def _bwd_wy_kernel(
 
 
 def _bk_wy(K: int, gpu: bool | None = None) -> int:
-    """K block of :func:`bwd_wy`: all of K in one block on a GPU (measured on an H200 at K = 128: 0.483 ms
-    against 0.533 ms with two blocks of 64, at 255 vs 234 registers, so the split did not pay); 16 under the
-    interpreter, so that the tests run the multi-block loops. ``gpu`` (default: not under the interpreter)
-    picks the rule, so the tests can run the GPU choice too."""
-    return max(16, triton.next_power_of_2(K)) if (not INTERPRET if gpu is None else gpu) else 16
+    """K block of :func:`bwd_wy`: on a GPU at most 64 (H200, K = 128, bf16, run 8: two blocks of 64 with 4 warps
+    0.393 ms against 0.476 ms for one block of 128 with 8 warps; run 5 had timed two blocks at 8 warps only,
+    0.533 ms); 16 under the interpreter, so that the tests run the multi-block loops. ``gpu`` (default: not
+    under the interpreter) picks the rule, so the tests can run the GPU choice too."""
+    return min(64, max(16, triton.next_power_of_2(K))) if (not INTERPRET if gpu is None else gpu) else 16
 
 
 def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
@@ -844,7 +860,7 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
         BK=_bk_wy(K),
         BV=min(64, max(16, triton.next_power_of_2(V))),
         num_stages=_stages(k.dtype),
-        num_warps=4 if K <= 64 else 8,
+        num_warps=4,
     )
     _c = _bwd_wy_kernel[(bounds.shape[0], H)](
         k, d if d is not None else k, c if c is not None else db, kt, v, beta, g if g is not None else db, ai,
