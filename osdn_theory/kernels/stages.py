@@ -85,12 +85,17 @@ def _bv(V: int, progs: int, gpu: bool | None = None) -> int:
     return max(16, bv)
 
 
-def _pass_stages(dtype: torch.dtype, bv: int) -> int:
+#: Shared memory the pipelined loads of one sequential pass may take (an H100/H200 has 227 KiB per block).
+_PIPE_BYTES = 192 * 1024
+
+
+def _pass_stages(dtype: torch.dtype, bv: int, stage_bytes: int) -> int:
     """Software-pipelining depth of the sequential passes: one for fp32/fp64 (shared memory); for 16-bit
-    inputs 3, or 4 with V blocks of at most 32 (measured best in the same runs)."""
+    inputs 3, or 4 with V blocks of at most 32 (measured best in the same runs), and never more stages of
+    ``stage_bytes`` each than fit in :data:`_PIPE_BYTES` (at K = 256, 4 stages of the state pass needed 280 KB)."""
     if dtype in (torch.float32, torch.float64):
         return 1
-    return 4 if bv <= 32 else 3
+    return max(1, min(4 if bv <= 32 else 3, _PIPE_BYTES // stage_bytes))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -462,7 +467,9 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
     ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
     BK = max(16, triton.next_power_of_2(K))
     bv = _bv(V, S * H)
-    cfg = _cfg("state", BV=bv, num_stages=_pass_stages(kt.dtype, bv), num_warps=4, KSPLIT=False)
+    es = kt.element_size()
+    nst = _pass_stages(kt.dtype, bv, C * (2 * BK + bv) * es)  # per chunk: rows of W and k̃, a block of Ũ
+    cfg = _cfg("state", BV=bv, num_stages=nst, num_warps=4, KSPLIT=False)
     if BK < 32:
         cfg["KSPLIT"] = False  # halves below 16 rows are not a dot shape
     _c = _state_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
@@ -633,11 +640,13 @@ def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, 
     dh0 = torch.empty(S, H, K, V, device=q.device, dtype=f) if need_dh0 else None
     # H200, K = V = 128, 64 sequence·heads: V block 64 with 8 warps and 3 stages 0.254 ms (32, 2 stages: 0.390)
     bv = _bv(V, S * H)
-    cfg = _cfg("dh", BV=bv, num_stages=min(3, _pass_stages(q.dtype, bv)), num_warps=4 if K <= 64 else 8)
+    BK = max(16, triton.next_power_of_2(K))
+    nst = min(3, _pass_stages(q.dtype, bv, C * (3 * BK + 2 * bv) * q.element_size()))  # q, k̃, W; dO, dv
+    cfg = _cfg("dh", BV=bv, num_stages=nst, num_warps=4 if K <= 64 else 8)
     _c = _dh_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         q, kt, w, g if g is not None else q, do, dvl, dht if dht is not None else dh, dh, du,
         dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None, USE_DHT=dht is not None,
+        C=C, BK=BK, GATED=g is not None, USE_DHT=dht is not None,
         STORE_DH0=need_dh0, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, **cfg,
     )  # fmt: skip
     _record("dh", _c)
