@@ -9,7 +9,7 @@ kernels for the shape's ``H, K, V``), so the timings never include compilation o
 shape the JSON and markdown files are rewritten (a run cut short keeps the shapes it finished) and a table
 of times and ratios to fla ``chunk_delta_rule`` is printed.
 
-    python benchmarks/bench_kernels.py --out benchmarks/results/kernels_<card>.json [--stages]
+    python -m benchmarks.bench_kernels [--out results/kernels.json] [--stages] [--shapes "4,4096,16,128"]
 """
 
 from __future__ import annotations
@@ -217,6 +217,14 @@ def _versions():
     }
 
 
+def default_out(stem, meta):
+    """``benchmarks/results/<stem>_<card>_<UTC date and time>.json`` (the card's name in lower case, ``_`` for
+    anything but letters and digits)."""
+    card = "".join(ch if ch.isalnum() else "_" for ch in meta["card"].lower()).strip("_")
+    stamp = meta["date_utc"].replace(" ", "_").replace(":", "")
+    return Path(__file__).parent / "results" / f"{stem}_{card}_{stamp}.json"
+
+
 def _markdown(meta, rows):
     lines = [
         f"Card: {meta['card']}; torch {meta['torch']}, triton {meta['triton']}, fla-core {meta['fla-core']}; "
@@ -262,7 +270,12 @@ def _markdown(meta, rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="results JSON path (markdown written beside it)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON path, markdown written beside it (default: results/kernels_<card>_<UTC date>.json)",
+    )
     ap.add_argument("--stages", action="store_true", help="also time each stage at the first shape")
     ap.add_argument("--shapes", type=str, default=None, help="e.g. '4,4096,16,128;8,2048,16,64'")
     ap.add_argument(
@@ -275,6 +288,8 @@ def main():
         raise SystemExit("bench_kernels: needs a CUDA device")
     shapes = SHAPES if a.shapes is None else [tuple(map(int, s.split(","))) for s in a.shapes.split(";")]
     meta = _versions()
+    if a.out is None:
+        a.out = default_out("kernels", meta)
     rows = []
 
     def write():

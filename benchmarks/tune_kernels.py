@@ -12,7 +12,7 @@ The results file (JSON, rewritten after every stage so that an interrupted run k
 a printed table are what the defaults in ``stages.py`` are chosen from; ``bench_kernels.py`` then measures
 the chosen defaults against fla.
 
-    python benchmarks/tune_kernels.py --out results/tune.json [--shapes '4,4096,16,128;8,2048,16,64']
+    python -m benchmarks.tune_kernels [--out results/tune.json] [--shapes "4,4096,16,128;8,2048,16,64"] [--dscan]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_kernels import _bench, _inputs, _versions
+from benchmarks.bench_kernels import _bench, _inputs, _versions, default_out
 
 SHAPES = [(4, 4096, 16, 128), (2, 16384, 8, 128), (8, 2048, 16, 64)]
 
@@ -69,7 +69,7 @@ class _Stages:
         self.q, self.k, self.v = (x[n].reshape(B * T, H, K) for n in ("q", "k", "v"))
         self.d, self.beta = x["d"].reshape(B * T, H, K), x["beta"].reshape(B * T, H)
         self.do = x["do"].reshape(B * T, H, K)
-        self.cu, self.offs, self.bounds, self.NC = _chunk_tables(None, B, T, C, "cuda")
+        self.cu, self.offs, self.bounds, self.NC = _chunk_tables(None, B, T, C, x["k"].device)
         self.refresh()
 
     def refresh(self):
@@ -287,7 +287,9 @@ def _summary(res):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default: results/tune_<card>_<UTC date>.json)"
+    )
     ap.add_argument("--shapes", type=str, default=None, help="e.g. '4,4096,16,128;8,2048,16,64'")
     ap.add_argument("--stages", type=str, default=",".join(VARIANTS), help="comma-separated stage names")
     ap.add_argument(
@@ -304,6 +306,8 @@ def main():
     shapes = SHAPES if a.shapes is None else [tuple(map(int, s.split(","))) for s in a.shapes.split(";")]
     names = [n for n in a.stages.split(",") if n]
     res = {"meta": _versions(), "shapes": {}, "precision": []}
+    if a.out is None:
+        a.out = default_out("tune", res["meta"])
 
     def write():
         a.out.parent.mkdir(parents=True, exist_ok=True)

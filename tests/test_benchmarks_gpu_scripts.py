@@ -1,0 +1,74 @@
+"""The GPU benchmark scripts on a machine without one: they refuse cleanly, name their results files, and
+the tuning sweep's machinery (every stage run under each launch override, outputs compared with the
+default's) works, here under the Triton interpreter on a tiny float64 problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import tune_kernels
+from benchmarks.bench_kernels import default_out
+from osdn_theory.kernels import stages
+
+pytestmark = pytest.mark.interpreter
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("module", ["benchmarks.bench_kernels", "benchmarks.tune_kernels"])
+def test_scripts_refuse_without_cuda(module):
+    r = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "needs a CUDA device" in r.stderr
+
+
+def test_default_results_path():
+    p = default_out("kernels", {"card": "NVIDIA H200", "date_utc": "2026-11-27 15:48"})
+    assert p.name == "kernels_nvidia_h200_2026-11-27_1548.json" and p.parent.name == "results"
+
+
+def test_sweep_runs_every_stage_under_overrides(monkeypatch):
+    """One variant per stage: the override reaches the launcher (the sweep restores the defaults after), and
+    a variant that changes only the launch configuration reproduces the default's outputs."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    B, T, H, D = 1, 40, 2, 32
+    x = dict(
+        q=r(B, T, H, D), k=F.normalize(r(B, T, H, D), dim=-1), v=r(B, T, H, D),
+        beta=torch.sigmoid(r(B, T, H)), d=torch.exp(0.3 * r(B, T, H, D)), do=r(B, T, H, D),
+    )  # fmt: skip
+    monkeypatch.setattr(tune_kernels, "_bench", lambda fn: (fn(), 0.0)[1])
+    variants = {
+        "gram_solve": [{"num_warps": 2, "PREC": "ieee", "NEWTON": False}],
+        "wy": [{"BK": 16, "BV": 16, "num_warps": 4}],
+        "state": [{"KSPLIT": True, "BV": 16, "num_warps": 4, "num_stages": 2}],
+        "output": [{"BV": 16, "num_warps": 4}],
+        "dv_local": [{"BV": 16, "num_warps": 4}],
+        "dh": [{"BV": 16, "num_warps": 4, "num_stages": 2}],
+        "bwd_dqk": [{"BV": 16, "num_warps": 4, "num_stages": 1}],
+        "bwd_wy": [{"BK": 32, "num_warps": 4, "num_stages": 1}],
+    }
+    monkeypatch.setattr(tune_kernels, "VARIANTS", variants)
+    used = []  # every launch configuration the launchers chose
+    cfg = stages._cfg
+    monkeypatch.setattr(
+        stages, "_cfg", lambda name, **kw: used.append((name, cfg(name, **kw))) or used[-1][1]
+    )
+    st = tune_kernels._Stages(x, C=16)
+    for name in variants:
+        used.clear()
+        rows = tune_kernels.sweep_stage(st, name)
+        assert [row["config"] for row in rows] == ["default", variants[name][0]], name
+        assert "error" not in rows[1] and rows[1]["rel_diff"] < 1e-12, (name, rows[1])
+        want = {
+            k: v for k, v in variants[name][0].items() if k != "num_warps"
+        }  # warps: 1 under the interpreter
+        assert any(n == name and want.items() <= c.items() for n, c in used), (name, used)
+        assert not all(want.items() <= c.items() for n, c in used if n == name), name  # the default ran too
+    assert stages.TUNE == {}
