@@ -29,6 +29,7 @@ from osdn_theory.tolerances import (
     rtol,
 )
 
+from .test_kernels_drule import _ratio_rule_loop
 from .test_kernels_gpu import CASES as GPU_CASES
 from .test_kernels_gpu import make as gpu_make
 from .test_kernels_gpu import osdn_chunkwise
@@ -281,9 +282,13 @@ def test_state_pass_key_split(case, K, monkeypatch):
     recurrence (the default path, without the split, is what every other test runs)."""
     monkeypatch.setitem(stages.TUNE, "state", {"KSPLIT": True})
     assert stages._cfg("state", KSPLIT=False)["KSPLIT"] is True  # the override reaches the launcher
-    names, kw = CASES[case]
-    x = make_inputs(31, T=37, H=2, K=K, V=24)
-    g = torch.Generator().manual_seed(32)
+    _check_forward_and_grads(CASES[case], make_inputs(31, T=37, H=2, K=K, V=24), seed=32)
+
+
+def _check_forward_and_grads(case, x, seed):
+    """Forward, final state and every gradient of ``chunk_osdn`` (chunk 16) against the float64 recurrence."""
+    names, kw = case
+    g = torch.Generator().manual_seed(seed)
     do = torch.randn(x["v"].shape, generator=g, dtype=F64)
     dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
     got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16)
@@ -305,18 +310,7 @@ def test_gpu_block_choices_under_the_interpreter(case, monkeypatch):
     monkeypatch.setattr(stages, "_bv", functools.partial(stages._bv, gpu=True))
     monkeypatch.setattr(stages, "_bk_wy", functools.partial(stages._bk_wy, gpu=True))
     assert (stages._bv(24, 1), stages._bk_wy(20)) == (16, 32)  # the GPU's choices, now in effect
-    names, kw = CASES[case]
-    x = make_inputs(22, T=37, H=1, K=20, V=24)
-    g = torch.Generator().manual_seed(23)
-    do = torch.randn(x["v"].shape, generator=g, dtype=F64)
-    dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
-    got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16)
-    ref = _grads(osdn_recurrent, x, names, kw, do, dht)
-    o, ht = chunk_osdn(**_pick(x, names), **kw, output_final_state=True, chunk_size=16)
-    o_ref, ht_ref = osdn_recurrent(**_pick(x, names), **kw, output_final_state=True)
-    assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64 and rel_err(ht, ht_ref) < KERNEL_INTERP_FLOAT64
-    for n in got:
-        assert rel_err(got[n], ref[n]) < KERNEL_INTERP_FLOAT64, n
+    _check_forward_and_grads(CASES[case], make_inputs(22, T=37, H=1, K=20, V=24), seed=23)
 
 
 def test_gradcheck_tiny():
@@ -368,19 +362,6 @@ def test_varlen_matches_separate_sequences():
 
 
 # ------------------------------------------------------------------------------------------------- d rule
-
-
-def _ratio_rule_loop(k, beta, c, d_init):
-    """Spec §5 ratio rule, token by token: d_{t+1} = d_t + c (1 − s_t) u_t / (β_t ‖u_t‖²), s_t = β_t u_tᵀ d_t."""
-    B, T, H, K = k.shape
-    d = torch.broadcast_to(d_init, (B, H, K)).clone()
-    out = torch.empty(B, T, H, K, dtype=k.dtype)
-    for t in range(T):
-        out[:, t] = d
-        u = k[:, t] ** 2
-        s = beta[:, t] * (u * d).sum(-1)
-        d = d + (c * (1 - s) / (beta[:, t] * (u * u).sum(-1)))[..., None] * u
-    return out
 
 
 def test_d_ratio_scan_matches_spec_loop():
