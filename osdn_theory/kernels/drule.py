@@ -27,10 +27,11 @@ The scan runs in four launches:
    replaces ran as two launches and wrote every chunk's state to memory.
 
 The chunk size of the scan (:attr:`DRule.chunk_size`) may differ from that of :func:`chunk_osdn`.
-Measured on an H200 (B=4, T=4096, H=16, K=128; whole :func:`d_ratio_scan`, ms, C = 16/32/64): bf16
-0.49/0.44/0.48 against 0.51/0.42/0.42 for the former state pass + read-out (both without the host
-synchronisation that a host-to-device copy of ``d_init`` used to cause: 0.66/0.53/0.50 with it); fp32
-1.01/0.98/4.4 against 1.56/1.45/7.8. The scan kernel alone takes 0.29/0.23/0.23 ms (bf16); the rest is
+Measured on an H200 (B=4, T=4096, H=16, K=128, bf16; whole :func:`d_ratio_scan`, ms, C = 16/32/64):
+0.486/0.436/0.486 (``benchmarks/results/tune_h200_2026-11-27_run8b.json``). Timed separately while the
+design was chosen (not kept in a results file): the former state pass + read-out 0.51/0.42/0.42 once the
+host synchronisation caused by a host-to-device copy of ``d_init`` was removed from both (0.66/0.53/0.50
+with it); fp32 1.01/0.98/4.4 against 1.56/1.45/7.8; the scan kernel alone 0.29/0.23/0.23 ms, the rest is
 stages 1–3, of which :func:`stages.gram_solve` is the largest.
 Positivity: ``d`` is floored at read-out only, ``max(d_t, d_min)``; the carried state is not floored, which
 keeps the scan affine (spec §5).
@@ -56,8 +57,9 @@ __all__ = ["DRule", "d_ratio_scan"]
 _VPAD = 16
 
 #: Warps of the scan kernel by chunk size (one program per sequence and head, so few programs run at once).
-#: Measured on an H200 at B=4, T=4096, H=16, K=128, bf16 (kernel alone, ms, warps 2/4/8): C=16: 0.29/0.34/0.56;
-#: C=32: 0.51/0.23/0.32; C=64: 6.2/0.37/0.23 (at C=64 four warps spill, two spill heavily; so do fp32 tiles).
+#: H200, B=4, T=4096, H=16, K=128, bf16, whole d_ratio_scan in ms for warps 2/4/8 (tune run 8b, results
+#: file above): C=16: 0.486/0.527/0.753; C=32: 0.725/0.436/0.526; C=64: 6.47/0.623/0.486 (at C=64 fewer
+#: warps spill).
 _SCAN_WARPS = {16: 2, 32: 4, 64: 8}
 
 
@@ -89,7 +91,8 @@ def _d_scan_kernel(
 
     The tiles of chunk ``n + 1`` are loaded before chunk ``n`` is computed (by hand: Triton's pipeliner left
     these loads alone). On an H200 (B=4, T=4096, H=16, K=128, bf16) this took the kernel from 0.315 to 0.223 ms
-    at C = 32 with 4 warps, and from 0.263 to 0.232 ms at C = 64 with 8 warps."""
+    at C = 32 with 4 warps, and from 0.263 to 0.232 ms at C = 64 with 8 warps (timed while the design was
+    chosen; not kept in a results file)."""
     i_nh = tl.program_id(0)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
