@@ -112,6 +112,115 @@ def test_stages_match_torch_twins(case):
     assert rel_err(o, o_ref) < EXACT_FLOAT64
 
 
+def _backward_stage_inputs(case, seed=3):
+    """Forward intermediates (from the twins) and random output gradients for the backward stage tests."""
+    names, kw = case
+    C = 16
+    x = make_inputs(seed, B=2, T=21)
+    flat, d, (cu, offs, bounds, NC), (B, T, H, K, V) = _packed(x, names, C)
+    s_max = kw.get("s_max")
+    kt, c, g, ai = reference.gram_solve_ref(flat["k"], d, flat["beta"], flat["la"], bounds, s_max, C)
+    if s_max is not None:
+        assert bool((c < 1).any()) and bool((c == 1).any())  # the clip binds on some tokens, not all
+    w, u = reference.wy_factors_ref(flat["k"], flat["v"], flat["beta"], g, ai, bounds, C)
+    h0 = x["initial_state"] if "initial_state" in names else None
+    h, vnew, _ = reference.state_pass_ref(kt, w, u, g, h0, cu, C)
+    gen = torch.Generator().manual_seed(seed + 1)
+    do = torch.randn(B * T, H, V, generator=gen, dtype=F64)
+    dht = torch.randn(B, H, K, V, generator=gen, dtype=F64)
+    return dict(flat=flat, d=d, c=c, g=g, kt=kt, ai=ai, w=w, h=h, vnew=vnew, h0=h0, do=do, dht=dht,
+                cu=cu, offs=offs, bounds=bounds, NC=NC, C=C)  # fmt: skip
+
+
+BACKWARD_CASES = {
+    "d-clip": CASES["d-clip"],
+    "gated-d-h0": CASES["gated-d-h0"],
+    "gated-clip-nod": CASES["gated-clip-nod"],
+    "gated-d-clip-h0": (["d", "alpha", "initial_state"], {"s_max": 0.5}),
+}
+
+
+@pytest.mark.parametrize("case", list(BACKWARD_CASES))
+def test_backward_stages_match_torch_twins(case):
+    """Each backward stage (b1 ``dv_local``, b2 ``dh_pass``, b3 ``bwd_dqk``, b4 ``bwd_wy``) alone against its
+    plain-torch twin in ``reference``, every stage fed the twins' results of the stages before it."""
+    a = _backward_stage_inputs(BACKWARD_CASES[case])
+    f, C, sc = a["flat"], a["C"], 0.3
+    dvl = stages.dv_local(f["q"], a["kt"], a["g"], a["do"], a["bounds"], sc, C)
+    dvl_ref = reference.dv_local_ref(f["q"], a["kt"], a["g"], a["do"], a["bounds"], sc, C)
+    assert rel_err(dvl, dvl_ref) < EXACT_FLOAT64
+    got = stages.dh_pass(f["q"], a["kt"], a["w"], a["g"], a["do"], dvl_ref, a["dht"], a["cu"], a["offs"], a["NC"],
+                         sc, C, True)  # fmt: skip
+    ref = reference.dh_pass_ref(f["q"], a["kt"], a["w"], a["g"], a["do"], dvl_ref, a["dht"], a["cu"], sc, C)
+    for x, y in zip(got, ref, strict=True):
+        assert rel_err(x, y) < EXACT_FLOAT64
+    dh, du, _ = ref
+    args = (f["q"], a["kt"], a["g"], a["vnew"], a["h"], a["do"], dh, du, a["bounds"], sc, C)
+    got, ref = stages.bwd_dqk(*args), reference.bwd_dqk_ref(*args)
+    for x, y in zip(got, ref, strict=True):
+        assert (x is None) == (y is None) and (x is None or rel_err(x, y) < EXACT_FLOAT64)
+    _, dkt, dw, dg = ref
+    args = (
+        f["k"],
+        a["d"],
+        a["c"],
+        a["kt"],
+        f["v"],
+        f["beta"],
+        a["g"],
+        a["ai"],
+        dw,
+        du,
+        dkt,
+        dg,
+        a["bounds"],
+        C,
+    )
+    got, ref = stages.bwd_wy(*args), reference.bwd_wy_ref(*args)
+    for x, y in zip(got, ref, strict=True):
+        assert (x is None) == (y is None) and (x is None or rel_err(x, y) < EXACT_FLOAT64)
+
+
+@pytest.mark.parametrize("dropped", ["clip", "gate"])
+def test_backward_stage_negative_control(dropped):
+    """The backward twins can fail: ``bwd_wy``'s ``dk`` and ``dβ`` (clip) or ``d log α`` and ``dq`` (gate) miss
+    the bound against twins that leave out the clip's chain rule or the decay."""
+    a = _backward_stage_inputs(BACKWARD_CASES["gated-d-clip-h0"])
+    f, C, sc = a["flat"], a["C"], 0.3
+    dvl = reference.dv_local_ref(f["q"], a["kt"], a["g"], a["do"], a["bounds"], sc, C)
+    dh, du, _ = reference.dh_pass_ref(f["q"], a["kt"], a["w"], a["g"], a["do"], dvl, a["dht"], a["cu"], sc, C)
+    dqk = (f["q"], a["kt"], a["g"], a["vnew"], a["h"], a["do"], dh, du, a["bounds"], sc, C)
+    dq, dkt, dw, dg = reference.bwd_dqk_ref(*dqk)
+    wy = [
+        f["k"],
+        a["d"],
+        a["c"],
+        a["kt"],
+        f["v"],
+        f["beta"],
+        a["g"],
+        a["ai"],
+        dw,
+        du,
+        dkt,
+        dg,
+        a["bounds"],
+        C,
+    ]
+    got = stages.bwd_wy(*wy)
+    sep = NEG_CONTROL_SEPARATION * EXACT_FLOAT64
+    if dropped == "clip":
+        wy[2] = None
+        wrong = reference.bwd_wy_ref(*wy)
+        assert rel_err(got[0], wrong[0]) > sep and rel_err(got[3], wrong[3]) > sep
+    else:
+        wrong_dq = reference.bwd_dqk_ref(*dqk[:2], None, *dqk[3:])[0]
+        assert rel_err(stages.bwd_dqk(*dqk)[0], wrong_dq) > sep
+        wy[6] = None
+        wrong = reference.bwd_wy_ref(*wy)
+        assert wrong[4] is None and rel_err(got[0], wrong[0]) > sep
+
+
 @pytest.mark.parametrize("dropped", ["d", "alpha"])
 def test_stage_negative_control(dropped):
     """Negative control for the stage test: stage 1's write key and ``A⁻¹`` miss the same bound by orders of

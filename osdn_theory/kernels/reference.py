@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gram_solve_ref", "wy_factors_ref", "state_pass_ref", "output_ref", "d_scan_ref"]
+__all__ = [
+    "gram_solve_ref",
+    "wy_factors_ref",
+    "state_pass_ref",
+    "output_ref",
+    "d_scan_ref",
+    "dv_local_ref",
+    "dh_pass_ref",
+    "bwd_dqk_ref",
+    "bwd_wy_ref",
+]
 
 
 def _chunks(bounds: torch.Tensor, C: int):
@@ -115,3 +125,138 @@ def d_scan_ref(uhat, w, ut, h0, cu_seqlens, C, d_min):
             d[t0:t1] = h + torch.cumsum(inc, 0) - inc
             h = h + inc.sum(0)
     return d.clamp_min(d_min)
+
+
+# ---------------------------------------------------------------------------------------------- backward
+
+
+def _h(x: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+    """Rows ``t0:t1`` of a packed ``[N, H, ·]`` tensor as ``[H, n, ·]``."""
+    return x[t0:t1].transpose(0, 1)
+
+
+def dv_local_ref(q, kt, g, do, bounds, scale, C):
+    """b1 twin: ``scale · tril₀(Γ ⊙ Q K̃ᵀ)ᵀ dO`` per chunk."""
+    dv = torch.zeros_like(do)
+    for _, t0, t1 in _chunks(bounds, C):
+        P = _h(q, t0, t1) @ _h(kt, t0, t1).transpose(-1, -2)
+        P = P.tril() if g is None else P * _decay(_h(g, t0, t1), False)
+        dv[t0:t1] = (scale * P.transpose(-1, -2) @ _h(do, t0, t1)).transpose(0, 1)
+    return dv
+
+
+def dh_pass_ref(q, kt, w, g, do, dvl, dht, cu_seqlens, scale, C):
+    """b2 twin, the reverse state recurrence: ``dh [NC, H, K, V]`` (gradient w.r.t. the state after each chunk),
+    ``dU [N, H, V]`` and the gradient w.r.t. each sequence's initial state ``[S, H, K, V]``."""
+    N, H, K = q.shape
+    V = do.shape[-1]
+    dhs, du, d0 = [], torch.zeros_like(do), []
+    cu = cu_seqlens.tolist()
+    for s in range(len(cu) - 1):
+        dM = torch.zeros(H, K, V, dtype=q.dtype, device=q.device) if dht is None else dht[s].clone()
+        starts = list(range(cu[s], cu[s + 1], C))
+        per = [None] * len(starts)
+        for j in reversed(range(len(starts))):
+            t0, t1 = starts[j], min(starts[j] + C, cu[s + 1])
+            per[j] = dM.clone()
+            qc, ktc = _h(q, t0, t1), _h(kt, t0, t1)
+            if g is not None:
+                gc = _h(g, t0, t1)
+                ktc = ktc * torch.exp(gc[:, -1:] - gc)[..., None]
+                qc = qc * torch.exp(gc)[..., None]
+            dU = _h(dvl, t0, t1) + ktc @ dM
+            du[t0:t1] = dU.transpose(0, 1)
+            if g is not None:
+                dM = dM * torch.exp(gc[:, -1])[:, None, None]
+            dM = dM + scale * qc.transpose(-1, -2) @ _h(do, t0, t1) - _h(w, t0, t1).transpose(-1, -2) @ dU
+        dhs += per
+        d0.append(dM)
+    return torch.stack(dhs), du, torch.stack(d0)
+
+
+def bwd_dqk_ref(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
+    """b3 twin: ``dq``; the score and state-read parts of ``dk̃``; ``dW = −dU h_nᵀ``; with a gate, the decay
+    terms of ``dg`` (else ``None``). ``h, dh: [NC, H, K, V]`` (start state and end-state gradient per chunk)."""
+    dq, dkt, dw = torch.zeros_like(q), torch.zeros_like(q), torch.zeros_like(q)
+    dg = torch.zeros_like(q[..., 0]) if g is not None else None
+    for i, t0, t1 in _chunks(bounds, C):
+        M, dM = h[i], dh[i]
+        qc, ktc, U, dO, dU = (_h(x, t0, t1) for x in (q, kt, vnew, do, du))
+        dQ = dO @ M.transpose(-1, -2)
+        dKe = U @ dM.transpose(-1, -2)
+        dW = -dU @ M.transpose(-1, -2)
+        dP = dO @ U.transpose(-1, -2)
+        S = qc @ ktc.transpose(-1, -2)
+        if g is not None:
+            gc = _h(g, t0, t1)
+            dP = scale * dP * _decay(gc, False)
+            dQ = scale * dQ * torch.exp(gc)[..., None]
+            ke = torch.exp(gc[:, -1:] - gc)
+            Z = dP * S
+            Y = (dKe * ktc).sum(-1) * ke
+            dgc = (qc * dQ).sum(-1) + Z.sum(-1) - Z.sum(-2) - Y
+            dgc[:, -1] += Y.sum(-1) + torch.exp(gc[:, -1]) * (M * dM).sum((-1, -2))
+            dg[t0:t1] = dgc.transpose(0, 1)
+            dKe = dKe * ke[..., None]
+        else:
+            dP = scale * dP.tril()
+            dQ = scale * dQ
+        dq[t0:t1] = (dQ + dP @ ktc).transpose(0, 1)
+        dkt[t0:t1] = (dKe + dP.transpose(-1, -2) @ qc).transpose(0, 1)
+        dw[t0:t1] = dW.transpose(0, 1)
+    return dq, dkt, dw, dg
+
+
+def bwd_wy_ref(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
+    """b4 twin: gradients through the WY factors, the solve, the Gram matrix, the decay and the write key
+    ``k̃ = c · d ⊙ k`` (with the clip ``c = min(1, s_max / s_raw)``, ``s_raw = β Σ d k²``): ``(dk, dd or None,
+    dv, dβ, d log α or None)``; ``dkt`` and ``dg`` are the partial gradients from :func:`bwd_dqk_ref`."""
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    dd = torch.zeros_like(k) if d is not None else None
+    db = torch.zeros_like(beta)
+    dla = torch.zeros_like(beta) if g is not None else None
+    for _, t0, t1 in _chunks(bounds, C):
+        n = t1 - t0
+        kc, ktc, vc, dW, dU, dKt0 = (_h(x, t0, t1) for x in (k, kt, v, dw, du, dkt))
+        b = _h(beta, t0, t1)  # [H, n]
+        dc_ = _h(d, t0, t1) if d is not None else torch.ones_like(kc)
+        Ai = _h(ai, t0, t1)[..., :n]
+        Tm = Ai * b[:, None, :]
+        kg = kc
+        if g is not None:
+            gc = _h(g, t0, t1)
+            kg = kc * torch.exp(gc)[..., None]
+        dT = dW @ kg.transpose(-1, -2) + dU @ vc.transpose(-1, -2)
+        G = kc @ ktc.transpose(-1, -2)
+        dv[t0:t1] = (Tm.transpose(-1, -2) @ dU).transpose(0, 1)
+        dbc = (dT * Ai).sum(-2)
+        dA = -Ai.transpose(-1, -2) @ (dT * b[:, None, :]) @ Ai.transpose(-1, -2)
+        dL = dA.tril(-1)
+        if g is not None:
+            G = G * _decay(gc, True)
+        dbc = dbc + (dL * G).sum(-1)
+        dGe = dL * b[..., None]
+        if g is not None:
+            Z2 = dGe * G
+            dgk = ((Tm.transpose(-1, -2) @ dW) * kg).sum(-1)
+            dgt = _h(dg, t0, t1) + dgk + Z2.sum(-1) - Z2.sum(-2)
+            dla[t0:t1] = dgt.flip(-1).cumsum(-1).flip(-1).transpose(0, 1)
+            dGe = dGe * _decay(gc, True)
+        dKt = dKt0 + dGe.transpose(-1, -2) @ kc
+        cc = torch.ones_like(b) if c is None else _h(c, t0, t1)
+        gam = torch.zeros_like(b)
+        if c is not None:
+            dsum = (dc_ * kc * kc).sum(-1)
+            dcl = (dKt * dc_ * kc).sum(-1)
+            s_raw = b * dsum
+            gam = torch.where(cc < 1.0, -dcl * cc / torch.where(cc < 1.0, s_raw, 1.0), 0.0)
+            dbc = dbc + gam * dsum
+        dKg = Tm.transpose(-1, -2) @ dW
+        if g is not None:
+            dKg = dKg * torch.exp(gc)[..., None]
+        dK = dKg + dGe @ ktc + cc[..., None] * dc_ * dKt + (2.0 * gam * b)[..., None] * dc_ * kc
+        dk[t0:t1] = dK.transpose(0, 1)
+        if d is not None:
+            dd[t0:t1] = (cc[..., None] * kc * dKt + (gam * b)[..., None] * kc * kc).transpose(0, 1)
+        db[t0:t1] = dbc.transpose(0, 1)
+    return dk, dd, dv, db, dla

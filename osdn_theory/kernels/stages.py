@@ -12,9 +12,9 @@ Forward stages (each has a plain-torch twin in :mod:`osdn_theory.kernels.referen
 3. :func:`state_pass` — inter-chunk recurrence: start state ``h_n`` of each chunk and ``U = Ũ − W h_n``.
 4. :func:`output` — ``O = scale·(diag(e^g) Q h_n + tril₀(Γ ⊙ Q K̃ᵀ) U)``.
 
-Backward stages: :func:`dv_local`, :func:`dh_pass` (reverse state recurrence), :func:`bwd_dqk` (gradients
-through scores and state reads) and :func:`bwd_wy` (gradients through the WY factors, the triangular solve,
-the Gram matrix, the decay and the write key).
+Backward stages (each has a twin too): :func:`dv_local`, :func:`dh_pass` (reverse state recurrence),
+:func:`bwd_dqk` (gradients through scores and state reads) and :func:`bwd_wy` (gradients through the WY
+factors, the triangular solve, the Gram matrix, the decay and the write key).
 
 Under ``TRITON_INTERPRET=1`` every stage runs on the CPU, in float64 too (the dots accumulate in float64).
 """
