@@ -51,8 +51,9 @@ def _warps(n: int) -> int:
 
 #: Launch-configuration overrides by stage name (``"gram_solve"``, ``"wy"``, ``"state"``, ``"output"``,
 #: ``"dv_local"``, ``"dh"``, ``"bwd_dqk"``, ``"bwd_wy"``), e.g. ``{"state": {"BV": 64, "num_warps": 4}}``.
-#: Empty in normal use; the tuning benchmark fills it to time variants. Values change speed, never results,
-#: except ``PREC``/``NEWTON`` of ``gram_solve`` (the solve's dot precision), which the tuning run also checks.
+#: Empty in normal use; the tuning benchmark fills it to time variants. Values change speed and at most the
+#: order of floating-point accumulation (results agree to rounding), except ``PREC``/``NEWTON`` of
+#: ``gram_solve`` (the solve's dot precision and its Newton step), whose error the tuning run also measures.
 TUNE: dict[str, dict] = {}
 
 
