@@ -58,7 +58,7 @@ def test_sweep_runs_every_stage_under_overrides(monkeypatch):
     used = []  # every launch configuration the launchers chose
     cfg = stages._cfg
     monkeypatch.setattr(
-        stages, "_cfg", lambda name, **kw: used.append((name, cfg(name, **kw))) or used[-1][1]
+        stages, "_cfg", lambda name, *a, **kw: used.append((name, cfg(name, *a, **kw))) or used[-1][1]
     )
     st = tune_kernels._Stages(x, C=16)
     for name in variants:

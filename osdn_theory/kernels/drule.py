@@ -208,7 +208,7 @@ def d_ratio_scan(
     _d_prep_kernel[(triton.cdiv(R, 32),)](
         kf, beta.detach().reshape(B * T, H).contiguous(), uhat, strength, vals,
         torch.full((1,), c, dtype=f, device=k.device), R, K,
-        BR=32, BK=max(16, triton.next_power_of_2(K)), VP=_VPAD, ACC=stages.acc_dtype(f),
+        BR=32, BK=stages._block(K), VP=_VPAD, ACC=stages.acc_dtype(f),
         num_warps=stages._warps(4),
     )  # fmt: skip
     if isinstance(d_init, torch.Tensor):
@@ -221,7 +221,7 @@ def d_ratio_scan(
     d = torch.empty(B * T, H, K, dtype=k.dtype, device=k.device)
     _c = _d_scan_kernel[(N * H,)](
         uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=f, device=k.device), H, K,
-        C=chunk_size, BK=max(16, triton.next_power_of_2(K)), VP=_VPAD, ACC=stages.acc_dtype(f),
+        C=chunk_size, BK=stages._block(K), VP=_VPAD, ACC=stages.acc_dtype(f),
         **stages._cfg("d_scan", num_warps=_SCAN_WARPS[chunk_size], num_stages=stages._stages(k.dtype)),
     )  # fmt: skip
     stages._record("d_scan", _c)

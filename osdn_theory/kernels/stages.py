@@ -57,13 +57,22 @@ def _warps(n: int) -> int:
 TUNE: dict[str, dict] = {}
 
 
-def _cfg(name: str, **defaults):
+def _cfg(name: str, dtype: torch.dtype | None = None, **defaults):
     """The launch configuration of stage ``name``: ``defaults`` updated by :data:`TUNE` (warps → 1 under the
-    interpreter, which runs one thread per program)."""
+    interpreter, which runs one thread per program). With ``dtype`` (the input dtype) it also carries the
+    kernels' ``ACC`` (accumulator dtype) and ``IEEE`` (full-precision fp32 dots) constants."""
     cfg = {**defaults, **TUNE.get(name, {})}
+    if dtype is not None:
+        cfg.update(ACC=acc_dtype(dtype), IEEE=dtype == torch.float32)
     if INTERPRET:
         cfg["num_warps"] = 1
     return cfg
+
+
+def _block(n: int, cap: int | None = None) -> int:
+    """The power-of-two block covering ``n`` (at least 16, the smallest side of a ``tl.dot``), at most ``cap``."""
+    b = max(16, triton.next_power_of_2(n))
+    return b if cap is None else min(cap, b)
 
 
 def _stages(dtype: torch.dtype) -> int:
@@ -78,12 +87,12 @@ def _bv(V: int, progs: int, gpu: bool | None = None) -> int:
     programs at all three shapes timed — V block 64 with 64 sequence·heads at K = V = 128 (0.111 ms; 32: 0.143),
     16 with 16 sequence·heads (0.201 ms; 32: 0.276), 64 with 128 sequence·heads at K = V = 64 (0.052 ms).
     ``gpu`` (default: not under the interpreter) picks the rule, so the tests can run the GPU choice too."""
-    bv = min(64, triton.next_power_of_2(V))
+    bv = _block(V, 64)
     if not (not INTERPRET if gpu is None else gpu):
-        return max(16, bv)
+        return bv
     while bv > 16 and progs * triton.cdiv(V, bv) < 128:
         bv //= 2
-    return max(16, bv)
+    return bv
 
 
 #: Shared memory the pipelined loads of one sequential pass may take (an H100/H200 has 227 KiB per block).
@@ -322,15 +331,15 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
     # inputs its effect on the output is far below their rounding (end-to-end error vs float64 0.00734 with
     # and 0.00736 without it on nearly aligned keys), so it is skipped there.
     wide = k.dtype in (torch.float32, torch.float64)
-    cfg = _cfg("gram_solve", num_warps=2, PREC="ieee", NEWTON=wide)
+    cfg = _cfg("gram_solve", k.dtype, num_warps=2, PREC="ieee", NEWTON=wide)
     if wide:
         cfg["PREC"] = "ieee"  # tf32 variants only for 16-bit inputs (fp32 promises IEEE dots)
     _c = _gram_solve_kernel[(NC, H)](
         k, d if d is not None else k, beta, log_alpha if log_alpha is not None else beta, kt,
         c if c is not None else ai, g if g is not None else ai, ai, bounds,
         H, K, float(s_max) if s_max is not None else 1.0,
-        C=C, BK=max(16, triton.next_power_of_2(K)), HAS_D=d is not None, CLIP=s_max is not None,
-        GATED=log_alpha is not None, SOLVE=solve, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32, **cfg,
+        C=C, BK=_block(K), HAS_D=d is not None, CLIP=s_max is not None,
+        GATED=log_alpha is not None, SOLVE=solve, **cfg,
     )  # fmt: skip
     _record("gram_solve" if solve else "gram_keys_only", _c)
     return kt, c, g, (ai if solve else None)
@@ -378,13 +387,14 @@ def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None):
     u = torch.empty(N, H, V, device=k.device, dtype=dt)
     cfg = _cfg(
         "wy",
-        BK=min(64, max(16, triton.next_power_of_2(K))),
-        BV=min(64, max(16, triton.next_power_of_2(V))),
+        k.dtype,
+        BK=_block(K, 64),
+        BV=_block(V, 64),
         num_warps=4,
     )
     _c = _wy_kernel[(bounds.shape[0], H)](
         k, v, beta, g if g is not None else beta, ai, w, u, bounds, H, K, V,
-        C=C, GATED=g is not None, ACC=acc_dtype(k.dtype), IEEE=k.dtype == torch.float32, **cfg,
+        C=C, GATED=g is not None, **cfg,
     )  # fmt: skip
     _record("wy", _c)
     return w, u
@@ -466,18 +476,18 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
     h = torch.empty(NC, H, K, V, device=kt.device, dtype=dt)
     vnew = torch.empty(N, H, V, device=kt.device, dtype=dt)
     ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
-    BK = max(16, triton.next_power_of_2(K))
+    BK = _block(K)
     bv = _bv(V, S * H)
     es = kt.element_size()
     nst = _pass_stages(kt.dtype, bv, C * (2 * BK + bv) * es)  # per chunk: rows of W and k̃, a block of Ũ
-    cfg = _cfg("state", BV=bv, num_stages=nst, num_warps=4, KSPLIT=False)
+    cfg = _cfg("state", kt.dtype, BV=bv, num_stages=nst, num_warps=4, KSPLIT=False)
     if BK < 32:
         cfg["KSPLIT"] = False  # halves below 16 rows are not a dot shape
     _c = _state_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         kt, w, u, g if g is not None else u, h0 if h0 is not None else h, h, vnew, ht if ht is not None else h,
         cu_seqlens, chunk_offsets, H, K, V,
         C=C, BK=BK, GATED=g is not None, USE_H0=h0 is not None,
-        STORE_HT=output_final_state, ACC=acc_dtype(kt.dtype), IEEE=kt.dtype == torch.float32, **cfg,
+        STORE_HT=output_final_state, **cfg,
     )  # fmt: skip
     _record("state", _c)
     return h, vnew, ht
@@ -536,11 +546,10 @@ def output(q, kt, vnew, h, g, bounds, scale, C):
     V = vnew.shape[-1]
     NC = bounds.shape[0]
     o = torch.empty(N, H, V, device=q.device, dtype=q.dtype)
-    cfg = _cfg("output", BV=min(64, max(16, triton.next_power_of_2(V))), num_warps=4)
+    cfg = _cfg("output", q.dtype, BV=_block(V, 64), num_warps=4)
     _c = _output_kernel[(triton.cdiv(V, cfg["BV"]), NC, H)](
         q, kt, vnew, h, g if g is not None else q, o, bounds, float(scale), H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None,
-        ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, **cfg,
+        C=C, BK=_block(K), GATED=g is not None, **cfg,
     )  # fmt: skip
     _record("output", _c)
     return o
@@ -570,11 +579,10 @@ def dv_local(q, kt, g, do, bounds, scale, C, inter_dtype=None):
     V = do.shape[-1]
     dv = torch.empty(N, H, V, device=q.device, dtype=inter_dtype or q.dtype)
     # V block up to 128 (H200, K = V = 128: 0.073 ms against 0.085 at 64)
-    cfg = _cfg("dv_local", BV=min(128, max(16, triton.next_power_of_2(V))), num_warps=4)
+    cfg = _cfg("dv_local", q.dtype, BV=_block(V, 128), num_warps=4)
     _c = _dv_local_kernel[(triton.cdiv(V, cfg["BV"]), bounds.shape[0], H)](
         q, kt, g if g is not None else q, do, dv, bounds, float(scale), H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None,
-        ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, **cfg,
+        C=C, BK=_block(K), GATED=g is not None, **cfg,
     )  # fmt: skip
     _record("dv_local", _c)
     return dv
@@ -641,15 +649,15 @@ def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, 
     dh0 = torch.empty(S, H, K, V, device=q.device, dtype=f) if need_dh0 else None
     # H200, K = V = 128, 64 sequence·heads: V block 64 with 8 warps and 3 stages 0.254 ms (32, 2 stages: 0.390)
     bv = _bv(V, S * H)
-    BK = max(16, triton.next_power_of_2(K))
+    BK = _block(K)
     nst = min(3, _pass_stages(q.dtype, bv, C * (3 * BK + 2 * bv) * q.element_size()))  # q, k̃, W; dO, dv
     # 8 warps pay only with wide V blocks: 16 sequence·heads (V block 16) took 0.510 ms at 4 warps, 0.557 at 8
-    cfg = _cfg("dh", BV=bv, num_stages=nst, num_warps=8 if K > 64 and bv >= 32 else 4)
+    cfg = _cfg("dh", q.dtype, BV=bv, num_stages=nst, num_warps=8 if K > 64 and bv >= 32 else 4)
     _c = _dh_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         q, kt, w, g if g is not None else q, do, dvl, dht if dht is not None else dh, dh, du,
         dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,
         C=C, BK=BK, GATED=g is not None, USE_DHT=dht is not None,
-        STORE_DH0=need_dh0, ACC=acc_dtype(q.dtype), IEEE=q.dtype == torch.float32, **cfg,
+        STORE_DH0=need_dh0, **cfg,
     )  # fmt: skip
     _record("dh", _c)
     return dh, du, dh0
@@ -727,15 +735,15 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
     dg = torch.empty(N, H, device=q.device, dtype=f) if g is not None else None
     cfg = _cfg(
         "bwd_dqk",
-        BV=min(64, max(16, triton.next_power_of_2(V))),
+        q.dtype,
+        BV=_block(V, 64),
         num_stages=_stages(q.dtype),
         num_warps=4 if K <= 64 else 8,
     )
     _c = _bwd_dqk_kernel[(bounds.shape[0], H)](
         q, kt, g if g is not None else q, vnew, h, do, dh, du, dq, dkt, dw, dg if dg is not None else dq,
         bounds, float(scale), H, K, V,
-        C=C, BK=max(16, triton.next_power_of_2(K)), GATED=g is not None, ACC=acc_dtype(q.dtype),
-        IEEE=q.dtype == torch.float32, **cfg,
+        C=C, BK=_block(K), GATED=g is not None, **cfg,
     )  # fmt: skip
     _record("bwd_dqk", _c)
     return dq, dkt, dw, dg
@@ -852,7 +860,7 @@ def _bk_wy(K: int, gpu: bool | None = None) -> int:
     0.393 ms against 0.476 ms for one block of 128 with 8 warps; run 5 had timed two blocks at 8 warps only,
     0.533 ms); 16 under the interpreter, so that the tests run the multi-block loops. ``gpu`` (default: not
     under the interpreter) picks the rule, so the tests can run the GPU choice too."""
-    return min(64, max(16, triton.next_power_of_2(K))) if (not INTERPRET if gpu is None else gpu) else 16
+    return _block(K, 64) if (not INTERPRET if gpu is None else gpu) else 16
 
 
 def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
@@ -868,8 +876,9 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
     dla = torch.empty(N, H, device=k.device, dtype=f) if g is not None else None
     cfg = _cfg(
         "bwd_wy",
+        k.dtype,
         BK=_bk_wy(K),
-        BV=min(64, max(16, triton.next_power_of_2(V))),
+        BV=_block(V, 64),
         num_stages=_stages(k.dtype),
         num_warps=4,
     )
@@ -877,8 +886,7 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
         k, d if d is not None else k, c if c is not None else db, kt, v, beta, g if g is not None else db, ai,
         dw, du, dkt, dg if dg is not None else db, dk, dd if dd is not None else dk, dv, db,
         dla if dla is not None else db, bounds, H, K, V,
-        C=C, HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, ACC=acc_dtype(k.dtype),
-        IEEE=k.dtype == torch.float32, **cfg,
+        C=C, HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, **cfg,
     )  # fmt: skip
     _record("bwd_wy", _c)
     return dk, dd, dv, db, dla
