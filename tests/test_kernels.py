@@ -140,58 +140,16 @@ BACKWARD_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(BACKWARD_CASES))
-def test_backward_stages_match_torch_twins(case):
-    """Each backward stage (b1 ``dv_local``, b2 ``dh_pass``, b3 ``bwd_dqk``, b4 ``bwd_wy``) alone against its
-    plain-torch twin in ``reference``, every stage fed the twins' results of the stages before it."""
-    a = _backward_stage_inputs(BACKWARD_CASES[case])
-    f, C, sc = a["flat"], a["C"], 0.3
-    dvl = stages.dv_local(f["q"], a["kt"], a["g"], a["do"], a["bounds"], sc, C)
-    dvl_ref = reference.dv_local_ref(f["q"], a["kt"], a["g"], a["do"], a["bounds"], sc, C)
-    assert rel_err(dvl, dvl_ref) < EXACT_FLOAT64
-    got = stages.dh_pass(f["q"], a["kt"], a["w"], a["g"], a["do"], dvl_ref, a["dht"], a["cu"], a["offs"], a["NC"],
-                         sc, C, True)  # fmt: skip
-    ref = reference.dh_pass_ref(f["q"], a["kt"], a["w"], a["g"], a["do"], dvl_ref, a["dht"], a["cu"], sc, C)
-    for x, y in zip(got, ref, strict=True):
-        assert rel_err(x, y) < EXACT_FLOAT64
-    dh, du, _ = ref
-    args = (f["q"], a["kt"], a["g"], a["vnew"], a["h"], a["do"], dh, du, a["bounds"], sc, C)
-    got, ref = stages.bwd_dqk(*args), reference.bwd_dqk_ref(*args)
-    for x, y in zip(got, ref, strict=True):
-        assert (x is None) == (y is None) and (x is None or rel_err(x, y) < EXACT_FLOAT64)
-    _, dkt, dw, dg = ref
-    args = (
-        f["k"],
-        a["d"],
-        a["c"],
-        a["kt"],
-        f["v"],
-        f["beta"],
-        a["g"],
-        a["ai"],
-        dw,
-        du,
-        dkt,
-        dg,
-        a["bounds"],
-        C,
-    )
-    got, ref = stages.bwd_wy(*args), reference.bwd_wy_ref(*args)
-    for x, y in zip(got, ref, strict=True):
-        assert (x is None) == (y is None) and (x is None or rel_err(x, y) < EXACT_FLOAT64)
-
-
-@pytest.mark.parametrize("dropped", ["clip", "gate"])
-def test_backward_stage_negative_control(dropped):
-    """The backward twins can fail: ``bwd_wy``'s ``dk`` and ``dβ`` (clip) or ``d log α`` and ``dq`` (gate) miss
-    the bound against twins that leave out the clip's chain rule or the decay."""
-    a = _backward_stage_inputs(BACKWARD_CASES["gated-d-clip-h0"])
-    f, C, sc = a["flat"], a["C"], 0.3
-    dvl = reference.dv_local_ref(f["q"], a["kt"], a["g"], a["do"], a["bounds"], sc, C)
-    dh, du, _ = reference.dh_pass_ref(f["q"], a["kt"], a["w"], a["g"], a["do"], dvl, a["dht"], a["cu"], sc, C)
-    dqk = (f["q"], a["kt"], a["g"], a["vnew"], a["h"], a["do"], dh, du, a["bounds"], sc, C)
-    dq, dkt, dw, dg = reference.bwd_dqk_ref(*dqk)
-    wy = [
+def _twin_chain(a, sc):
+    """Arguments of each backward stage, each built from the twins' results of the stages before it."""
+    f, C = a["flat"], a["C"]
+    dvl_args = (f["q"], a["kt"], a["g"], a["do"], a["bounds"], sc, C)
+    dvl = reference.dv_local_ref(*dvl_args)
+    dh_ref = reference.dh_pass_ref(f["q"], a["kt"], a["w"], a["g"], a["do"], dvl, a["dht"], a["cu"], sc, C)
+    dh, du, _ = dh_ref
+    dqk_args = (f["q"], a["kt"], a["g"], a["vnew"], a["h"], a["do"], dh, du, a["bounds"], sc, C)
+    _, dkt, dw, dg = reference.bwd_dqk_ref(*dqk_args)
+    wy_args = [
         f["k"],
         a["d"],
         a["c"],
@@ -207,6 +165,37 @@ def test_backward_stage_negative_control(dropped):
         a["bounds"],
         C,
     ]
+    return dvl_args, dvl, dh_ref, dqk_args, wy_args
+
+
+def _same(got, ref):
+    for x, y in zip(got, ref, strict=True):
+        assert (x is None) == (y is None) and (x is None or rel_err(x, y) < EXACT_FLOAT64)
+
+
+@pytest.mark.parametrize("case", list(BACKWARD_CASES))
+def test_backward_stages_match_torch_twins(case):
+    """Each backward stage (b1 ``dv_local``, b2 ``dh_pass``, b3 ``bwd_dqk``, b4 ``bwd_wy``) alone against its
+    plain-torch twin in ``reference``, every stage fed the twins' results of the stages before it."""
+    a = _backward_stage_inputs(BACKWARD_CASES[case])
+    f, C, sc = a["flat"], a["C"], 0.3
+    dvl_args, dvl, dh_ref, dqk_args, wy_args = _twin_chain(a, sc)
+    _same([stages.dv_local(*dvl_args)], [dvl])
+    _same(
+        stages.dh_pass(f["q"], a["kt"], a["w"], a["g"], a["do"], dvl, a["dht"], a["cu"], a["offs"], a["NC"], sc, C,
+                       True),
+        dh_ref,
+    )  # fmt: skip
+    _same(stages.bwd_dqk(*dqk_args), reference.bwd_dqk_ref(*dqk_args))
+    _same(stages.bwd_wy(*wy_args), reference.bwd_wy_ref(*wy_args))
+
+
+@pytest.mark.parametrize("dropped", ["clip", "gate"])
+def test_backward_stage_negative_control(dropped):
+    """The backward twins can fail: ``bwd_wy``'s ``dk`` and ``dβ`` (clip) or ``d log α`` and ``dq`` (gate) miss
+    the bound against twins that leave out the clip's chain rule or the decay."""
+    a = _backward_stage_inputs(BACKWARD_CASES["gated-d-clip-h0"])
+    _, _, _, dqk, wy = _twin_chain(a, 0.3)
     got = stages.bwd_wy(*wy)
     sep = NEG_CONTROL_SEPARATION * EXACT_FLOAT64
     if dropped == "clip":
