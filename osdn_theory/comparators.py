@@ -288,6 +288,18 @@ def rls(
     return rec.result(M, output_final_state, diagnostics)
 
 
+def _keys_values_at(k, v, t):
+    """Checked float64 ``k: [B, T, H, K]``, ``v: [B, T, H, V]`` (finite) and a token count ``0 ≤ t ≤ T``."""
+    k = as_tensor("k", k, dtype=torch.float64)
+    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
+    B, T, H, _ = k.shape
+    v = as_tensor("v", v, dtype=torch.float64)
+    check_shape("v", v, [B, T, H, None], "[B, T, H, V]")
+    check_range("k", k)
+    check_range("v", v)
+    return k, v, check_scalar("t", t, 0, T, integer=True)
+
+
 def ridge_solution(k, v, t: int, *, gamma: float = 1.0, lam: float = 1.0, initial_state=None) -> torch.Tensor:
     """Closed-form weighted ridge minimiser after the first ``t`` tokens (claim C8), state layout.
 
@@ -303,14 +315,8 @@ def ridge_solution(k, v, t: int, *, gamma: float = 1.0, lam: float = 1.0, initia
     Returns:
         ``S_tᵀ`` of shape ``[B, H, K, V]`` (float64).
     """
-    k = as_tensor("k", k, dtype=torch.float64)
-    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
+    k, v, t = _keys_values_at(k, v, t)
     B, T, H, K = k.shape
-    v = as_tensor("v", v, dtype=torch.float64)
-    check_shape("v", v, [B, T, H, None], "[B, T, H, V]")
-    check_range("k", k)
-    check_range("v", v)
-    t = check_scalar("t", t, 0, T, integer=True)
     gamma = check_scalar("gamma", gamma, 0.0, 1.0, lo_open=True)
     lam = check_scalar("lam", lam, 0.0, None, lo_open=True)
     V = v.shape[-1]
@@ -406,14 +412,8 @@ def windowed_ridge_solution(k, v, t: int, *, window: int, lam: float = 1.0) -> t
     ``S_t = (Σ_{i∈I_t} v_i k_iᵀ)(λ I + Σ_{i∈I_t} k_i k_iᵀ)⁻¹`` with ``I_t = {max(1, t−W+1), …, t}``.
     Shapes: ``k: [B, T, H, K]``, ``v: [B, T, H, V]``; ``0 ≤ t ≤ T``.
     """
-    k = as_tensor("k", k, dtype=torch.float64)
-    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
+    k, v, t = _keys_values_at(k, v, t)
     B, T, H, K = k.shape
-    v = as_tensor("v", v, dtype=torch.float64)
-    check_shape("v", v, [B, T, H, None], "[B, T, H, V]")
-    check_range("k", k)
-    check_range("v", v)
-    t = check_scalar("t", t, 0, T, integer=True)
     window = check_scalar("window", window, 1, None, integer=True)
     lam = check_scalar("lam", lam, 0.0, None, lo_open=True)
     lo = max(0, t - window)
