@@ -123,6 +123,16 @@ def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
         raise ValueError(f"{name}: expected device {ref.device} (same as {ref_name}), got {t.device}")
 
 
+def broadcast(name: str, t: torch.Tensor, shape: Sequence[int], layout: str) -> torch.Tensor:
+    """``t`` broadcast to ``shape`` (a view), or a ``ValueError`` naming ``name`` and the expected layout."""
+    try:
+        return torch.broadcast_to(t, tuple(shape))
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected a shape that broadcasts to {layout} = {list(shape)}, got {tuple(t.shape)}"
+        ) from None
+
+
 def check_choice(name: str, x: Any, choices: Sequence[Any]) -> Any:
     """Check ``x`` is one of ``choices`` and return it."""
     try:

@@ -34,6 +34,7 @@ import torch
 
 from ._validate import (
     as_tensor,
+    broadcast,
     check_bool,
     check_choice,
     check_range,
@@ -146,13 +147,7 @@ def right_preconditioned_recurrent(
     check_bool("diagnostics", diagnostics)
     B, T, H, K, V = x.shape
     P = as_tensor("P", P, dtype=torch.float64)
-    try:
-        P = torch.broadcast_to(P, (B, T, H, K, K))
-    except RuntimeError:
-        raise ValueError(
-            f"P: expected a shape that broadcasts to [B, T, H, K, K] = {[B, T, H, K, K]}, "
-            f"got {tuple(P.shape)}"
-        ) from None
+    P = broadcast("P", P, (B, T, H, K, K), "[B, T, H, K, K]")
     check_range("P", P)
     kt = torch.einsum("bthij,bthj->bthi", P, x.k)
     s = x.beta * (x.k * kt).sum(-1)
@@ -515,12 +510,7 @@ def feedback_losses(k, beta, d) -> torch.Tensor:
     """
     k, beta = keys_and_beta(k, beta, dtype=torch.float64)
     d = as_tensor("d", d, dtype=torch.float64)
-    try:
-        d = torch.broadcast_to(d, k.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"d: expected a shape that broadcasts to [B, T, H, K] = {list(k.shape)}, got {tuple(d.shape)}"
-        ) from None
+    d = broadcast("d", d, k.shape, "[B, T, H, K]")
     check_range("d", d, 0.0, None)
     return _ratio(k, beta, d)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validate import as_tensor, check_bool, check_range, check_same, check_scalar, check_shape
+from ._validate import as_tensor, broadcast, check_bool, check_range, check_same, check_scalar, check_shape
 
 __all__ = [
     "Diagnostics",
@@ -103,12 +103,7 @@ def prepare_inputs(
     check_range("beta", beta, 0.0, 1.0, lo_open=True)
     if d is not None:
         d = as_tensor("d", d, dtype=dtype or dt)
-        try:
-            d = torch.broadcast_to(d, (B, T, H, K))
-        except RuntimeError:
-            raise ValueError(
-                f"d: expected a shape that broadcasts to [B, T, H, K] = {[B, T, H, K]}, got {tuple(d.shape)}"
-            ) from None
+        d = broadcast("d", d, (B, T, H, K), "[B, T, H, K]")
         check_same("d", d, "k", k)
         check_range("d", d, 0.0, None, lo_open=True)
     if alpha is not None:
@@ -156,12 +151,7 @@ def write_key(
     if d is not None:
         d = as_tensor("d", d)
         check_same("d", d, "k", k)
-        try:
-            d = torch.broadcast_to(d, k.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"d: expected a shape that broadcasts to [B, T, H, K] = {list(k.shape)}, got {tuple(d.shape)}"
-            ) from None
+        d = broadcast("d", d, k.shape, "[B, T, H, K]")
         check_range("d", d, 0.0, None, lo_open=True)
     if s_max is not None:
         s_max = check_scalar("s_max", s_max, 0.0, 2.0, lo_open=True, hi_open=True)

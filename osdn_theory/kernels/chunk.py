@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .._validate import as_tensor, check_range, check_scalar, check_shape
+from .._validate import as_tensor, broadcast, check_range, check_scalar, check_shape
 from . import stages
 from ._checks import MAX_DIM, check_chunk_size, check_cu_seqlens, check_keys, check_like
 from .drule import DRule
@@ -208,12 +208,7 @@ def chunk_osdn(
             raise ValueError(
                 f"d: expected dtype {k.dtype} and device {k.device} (same as k), got {d.dtype}, {d.device}"
             )
-        try:
-            d = torch.broadcast_to(d, (B, T, H, K))
-        except RuntimeError:
-            raise ValueError(
-                f"d: expected a shape that broadcasts to [B, T, H, K] = {[B, T, H, K]}, got {tuple(d.shape)}"
-            ) from None
+        d = broadcast("d", d, (B, T, H, K), "[B, T, H, K]")
         d = d.contiguous()
     if initial_state is not None:
         initial_state = as_tensor("initial_state", initial_state)
