@@ -217,15 +217,12 @@ def chunk_osdn(
             raise ValueError(
                 f"initial_state: expected device {k.device} (same as k), got {initial_state.device}"
             )
-        f = torch.float64 if k.dtype == torch.float64 else torch.float32
-        initial_state = initial_state.to(f).contiguous()
+        initial_state = initial_state.to(stages.wide_dtype(k.dtype)).contiguous()
     if validate:
         _validate_values(q, k, v, beta, d, alpha)
     log_alpha = None
     if alpha is not None:
-        log_alpha = torch.log(
-            alpha.to(torch.float64 if k.dtype == torch.float64 else torch.float32)
-        ).contiguous()
+        log_alpha = torch.log(alpha.to(stages.wide_dtype(k.dtype))).contiguous()
     tables = _chunk_tables(cu_seqlens, B, T, C, k.device)
     NT = B * T
     o, ht = _ChunkOSDN.apply(

@@ -197,7 +197,7 @@ def d_ratio_scan(
         check_range("beta", beta.detach(), 0.0, 1.0, lo_open=True)
     from .chunk import _chunk_tables
 
-    f = torch.float64 if k.dtype == torch.float64 else torch.float32
+    f = stages.wide_dtype(k.dtype)
     # One pass over the keys forms the scan's key, strength and value (in the dtype of k, so the scan's dots
     # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 (fp64) inside the scan kernel.
     kf = k.detach().reshape(B * T, H, K).contiguous()

@@ -30,9 +30,15 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The torch dtype of carried states and fp32 buffers: float64 for float64 inputs (interpreter), else
+    float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def acc_dtype(dtype: torch.dtype):
-    """Accumulator dtype inside the kernels: float64 for float64 inputs (interpreter), else float32."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """Accumulator dtype inside the kernels (the Triton twin of :func:`wide_dtype`)."""
+    return tl.float64 if wide_dtype(dtype) == torch.float64 else tl.float32
 
 
 #: Register use and spills of the last compiled launch of each stage (GPU only; read by the benchmark).
@@ -320,7 +326,7 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
     Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``."""
     N, H, K = k.shape
     NC = bounds.shape[0]
-    f = torch.float64 if k.dtype == torch.float64 else torch.float32
+    f = wide_dtype(k.dtype)
     kt = torch.empty_like(k)
     c = torch.empty(N, H, device=k.device, dtype=f) if s_max is not None else None
     g = torch.empty(N, H, device=k.device, dtype=f) if log_alpha is not None else None
@@ -472,7 +478,7 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
     V = u.shape[-1]
     S = cu_seqlens.numel() - 1
     dt = inter_dtype or kt.dtype
-    f = torch.float64 if kt.dtype == torch.float64 else torch.float32
+    f = wide_dtype(kt.dtype)
     h = torch.empty(NC, H, K, V, device=kt.device, dtype=dt)
     vnew = torch.empty(N, H, V, device=kt.device, dtype=dt)
     ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
@@ -643,7 +649,7 @@ def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, 
     V = do.shape[-1]
     S = cu_seqlens.numel() - 1
     dt = inter_dtype or q.dtype
-    f = torch.float64 if q.dtype == torch.float64 else torch.float32
+    f = wide_dtype(q.dtype)
     dh = torch.empty(NC, H, K, V, device=q.device, dtype=dt)
     du = torch.empty(N, H, V, device=q.device, dtype=dt)
     dh0 = torch.empty(S, H, K, V, device=q.device, dtype=f) if need_dh0 else None
@@ -728,7 +734,7 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
     in fp32/fp64."""
     N, H, K = q.shape
     V = do.shape[-1]
-    f = torch.float64 if q.dtype == torch.float64 else torch.float32
+    f = wide_dtype(q.dtype)
     dq = torch.empty(N, H, K, device=q.device, dtype=q.dtype)
     dkt = torch.empty(N, H, K, device=q.device, dtype=f)
     dw = torch.empty(N, H, K, device=q.device, dtype=q.dtype)  # only ever used as a dot operand
@@ -868,7 +874,7 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
     input dtype and ``dβ, d log α (or None)`` in fp32/fp64."""
     N, H, K = k.shape
     V = v.shape[-1]
-    f = torch.float64 if k.dtype == torch.float64 else torch.float32
+    f = wide_dtype(k.dtype)
     dk = torch.empty(N, H, K, device=k.device, dtype=k.dtype)
     dd = torch.empty(N, H, K, device=k.device, dtype=k.dtype) if d is not None else None
     dv = torch.empty(N, H, V, device=k.device, dtype=k.dtype)
