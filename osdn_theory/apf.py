@@ -215,7 +215,15 @@ class ConstantForgetting(Rate):
 
 
 class Trigger(Rate):
-    """A rate that fires on a rising edge of a statistic above ``tau``; ``λ_t = lam`` on firing tokens."""
+    """A rate that fires on a rising edge of a statistic above ``tau``; ``λ_t = lam`` on firing tokens.
+
+    Subclasses declare the fields ``fast, slow, tau, lam, warmup, eps`` and compute their statistic from two
+    EMAs (``state["f"]``, ``state["s"]``), kept per ``(b, h)``, or per feature when ``per_feature``."""
+
+    per_feature: ClassVar[bool] = False
+
+    def __post_init__(self):
+        self._check()
 
     def _check(self):
         object.__setattr__(self, "fast", _check_ema("fast", self.fast))
@@ -234,7 +242,12 @@ class Trigger(Rate):
         raise NotImplementedError
 
     def init(self, B, H, K, dtype, device):
-        return {"above": torch.zeros(B, H, dtype=torch.bool, device=device)}
+        shape = (B, H, K) if self.per_feature else (B, H)
+        return {
+            "above": torch.zeros(B, H, dtype=torch.bool, device=device),
+            "f": _EMA(self.fast, shape, dtype, device),
+            "s": _EMA(self.slow, shape, dtype, device),
+        }
 
     def step(self, state, t, u, r):
         stat = self.statistic(state, u, r)
@@ -264,15 +277,6 @@ class SpikeTrigger(Trigger):
     warmup: int = 0
     eps: float = 1e-6
 
-    def __post_init__(self):
-        self._check()
-
-    def init(self, B, H, K, dtype, device):
-        st = super().init(B, H, K, dtype, device)
-        st["f"] = _EMA(self.fast, (B, H), dtype, device)
-        st["s"] = _EMA(self.slow, (B, H), dtype, device)
-        return st
-
     def statistic(self, state, u, r):
         return (state["f"].update(r) + self.eps) / (state["s"].update(r) + self.eps)
 
@@ -287,21 +291,13 @@ class NoveltyTrigger(Trigger):
     """
 
     name: ClassVar[str] = "novelty_trigger"
+    per_feature: ClassVar[bool] = True
     fast: float
     slow: float
     tau: float
     lam: float = 1.0
     warmup: int = 0
     eps: float = 1e-12
-
-    def __post_init__(self):
-        self._check()
-
-    def init(self, B, H, K, dtype, device):
-        st = super().init(B, H, K, dtype, device)
-        st["f"] = _EMA(self.fast, (B, H, K), dtype, device)
-        st["s"] = _EMA(self.slow, (B, H, K), dtype, device)
-        return st
 
     def statistic(self, state, u, r):
         f, s = state["f"].update(u), state["s"].update(u)
