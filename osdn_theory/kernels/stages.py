@@ -209,7 +209,8 @@ def _keys16(
         c = tl.where(s_raw > s_max, s_max / tl.where(s_raw > s_max, s_raw, 1.0), 1.0)
         kt = kt * c[:, None]
         tl.store(c_out + t, c.to(c_out.dtype.element_ty), mask=rmask)
-    _store_rows(kt_out, kt, t, rmask, K, ok, K)
+    if HAS_D or CLIP:  # otherwise the write key is the key itself: nothing to store
+        _store_rows(kt_out, kt, t, rmask, K, ok, K)
     kt = kt.to(kt_out.dtype.element_ty)  # later stages see the stored (rounded) write key
     g = tl.zeros([16], dtype=ACC)
     if GATED:
@@ -327,7 +328,8 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
     N, H, K = k.shape
     NC = bounds.shape[0]
     f = wide_dtype(k.dtype)
-    kt = torch.empty_like(k)
+    # without d and clip the write key is k itself (DeltaNet, and the d rule's scan): no copy is written
+    kt = torch.empty_like(k) if (d is not None or s_max is not None) else k
     c = torch.empty(N, H, device=k.device, dtype=f) if s_max is not None else None
     g = torch.empty(N, H, device=k.device, dtype=f) if log_alpha is not None else None
     ai = torch.empty(N, H, C, device=k.device, dtype=f) if solve else kt
