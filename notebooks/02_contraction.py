@@ -35,7 +35,7 @@ from IPython.display import display
 from osdn_theory import osdn_recurrent
 from osdn_theory import tolerances as tol
 from osdn_theory.claims import get_claim, run_claim
-from osdn_theory.claims.contraction import contraction_factor_bound
+from osdn_theory.metrics import contraction_factor_bound
 
 budget = "full" if FULL else "quick"
 labels = ("C4", "C4-bound", "C4-neg-jacobi", "C4-neg-nonsym")

@@ -23,6 +23,7 @@ from .tolerances import rtol
 __all__ = [
     "SuperGeometricResult",
     "OSGMChain",
+    "contraction_factor_bound",
     "contraction_ratios",
     "write_gain_feedback",
     "stored_set_residual_ratio",
@@ -78,6 +79,24 @@ def write_gain_feedback(s) -> torch.Tensor:
     s = as_tensor("s", s, dtype=torch.float64)
     check_range("s", s)
     return (1.0 - s) ** 2
+
+
+def contraction_factor_bound(k, beta, d_min: float, d_max: float) -> torch.Tensor:
+    """``max(|1 − β d_min ‖k‖²|, |1 − β d_max ‖k‖²|)`` of shape ``[B, T, H]`` (spec §4 bound).
+
+    Args:
+        k: keys of shape ``[B, T, H, K]``.
+        beta: write strengths of shape ``[B, T, H]``.
+        d_min, d_max: the box of the preconditioner, ``0 < d_min ≤ d_max``.
+    """
+    k = as_tensor("k", k, dtype=torch.float64)
+    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
+    beta = as_tensor("beta", beta, dtype=torch.float64)
+    check_shape("beta", beta, list(k.shape[:3]), "[B, T, H]")
+    d_min = check_scalar("d_min", d_min, 0.0, None, lo_open=True)
+    d_max = check_scalar("d_max", d_max, d_min, None)
+    kk = (k * k).sum(-1)
+    return torch.maximum((1 - beta * d_min * kk).abs(), (1 - beta * d_max * kk).abs())
 
 
 def stored_set_residual_ratio(state, k, v, mask=None, *, reduction: str = "none") -> torch.Tensor:

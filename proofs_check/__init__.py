@@ -1,8 +1,8 @@
 """Symbolic (sympy) checks of every algebraic identity of the OSDN theory, one module per identity.
 
-Each ``check_*.py`` module has a ``main() -> int`` that prints what it proved and returns 0, or prints
+Each ``c<N>_*.py`` module (named by its claim label) has a ``main() -> int`` that prints what it proved and returns 0, or prints
 the failing identity and returns 1; ``python -m proofs_check`` runs them all and exits non-zero if any
-fails; ``python -m proofs_check.check_c1_exact_quadratic`` runs one.
+fails; ``python -m proofs_check.c1_exact_quadratic`` runs one.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ __all__ = ["MODULES", "Checker", "sym_matrix", "sym_vector"]
 
 #: The proof modules, in the order of the theory (claim label → module).
 MODULES = {
-    "C1": "check_c1_exact_quadratic",
-    "C2": "check_c2_right_preconditioning",
-    "C3": "check_c3_chunk_form",
-    "C4": "check_c4_token_identity",
-    "C4-weighted": "check_weighted_norm_similarity",
-    "C5": "check_c5_affine_update",
-    "C5-normalized": "check_normalized_step",
-    "C6": "check_c6_fixed_point",
-    "C8": "check_rls_sherman_morrison",
+    "C1": "c1_exact_quadratic",
+    "C2": "c2_right_preconditioning",
+    "C3": "c3_chunk_form",
+    "C4": "c4_token_identity",
+    "C4-weighted": "c4_weighted_norm_similarity",
+    "C5": "c5_affine_update",
+    "C5-normalized": "c5_normalized_step",
+    "C6": "c6_fixed_point",
+    "C8": "c8_rls_sherman_morrison",
 }
 
 

@@ -21,9 +21,8 @@ from osdn_theory.claims import (
     select,
 )
 from osdn_theory.claims import _registry as reg_mod
-from osdn_theory.claims.contraction import contraction_factor_bound
-from osdn_theory.claims.super_geometric import osgm_diagonal_gd, realizable_set
-from osdn_theory.metrics import super_geometric_test
+from osdn_theory.metrics import contraction_factor_bound, super_geometric_test
+from osdn_theory.osgm import osgm_diagonal_gd, realizable_set
 from osdn_theory.tolerances import EXACT_FLOAT64, rtol
 
 EXPECTED = {
@@ -221,7 +220,7 @@ def test_osgm_solver_null_step_keeps_objective():
 def test_nonsym_control_depends_on_the_dropped_assumption():
     """With d ∝ 1 (symmetric transition) and 0 < s < 2 the spectral norm is ≤ 1: the control's effect is
     caused by a non-constant d, not by the construction."""
-    from osdn_theory.claims.contraction import _transition
+    from osdn_theory.claims.c4_contraction import _transition
 
     g = torch.Generator().manual_seed(0)
     k = torch.randn(200, 5, generator=g, dtype=torch.float64)
@@ -297,7 +296,7 @@ def test_worst_propagates_nan_where_max_would_drop_it(scratch_registry):
 def test_recall_tuning_and_evaluation_seeds_are_disjoint():
     """R-recall picks its step rule on tuning streams and reports on evaluation streams: never the same ones
     (with the former base 10 000 they coincided at root seed 10)."""
-    from osdn_theory.claims.recall import seed_sets
+    from osdn_theory.claims.r_recall import seed_sets
 
     for seed in (0, 1, 10, 11, 123):
         tuning, evaluation = seed_sets(seed, 8)
@@ -311,7 +310,7 @@ def test_recall_tuning_and_evaluation_seeds_are_disjoint():
 def test_c7_neg_fails_for_a_stuck_solver(monkeypatch):
     """The rotated-Hessian control must not pass vacuously: a solver whose every step is null (ρ ≡ 1, no
     super-geometric decay, chain trivially true) makes C7-neg FAIL."""
-    from osdn_theory.claims import super_geometric as sgm
+    from osdn_theory.claims import c7_super_geometric as sgm
 
     real = sgm.osgm_diagonal_gd
 
@@ -327,7 +326,7 @@ def test_c7_neg_fails_for_a_stuck_solver(monkeypatch):
 
 @pytest.mark.parametrize(
     "label, module, name",
-    [("C5-neg-raw", "adaptive", "osdn_adaptive"), ("C8-neg-erratum", "rls", "rls")],
+    [("C5-neg-raw", "c5_affine_update", "osdn_adaptive"), ("C8-neg-erratum", "c8_rls", "rls")],
 )
 def test_negative_controls_fail_when_the_dropped_variant_returns_nan(monkeypatch, label, module, name):
     """rel_err is inf for a NaN output, which is ≥ any separation bound: the controls must not read a broken
@@ -358,7 +357,7 @@ def test_c7_batch_allows_exactly_one_miss(monkeypatch, failing):
     measured pass rate); two misses fail it."""
     import dataclasses
 
-    from osdn_theory.claims import super_geometric as sgm
+    from osdn_theory.claims import c7_super_geometric as sgm
 
     real, calls = sgm.super_geometric_test, []
 

@@ -7,6 +7,7 @@
 The same registry drives ``osdn verify``, the tests and the notebooks.
 """
 
+from ..osgm import osgm_diagonal_gd
 from ._registry import (
     BUDGETS,
     COMPARISONS,
@@ -23,7 +24,6 @@ from ._registry import (
     select,
 )
 from .report import results_frame, write_report
-from .super_geometric import osgm_diagonal_gd
 
 __all__ = [
     "BUDGETS",

@@ -222,15 +222,15 @@ def claim(
 def _load_all() -> None:
     # Importing the claim modules registers them (idempotent).
     from . import (  # noqa: F401
-        adaptive,
-        chunk_form,
-        contraction,
-        exact_quadratic,
-        fixed_point,
-        recall,
-        right_preconditioning,
-        rls,
-        super_geometric,
+        c1_exact_quadratic,
+        c2_right_preconditioning,
+        c3_chunk_form,
+        c4_contraction,
+        c5_affine_update,
+        c6_fixed_point,
+        c7_super_geometric,
+        c8_rls,
+        r_recall,
     )
 
 

@@ -4,7 +4,7 @@
 ``S_{t−1}(I − β_t k_t k̃_tᵀ) + β_t v_t k̃_tᵀ`` with write key ``k̃_t = d_t ⊙ k_t``; ``d ≡ 1`` is DeltaNet.
 Checked: :func:`osdn_theory.osdn_recurrent` against an explicit matrix loop ``S ← S − β (e kᵀ) diag(d)``
 written here in the math layout (``S ∈ R^{V×K}``), with and without decay, and ``d ≡ 1`` against
-:func:`osdn_theory.delta_rule_recurrent`. Symbolic proof: ``proofs_check/check_c2_right_preconditioning.py``.
+:func:`osdn_theory.delta_rule_recurrent`. Symbolic proof: ``proofs_check/c2_right_preconditioning.py``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _explicit_gd(q, k, v, beta, d, alpha, scale):
     comparison="equal within tol",
     quick=dict(B=2, T=24, H=2, K=6, V=5),
     full=dict(B=2, T=200, H=3, K=16, V=12),
-    proof="proofs_check.check_c2_right_preconditioning",
+    proof="proofs_check.c2_right_preconditioning",
 )
 def c2_right_preconditioning(size: Size, seed: int) -> Outcome:
     g = generator(seed, 2)

@@ -2,7 +2,7 @@
 
 For stationary keys with independent zero-mean Gaussian features of variances ``a``, the ratio rule's
 expected feedback ``E(1 − β uᵀd)²`` is minimised by ``d* = a⁻¹ / (β(K + 2))`` (proof:
-``proofs_check/check_c6_fixed_point.py``), i.e. the direction of ``diag(E kkᵀ)⁻¹`` scaled so that
+``proofs_check/c6_fixed_point.py``), i.e. the direction of ``diag(E kkᵀ)⁻¹`` scaled so that
 ``E s = K/(K+2)``. Checked: :func:`osdn_theory.preconditioners.d_scan` (ratio rule, ``η_t = η_0/√t``) on
 anisotropic Gaussian teacher streams; the Polyak average of ``d_t`` over the second half must have cosine
 ``≥ 0.99`` with ``d*`` and a least-squares scale within 5% of 1, for every seed (realisation).
@@ -37,7 +37,7 @@ C6_MAX_SCALE_ERROR = 0.05
     comparison="lower bound",
     quick=dict(T=24000, K=8, seeds=4, condition=10.0, beta=1.0, eta0=8.0),
     full=dict(T=40000, K=16, seeds=8, condition=10.0, beta=1.0, eta0=8.0),
-    proof="proofs_check.check_c6_fixed_point",
+    proof="proofs_check.c6_fixed_point",
 )
 def c6_fixed_point(size: Size, seed: int) -> Outcome:
     st = TeacherStream(

@@ -2,7 +2,7 @@
 
 ``ℓ(S) = ½‖S k − v‖²`` with ``e = S k − v`` satisfies, for every ``Δ ∈ R^{V×K}``,
 ``ℓ(S + Δ) = ℓ(S) + ⟨e kᵀ, Δ⟩_F + ½‖Δ k‖²`` with no remainder; the Hessian acts on the right,
-``Δ ↦ Δ k kᵀ``. Symbolic proof: ``proofs_check/check_c1_exact_quadratic.py``. Here: a float64 check over
+``Δ ↦ Δ k kᵀ``. Symbolic proof: ``proofs_check/c1_exact_quadratic.py``. Here: a float64 check over
 random ``(S, k, v, Δ)`` at many scales of ``Δ`` (a Taylor expansion with a remainder would show a relative
 error growing with ``‖Δ‖``), and the Hessian-vector product by autograd against ``Δ k kᵀ``.
 """
@@ -28,7 +28,7 @@ def _loss(S: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     comparison="equal within tol",
     quick=dict(draws=200, K=8, V=6),
     full=dict(draws=5000, K=32, V=16),
-    proof="proofs_check.check_c1_exact_quadratic",
+    proof="proofs_check.c1_exact_quadratic",
 )
 def c1_exact_quadratic(size: Size, seed: int) -> Outcome:
     g = generator(seed, 1)

@@ -5,7 +5,7 @@ Gram ``K K̃ᵀ``, the state update with ``K̃`` and the intra-chunk score ``Q K
 :func:`osdn_theory.osdn_chunkwise` against :func:`osdn_theory.osdn_recurrent` for several chunk sizes,
 an odd ``T`` (tail chunk padded), with and without gating, clip and initial state, at the tolerance for
 algebraically identical float64 forms. Symbolic proof for chunk sizes 2 and 3:
-``proofs_check/check_c3_chunk_form.py``.
+``proofs_check/c3_chunk_form.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ._registry import Outcome, Size, claim
     comparison="equal within tol",
     quick=dict(B=1, T=37, H=2, K=6, V=5, chunk_sizes=(1, 2, 3, 8, 16, 64)),
     full=dict(B=2, T=257, H=2, K=16, V=12, chunk_sizes=(1, 2, 3, 5, 16, 32, 64, 300)),
-    proof="proofs_check.check_c3_chunk_form",
+    proof="proofs_check.c3_chunk_form",
 )
 def c3_chunk_form(size: Size, seed: int) -> Outcome:
     g = generator(seed, 3)

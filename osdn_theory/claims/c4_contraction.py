@@ -2,13 +2,13 @@
 
 * ``C4``: ``r_t⁺ = S_t k_t − v_t = (1 − s_t) e_t`` with ``s_t = β_t k_tᵀ D_t k_t`` (gated: ``e_t`` uses
   ``α_t S_{t−1}``; clipped: ``s_t`` is the effective gain).
-  Proof: ``proofs_check/check_c4_token_identity.py``.
+  Proof: ``proofs_check/c4_token_identity.py``.
 * ``C4-bound``: ``d_{t,i} ∈ [d_min, d_max]`` ⇒ ``‖r_t⁺‖ ≤ max(|1 − β d_min‖k‖²|, |1 − β d_max‖k‖²|)‖e_t‖``,
   a strict contraction when ``β d_max ‖k‖² < 2``; with the clip ``s_t ≤ s_max`` always.
 * ``C4-neg-nonsym`` (caveat shown): ``I − β k k̃ᵀ`` is not symmetric; its spectral norm exceeds 1 for
   ``0 < s < 2`` (even ``s = 1``), so the memory error can grow in Frobenius norm on a single write, while in
   the weighted norm ``‖E D^{−1/2}‖_F`` the map is ``I − β w wᵀ`` (``w = D^{1/2} k``) and never expands.
-  Proof of the similarity: ``proofs_check/check_weighted_norm_similarity.py``.
+  Proof of the similarity: ``proofs_check/c4_weighted_norm_similarity.py``.
 * ``C4-neg-jacobi`` (caveat shown): raw Jacobi ``d = diag(H)⁻¹`` (``H = E k kᵀ``) gives ``s ≈ βK ≫ 2``
   and the recurrence diverges; the clip ``s_max`` restores contraction.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import as_tensor, check_scalar, check_shape
+from ..metrics import contraction_factor_bound
 from ..recurrences import osdn_recurrent
 from ..tolerances import rtol
 from ._common import F64, generator, random_inputs, worst
@@ -32,7 +32,7 @@ from ._registry import Outcome, Size, claim
     comparison="equal within tol",
     quick=dict(B=2, T=40, H=2, K=8, V=6),
     full=dict(B=4, T=400, H=4, K=32, V=16),
-    proof="proofs_check.check_c4_token_identity",
+    proof="proofs_check.c4_token_identity",
 )
 def c4_identity(size: Size, seed: int) -> Outcome:
     g = generator(seed, 4)
@@ -53,24 +53,6 @@ def c4_identity(size: Size, seed: int) -> Outcome:
             errors=errs, shape=[size.B, size.T, size.H, size.K, size.V], dtype="float64", seed=seed
         ),
     )
-
-
-def contraction_factor_bound(k, beta, d_min: float, d_max: float) -> torch.Tensor:
-    """``max(|1 − β d_min ‖k‖²|, |1 − β d_max ‖k‖²|)`` of shape ``[B, T, H]`` (spec §4 bound).
-
-    Args:
-        k: keys of shape ``[B, T, H, K]``.
-        beta: write strengths of shape ``[B, T, H]``.
-        d_min, d_max: the box of the preconditioner, ``0 < d_min ≤ d_max``.
-    """
-    k = as_tensor("k", k, dtype=F64)
-    check_shape("k", k, [None, None, None, None], "[B, T, H, K]")
-    beta = as_tensor("beta", beta, dtype=F64)
-    check_shape("beta", beta, list(k.shape[:3]), "[B, T, H]")
-    d_min = check_scalar("d_min", d_min, 0.0, None, lo_open=True)
-    d_max = check_scalar("d_max", d_max, d_min, None)
-    kk = (k * k).sum(-1)
-    return torch.maximum((1 - beta * d_min * kk).abs(), (1 - beta * d_max * kk).abs())
 
 
 @claim(
@@ -141,7 +123,7 @@ def _transition(k: torch.Tensor, d: torch.Tensor, beta: float) -> torch.Tensor:
     negative_control=True,
     quick=dict(draws=500, K=4, V=3),
     full=dict(draws=20000, K=16, V=8),
-    proof="proofs_check.check_weighted_norm_similarity",
+    proof="proofs_check.c4_weighted_norm_similarity",
 )
 def c4_neg_nonsym(size: Size, seed: int) -> Outcome:
     g = generator(seed, 42)

@@ -5,9 +5,9 @@
   (ii) :func:`osdn_theory.preconditioners.d_scan` with a d-independent step satisfies
   ``d_{t+1} = (I − 2η_tβ_t²u_tu_tᵀ)d_t + 2η_tβ_tu_t`` (ratio) and ``d_{t+1} = d_t + η_tβ_t(1 − s_t)u_t/‖k_t‖²``
   (hyper) token by token, and ``d_init ↦ d`` is affine; (iii) :func:`osdn_adaptive` gives the same ``d`` for
-  different values and initial states. Proof: ``proofs_check/check_c5_affine_update.py``.
+  different values and initial states. Proof: ``proofs_check/c5_affine_update.py``.
 * ``C5-normalized``: ``η_t = c/(2β_t²‖u_t‖²)`` gives ``1 − s_t(d_{t+1}) = (1 − c)(1 − s_t(d_t))``.
-  Proof: ``proofs_check/check_normalized_step.py``.
+  Proof: ``proofs_check/c5_normalized_step.py``.
 * ``C5-neg-raw`` (negative control): the raw (Baydin) hypergradient ``−β‖e‖²(1 − s)u`` depends on the state:
   different values give different ``d``.
 """
@@ -79,7 +79,7 @@ def _autograd_state_free(g, K: int, V: int, draws: int) -> dict[str, float]:
     comparison="equal within tol",
     quick=dict(B=2, T=64, H=2, K=6, V=4, eta=0.3, draws=6),
     full=dict(B=4, T=512, H=2, K=16, V=8, eta=0.3, draws=40),
-    proof="proofs_check.check_c5_affine_update",
+    proof="proofs_check.c5_affine_update",
 )
 def c5_affine(size: Size, seed: int) -> Outcome:
     g = generator(seed, 5)
@@ -139,7 +139,7 @@ def c5_affine(size: Size, seed: int) -> Outcome:
     comparison="equal within tol",
     quick=dict(B=2, T=64, H=2, K=6, cs=(0.3, 1.0, 1.7)),
     full=dict(B=4, T=512, H=4, K=32, cs=(0.1, 0.5, 1.0, 1.5, 1.9)),
-    proof="proofs_check.check_normalized_step",
+    proof="proofs_check.c5_normalized_step",
 )
 def c5_normalized(size: Size, seed: int) -> Outcome:
     g = generator(seed, 51)

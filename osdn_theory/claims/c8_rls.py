@@ -3,7 +3,7 @@
 ``H_t = γH_{t−1} + k_t k_tᵀ``, ``H_0 = λI``, ``β = 1``, write key ``H_t⁻¹k_t``: the state after every token equals
 ``argmin_S ½Σ_{i≤t} γ^{t−i}‖S k_i − v_i‖² + ½λγ^t‖S‖²``, and the write gain is ``s_t = a_t/(1 + a_t)`` with
 leverage ``a_t = k_tᵀ(γH_{t−1})⁻¹k_t`` (spec erratum: the spec writes ``H_{t−1}⁻¹``, equal only for γ = 1).
-Proofs: ``proofs_check/check_rls_sherman_morrison.py``. ``C8-neg-erratum``: the spec's literal leverage with
+Proofs: ``proofs_check/c8_rls_sherman_morrison.py``. ``C8-neg-erratum``: the spec's literal leverage with
 γ < 1 does not reproduce the ridge minimiser.
 """
 
@@ -41,7 +41,7 @@ def _ridge_errors(size: Size, seed: int, gamma: float, variant: str):
     comparison="equal within tol",
     quick=dict(B=2, T=24, H=2, K=6, V=4, lam=0.5, gammas=(1.0, 0.9)),
     full=dict(B=2, T=128, H=2, K=16, V=8, lam=0.5, gammas=(1.0, 0.97, 0.8)),
-    proof="proofs_check.check_rls_sherman_morrison",
+    proof="proofs_check.c8_rls_sherman_morrison",
 )
 def c8_rls_ridge(size: Size, seed: int) -> Outcome:
     ev = {}
