@@ -12,7 +12,9 @@ Per head and token (math form, ``S ∈ R^{V×K}``)::
     o_t  = scale · S_t q_t                              (read-out after the write, as in fla)
 
 with write gain ``s_t = β_t k_tᵀ D_t k_t`` and post-write residual ``r⁺_t = S_t k_t − v_t = (1 − s_t) e_t``.
-``d = None`` (``d ≡ 1``) is DeltaNet exactly.
+``d = None`` (``d ≡ 1``) is DeltaNet exactly. The write is computed as the preconditioned gradient step
+``S_t = α_t S_{t−1} − β_t ∇ℓ_t(α_t S_{t−1}) c_t D_t`` with the inner loss and gradient of
+:func:`inner_loss` / :func:`inner_grad` (the functions claim C1 checks).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = [
     "OSDNInputs",
     "prepare_inputs",
     "write_key",
+    "inner_loss",
+    "inner_grad",
     "osdn_recurrent",
     "delta_rule_recurrent",
 ]
@@ -172,6 +176,65 @@ def _write_key(
     return kt, s_raw * c, c
 
 
+def _check_inner(state, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    state = as_tensor("state", state)
+    check_shape("state", state, [None] * max(state.ndim, 2), "[..., K, V]")
+    k = as_tensor("k", k)
+    check_shape("k", k, [*state.shape[:-2], state.shape[-2]], "[..., K] (state is [..., K, V])")
+    v = as_tensor("v", v)
+    check_shape("v", v, [*state.shape[:-2], state.shape[-1]], "[..., V] (state is [..., K, V])")
+    for name, t in (("k", k), ("v", v)):
+        check_same(name, t, "state", state)
+    for name, t in (("state", state), ("k", k), ("v", v)):
+        check_range(name, t)  # finiteness
+    return state, k, v
+
+
+def inner_loss(state, k, v) -> torch.Tensor:
+    """The per-token inner loss ``ℓ(S) = ½‖S k − v‖²`` that the OSDN write descends (spec §2, claim C1).
+
+    Args:
+        state: memory in the state layout ``Sᵀ`` of shape ``[..., K, V]`` (as ``initial_state``), finite.
+        k: key of shape ``[..., K]``; v: value of shape ``[..., V]`` (same dtype and device as ``state``).
+
+    Returns:
+        ``ℓ`` of shape ``[...]``.
+    """
+    return _inner_loss(*_check_inner(state, k, v))
+
+
+def inner_grad(state, k, v) -> torch.Tensor:
+    """The gradient of :func:`inner_loss` in the state layout: ``(e kᵀ)ᵀ = k eᵀ`` with ``e = S k − v``.
+
+    :func:`osdn_recurrent` writes ``Sᵀ ← Sᵀ − β (c d) ⊙ inner_grad`` (row ``i`` scaled by ``c d_i``), i.e.
+    ``S ← S − β ∇ℓ(S) c D`` in the math layout.
+
+    Args:
+        state: memory in the state layout ``Sᵀ`` of shape ``[..., K, V]``, finite.
+        k: key of shape ``[..., K]``; v: value of shape ``[..., V]`` (same dtype and device as ``state``).
+
+    Returns:
+        ``∇ℓ`` of shape ``[..., K, V]``.
+    """
+    return _inner_grad(*_check_inner(state, k, v))[0]
+
+
+def _residual(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``e = S k − v`` of shape ``[..., V]`` for the state ``M = Sᵀ`` of shape ``[..., K, V]``."""
+    return torch.einsum("...k,...kv->...v", k, M) - v
+
+
+def _inner_loss(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """:func:`inner_loss` without validation."""
+    return 0.5 * (_residual(M, k, v) ** 2).sum(-1)
+
+
+def _inner_grad(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`inner_grad` without validation; also returns the residual ``e`` it was built from."""
+    e = _residual(M, k, v)
+    return k[..., :, None] * e[..., None, :], e
+
+
 @dataclass(frozen=True)
 class Diagnostics:
     """Per-token diagnostics of a recurrent run (all ``[B, T, H, ...]``).
@@ -231,7 +294,9 @@ def osdn_recurrent(
         q, k, v, beta, d, alpha=alpha, scale=scale, initial_state=initial_state, s_max=s_max, dtype=dtype
     )
     B, T, H, K, V = x.shape
-    kt, s, c = _write_key(x.k, x.beta, x.d, x.s_max)
+    _, s, c = _write_key(x.k, x.beta, x.d, x.s_max)
+    # Right preconditioner of the gradient step, per key coordinate: c d (the write key is k̃ = c d ⊙ k).
+    p = c[..., None] if x.d is None else c[..., None] * x.d
     M = (
         torch.zeros(B, H, K, V, dtype=x.k.dtype, device=x.k.device)
         if x.initial_state is None
@@ -244,9 +309,9 @@ def osdn_recurrent(
     for t in range(T):
         if x.alpha is not None:
             M = M * x.alpha[:, t, :, None, None]
-        k_t, kt_t, b_t = x.k[:, t], kt[:, t], x.beta[:, t]  # [B,H,K], [B,H,K], [B,H]
-        e = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]  # e_t = S k − v
-        M = M - b_t[..., None, None] * kt_t[..., :, None] * e[..., None, :]
+        k_t, p_t, b_t = x.k[:, t], p[:, t], x.beta[:, t]  # [B,H,K], [B,H,K], [B,H]
+        grad, e = _inner_grad(M, k_t, x.v[:, t])  # ∇ℓ_t = k eᵀ (state layout), e_t = S k − v
+        M = M - b_t[..., None, None] * p_t[..., :, None] * grad  # S ← S − β ∇ℓ (c D)
         o[:, t] = x.scale * torch.einsum("bhk,bhkv->bhv", x.q[:, t], M)
         if diagnostics:
             e_pre[:, t] = e

@@ -2,29 +2,43 @@
 
 ``ℓ(S) = ½‖S k − v‖²`` with ``e = S k − v`` satisfies, for every ``Δ ∈ R^{V×K}``,
 ``ℓ(S + Δ) = ℓ(S) + ⟨e kᵀ, Δ⟩_F + ½‖Δ k‖²`` with no remainder; the Hessian acts on the right,
-``Δ ↦ Δ k kᵀ``. Symbolic proof: ``proofs_check/c1_exact_quadratic.py``. Here: a float64 check over
-random ``(S, k, v, Δ)`` at many scales of ``Δ`` (a Taylor expansion with a remainder would show a relative
-error growing with ``‖Δ‖``), and the Hessian-vector product by autograd against ``Δ k kᵀ``.
+``Δ ↦ Δ k kᵀ``. Symbolic proof: ``proofs_check/c1_exact_quadratic.py``.
+
+Here the library's own inner loss and gradient are checked — :func:`osdn_theory.recurrences.inner_loss` and
+:func:`~osdn_theory.recurrences.inner_grad`, the functions whose gradient :func:`osdn_recurrent` uses for its
+write ``S ← S − β ∇ℓ(S) D`` — in float64 over random ``(S, k, v, Δ)`` at many scales of ``Δ`` (a Taylor
+expansion with a remainder would show a relative error growing with ``‖Δ‖``):
+
+* the library loss equals ``½‖S k − v‖²`` and its gradient equals ``e kᵀ`` (the statement's formulas);
+* the expansion holds with the library's loss on both sides and its gradient in the linear term;
+* the library gradient equals the autograd gradient of the library loss;
+* the Hessian action: ``∇ℓ(S + Δ) − ∇ℓ(S) = Δ k kᵀ`` exactly (the library gradient is affine in ``S``),
+  and the autograd Hessian-vector product of the library loss is ``Δ k kᵀ``.
+
+Everything is in the library's state layout ``Sᵀ ∈ R^{K×V}``, where ``Δ k kᵀ`` reads ``k kᵀ Δᵀ``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..recurrences import inner_grad, inner_loss
 from ..tolerances import rtol
 from ._common import F64, generator, worst
 from ._registry import Outcome, Size, claim
 
 
-def _loss(S: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return 0.5 * ((S @ k - v) ** 2).sum((-2, -1))
+def _rel(out: torch.Tensor, ref: torch.Tensor, mag: torch.Tensor) -> float:
+    """Largest per-draw ``|out − ref| / mag`` (norms over the trailing matrix axes)."""
+    diff = (out - ref).reshape(out.shape[0], -1).norm(dim=-1)
+    return (diff / mag.reshape(-1)).max().item()
 
 
 @claim(
     "C1",
     title="Exact quadratic inner loss",
     statement="ℓ(S+Δ) = ℓ(S) + ⟨e kᵀ, Δ⟩_F + ½‖Δk‖² for every Δ (no remainder); Hessian Δ ↦ Δ k kᵀ",
-    assumptions=["ℓ_t(S) = ½‖S k_t − v_t‖²", "float64"],
+    assumptions=["ℓ_t(S) = ½‖S k_t − v_t‖² (the library's inner_loss / inner_grad)", "float64"],
     comparison="equal within tol",
     quick=dict(draws=200, K=8, V=6),
     full=dict(draws=5000, K=32, V=16),
@@ -33,31 +47,54 @@ def _loss(S: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def c1_exact_quadratic(size: Size, seed: int) -> Outcome:
     g = generator(seed, 1)
     n, K, V = size.draws, size.K, size.V
-    S = torch.randn(n, V, K, generator=g, dtype=F64)
-    k = torch.randn(n, K, 1, generator=g, dtype=F64)
-    v = torch.randn(n, V, 1, generator=g, dtype=F64)
+    M = torch.randn(n, K, V, generator=g, dtype=F64)  # Sᵀ (state layout)
+    k = torch.randn(n, K, generator=g, dtype=F64)
+    v = torch.randn(n, V, generator=g, dtype=F64)
     scales = 10.0 ** torch.linspace(-3, 3, n, dtype=F64)  # ‖Δ‖ from tiny to huge
-    D = torch.randn(n, V, K, generator=g, dtype=F64) * scales[:, None, None]
-    e = S @ k - v
-    lhs = _loss(S + D, k, v)
-    lin = (e @ k.transpose(-1, -2) * D).sum((-1, -2))
-    quad = 0.5 * ((D @ k) ** 2).sum((-1, -2))
-    rhs = _loss(S, k, v) + lin + quad
-    # Relative to the size of the terms involved (cancellation-aware).
-    mag = _loss(S, k, v).abs() + lin.abs() + quad.abs()
-    err = ((lhs - rhs).abs() / mag).max().item()
-    # Hessian-vector product via autograd: ∇ℓ(S + εΔ) − ∇ℓ(S) is exactly ε Δ k kᵀ (linear gradient).
-    Sg = S[:8].clone().requires_grad_(True)
-    grad = torch.autograd.grad(_loss(Sg, k[:8], v[:8]).sum(), Sg, create_graph=True)[0]
-    hvp = torch.autograd.grad((grad * D[:8]).sum(), Sg)[0]
-    hvp_ref = D[:8] @ k[:8] @ k[:8].transpose(-1, -2)
-    hvp_err = ((hvp - hvp_ref).norm() / hvp_ref.norm()).item()
+    D = torch.randn(n, K, V, generator=g, dtype=F64) * scales[:, None, None]  # Δᵀ
+    # The statement's formulas, written here independently of the library.
+    e = torch.einsum("nk,nkv->nv", k, M) - v
+    loss_ref = 0.5 * (e**2).sum(-1)
+    grad_ref = k[:, :, None] * e[:, None, :]  # (e kᵀ)ᵀ
+    Dk = torch.einsum("nk,nkv->nv", k, D)  # Δ k
+    hess_ref = k[:, :, None] * Dk[:, None, :]  # (Δ k kᵀ)ᵀ
+    # The library.
+    loss, grad = inner_loss(M, k, v), inner_grad(M, k, v)
+    loss_err = ((loss - loss_ref).abs() / loss_ref.abs()).max().item()
+    grad_err = _rel(grad, grad_ref, grad_ref.reshape(n, -1).norm(dim=-1))
+    # Exact expansion, relative to the size of the terms involved (cancellation-aware).
+    lhs = inner_loss(M + D, k, v)
+    lin = (grad * D).sum((-1, -2))
+    quad = 0.5 * (Dk**2).sum(-1)
+    rhs = loss + lin + quad
+    mag = loss.abs() + lin.abs() + quad.abs()
+    expansion_err = ((lhs - rhs).abs() / mag).max().item()
+    # Hessian action: the gradient is affine in S, so ∇ℓ(S + Δ) − ∇ℓ(S) is exactly Δ k kᵀ.
+    grad_D = inner_grad(M + D, k, v)
+    hess_err = _rel(
+        grad_D - grad, hess_ref, grad_D.reshape(n, -1).norm(dim=-1) + grad.reshape(n, -1).norm(dim=-1)
+    )
+    # Autograd of the library loss: its gradient is the library gradient, its Hessian-vector product Δ k kᵀ.
+    m = min(n, 8)
+    Mg = M[:m].clone().requires_grad_(True)
+    ag = torch.autograd.grad(inner_loss(Mg, k[:m], v[:m]).sum(), Mg, create_graph=True)[0]
+    autograd_err = _rel(ag.detach(), grad[:m], grad[:m].reshape(m, -1).norm(dim=-1))
+    hvp = torch.autograd.grad((ag * D[:m]).sum(), Mg)[0]
+    hvp_err = ((hvp - hess_ref[:m]).norm() / hess_ref[:m].norm()).item()
+    errs = dict(
+        loss_vs_definition=loss_err,
+        grad_vs_e_kT=grad_err,
+        expansion=expansion_err,
+        grad_difference_vs_hessian_action=hess_err,
+        grad_vs_autograd=autograd_err,
+        autograd_hvp_vs_hessian_action=hvp_err,
+    )
     return Outcome(
-        measured=worst(err, hvp_err),
+        measured=worst(*errs.values()),
         bound=rtol(F64),
         evidence=dict(
-            max_rel_err_expansion=err,
-            rel_err_hessian_vector=hvp_err,
+            max_rel_err=errs,
+            library=["osdn_theory.recurrences.inner_loss", "osdn_theory.recurrences.inner_grad"],
             draws=n,
             shape_S=[V, K],
             delta_norm_range=[float(scales[0]), float(scales[-1])],
