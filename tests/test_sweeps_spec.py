@@ -18,7 +18,7 @@ from osdn_theory.sweeps.spec import (
     parse_spec,
 )
 
-STREAM = {"family": "piecewise", "T": 64, "K": 4, "V": 2, "segment_len": 16}
+STREAM = {"family": "piecewise", "T": 64, "K": 4, "V": 2, "segment_len": 32}
 OSDN = {
     "name": "osdn",
     "step": {"name": "normalized", "c": 0.2},
@@ -47,11 +47,11 @@ def test_cartesian_product_of_streams_methods_seeds():
 
 def test_entry_grid_and_top_level_grid():
     m = dict(OSDN, grid={"apf.rate.lam": [0.0, 0.1, 0.2], "step.c": [0.1, 0.5]})
-    spec = parse_spec(_raw(method=[m], grid={"stream.segment_len": [16, 32]}))
+    spec = parse_spec(_raw(method=[m], grid={"stream.segment_len": [32, 64]}))
     assert len(spec.runs) == 3 * 2 * 2 * 2
     lams = sorted({r.method["apf"]["rate"]["lam"] for r in spec.runs})
     assert lams == [0.0, 0.1, 0.2]
-    assert sorted({r.stream["segment_len"] for r in spec.runs}) == [16, 32]
+    assert sorted({r.stream["segment_len"] for r in spec.runs}) == [32, 64]
     assert all("grid" not in r.method for r in spec.runs)
 
 
@@ -83,7 +83,7 @@ def test_same_file_same_hashes(tmp_path):
     p = tmp_path / "s.toml"
     p.write_text(
         'name = "x"\nseeds = {start = 2, count = 2}\n[[stream]]\nfamily = "piecewise"\nT = 64\nK = 4\n'
-        'segment_len = 16\n[[method]]\nname = "osdn"\nstep = {name = "normalized", c = 0.3}\n'
+        'segment_len = 32\n[[method]]\nname = "osdn"\nstep = {name = "normalized", c = 0.3}\n'
         'grid = {"step.c" = [0.1, 0.3]}\n'
     )
     s1, s2 = load_spec(p), load_spec(p)

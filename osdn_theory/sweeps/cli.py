@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,12 @@ def register(app: typer.Typer) -> None:
         scheduler: Annotated[
             str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786 (executor dask).")
         ] = None,
-        workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPU count).")] = None,
+        workers: Annotated[
+            int | None,
+            typer.Option(
+                help="Worker processes (default: CPU count); local pool or a Dask cluster started here only."
+            ),
+        ] = None,
         max_runs: Annotated[
             int | None, typer.Option("--max-runs", help="Execute at most this many missing runs.")
         ] = None,
@@ -28,10 +34,31 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option(help="Seeds stacked per task (default: the file's batch_size).")
         ] = None,
         progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+        threads: Annotated[
+            int, typer.Option(help="Torch threads per run, every executor (1: one run per core is fastest).")
+        ] = 1,
+        connect_timeout: Annotated[
+            float, typer.Option("--connect-timeout", help="Seconds to reach the Dask --scheduler.")
+        ] = 10.0,
+        worker_timeout: Annotated[
+            float,
+            typer.Option(
+                "--worker-timeout", help="Seconds a Dask cluster may have no live worker before stopping."
+            ),
+        ] = 60.0,
+        append_different_spec: Annotated[
+            bool,
+            typer.Option(
+                "--append-different-spec",
+                help="Allow adding this sweep to a folder holding results of another spec (kept apart by spec hash).",
+            ),
+        ] = False,
     ) -> None:
         """Run the missing runs of a sweep file; rerun the same command to resume after a crash."""
+        from .executors import EnvironmentProblem
         from .runner import run_sweep
         from .spec import load_spec
+        from .store import ResultsStore
 
         try:
             spec = load_spec(file)
@@ -45,14 +72,36 @@ def register(app: typer.Typer) -> None:
                 retry_failed=retry_failed,
                 batch_size=batch_size,
                 progress=progress,
+                threads=threads,
+                connect_timeout=connect_timeout,
+                worker_timeout=worker_timeout,
+                append_different_spec=append_different_spec,
             )
-        except ValueError as err:
+        except (ValueError, EnvironmentProblem) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            done = len(ResultsStore(out, repair=False).records) if (out / "results.jsonl").exists() else 0
+            cmd = " ".join(shlex.quote(a) for a in ["osdn", "sweep", str(file), "--out", str(out)])
+            typer.echo(
+                f"\ninterrupted: {done} finished run(s) are saved in {out}/results.jsonl (at most the runs in "
+                f"flight are lost); to resume, rerun the same command, e.g. {cmd} [same options]",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        div = f", {summary.diverged} diverged" if summary.diverged else ""
         typer.echo(
             f"{spec.name}: {summary.total} runs, {summary.skipped} already done, {summary.executed} executed "
-            f"({summary.failed} failed), {summary.remaining} remaining, {summary.elapsed_s:.1f} s -> {out}"
+            f"({summary.failed} failed{div}), {summary.remaining} remaining, {summary.elapsed_s:.1f} s -> {out}"
         )
+        if summary.diverged_recorded:
+            from .evaluate import DIVERGED_R1
+
+            typer.echo(
+                f"{summary.diverged_recorded} run(s) of this sweep are recorded as diverged (memory R1 > "
+                f"{DIVERGED_R1:g}; e.g. OSDN without s_max); figures mark them",
+                err=True,
+            )
         if summary.failed or summary.failed_recorded:
             typer.echo(
                 f"{summary.failed_recorded} run(s) of this sweep are recorded as failed, with tracebacks, in "
@@ -73,6 +122,11 @@ def register(app: typer.Typer) -> None:
             paths = plot_sweep(out, fmt=fmt)
         except ValueError as err:
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as err:
+            typer.echo(
+                f"error: out: cannot write figures under {str(out)!r}: {err.strerror or err}", err=True
+            )
             raise typer.Exit(2) from None
         for p in paths:
             typer.echo(str(p))

@@ -52,6 +52,7 @@ from .registry import build_stream, method_builder
 from .spec import config_hash, method_label
 
 __all__ = [
+    "DIVERGED_R1",
     "VALUE_ONLY_STREAM_FIELDS",
     "evaluate_batch",
     "evaluate_runs",
@@ -59,6 +60,21 @@ __all__ = [
     "stack_key",
     "stack_streams",
 ]
+
+
+#: a run whose stored-set residual ratio R1 (``Σ‖S k_i − v_i‖² / Σ‖v_i‖²``; 1 for an empty memory) exceeds this,
+#: or is not finite, is recorded with ``status = "diverged"``: its memory blew up (e.g. OSDN without the
+#: ``s_max`` clip, whose write gain can exceed 2), and its metrics describe overflow, not the method.
+DIVERGED_R1 = 1e6
+
+
+def _status(m: dict) -> tuple[str, dict]:
+    r1 = m.get("r1")
+    if r1 is None or r1 <= DIVERGED_R1:  # NaN fails the comparison: diverged
+        return "ok", {}
+    return "diverged", {
+        "diverged": f"memory diverged: R1 = {r1:.3g} > {DIVERGED_R1:g} (or not finite); metrics kept as computed"
+    }
 
 
 def _now() -> str:
@@ -74,6 +90,8 @@ def _label(cfg: dict) -> str:
 def evaluate_batch(run_dicts: list[dict]) -> list[dict]:
     """Evaluate runs (each ``{"stream", "method", "seed", "metrics"}``) → one record per run; never raises.
 
+    Status ``ok``, or ``diverged`` (R1 above :data:`DIVERGED_R1` or not finite; metrics kept) or ``failed``.
+
     The runs are evaluated stacked (they must share :func:`stack_key`). If the stacked evaluation fails,
     each run is evaluated alone, so one bad run is recorded as failed (with its traceback) and the others
     still succeed. An empty or non-list ``run_dicts`` is a caller error (``ValueError``), not a failed run.
@@ -85,8 +103,9 @@ def evaluate_batch(run_dicts: list[dict]) -> list[dict]:
         metrics, series = evaluate_runs(run_dicts)
         dt = (time.perf_counter() - t0) / len(run_dicts)
         return [
-            _record(cfg, "ok", dt, len(run_dicts), metrics=m, series=s)
+            _record(cfg, st, dt, len(run_dicts), metrics=m, series=s, **why)
             for cfg, m, s in zip(run_dicts, metrics, series, strict=True)
+            for st, why in [_status(m)]
         ]
     except Exception as err:  # noqa: BLE001 - recorded, never lost
         if len(run_dicts) > 1:

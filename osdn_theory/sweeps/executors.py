@@ -3,17 +3,25 @@
 Every backend exposes the same two calls used by the runner: ``submit(fn, *args) -> future`` and
 ``as_completed(futures)`` yielding futures as they finish (each with ``.result()``), plus ``shutdown()``.
 
-- ``serial``: runs each task in the calling process at ``submit`` time (debugging, tiny sweeps, notebooks).
+- ``serial``: runs each task in the calling process when its result is asked for (debugging, tiny sweeps,
+  notebooks).
 - ``local`` (default): :class:`concurrent.futures.ProcessPoolExecutor` with ``workers`` processes
-  (default: the CPU count), ``spawn`` start method, one torch thread per worker.
+  (default: the CPU count), ``spawn`` start method.
 - ``dask``: a :class:`dask.distributed.Client` connected to ``scheduler`` (an address such as
-  ``tcp://host:8786``), or, without an address, to a fresh ``LocalCluster(n_workers=workers,
-  threads_per_worker=1)``. On a SLURM cluster start the workers with dask-jobqueue and pass the address::
+  ``tcp://host:8786``; given up after ``connect_timeout`` seconds), or, without an address, to a fresh
+  ``LocalCluster(n_workers=workers, threads_per_worker=1)``. A sweep that sees no live worker for
+  ``worker_timeout`` seconds stops. On a SLURM cluster start the workers with dask-jobqueue and pass the
+  address::
 
       from dask_jobqueue import SLURMCluster
       cluster = SLURMCluster(cores=1, processes=1, memory="4GB", walltime="02:00:00")
       cluster.scale(jobs=32)
       print(cluster.scheduler_address)   # then: osdn sweep FILE --out DIR --executor dask --scheduler ADDR
+
+Every task runs with ``threads`` torch threads (default 1, serial included): runs are many and small, so one
+thread per run and one run per core is the fastest layout (torch's default of one thread per core made the
+serial executor several times slower than one pinned worker). :class:`EnvironmentProblem` is raised for what the environment, not the
+sweep, got wrong (an unreachable scheduler, no live workers).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "EXECUTORS",
+    "EnvironmentProblem",
     "DaskExecutor",
     "LocalExecutor",
     "SerialExecutor",
@@ -36,14 +45,33 @@ __all__ = [
 EXECUTORS = ("local", "serial", "dask")
 
 
-def _worker_init() -> None:
-    """Pool worker set-up: one torch thread, and exit when the parent dies (a killed sweep leaves no orphans)."""
+class EnvironmentProblem(RuntimeError):
+    """The machine, the cluster or the file system stopped the sweep (not its spec or its arguments)."""
+
+
+def _threaded(threads: int, fn: Callable, *args: Any) -> Any:
+    """Run ``fn(*args)`` with ``threads`` torch intra-op threads, then restore the caller's setting."""
+    import torch
+
+    old = torch.get_num_threads()
+    if old != threads:
+        torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+def _worker_init(threads: int = 1) -> None:
+    """Pool worker set-up: ``threads`` torch threads, and exit when the parent dies (a killed sweep leaves no
+    orphans)."""
     import threading
     import time
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     parent = os.getppid()
 
     def watch() -> None:
@@ -82,13 +110,17 @@ class _Deferred:
 
 
 class SerialExecutor:
-    """Runs tasks in this process, one at a time, in submission order, as ``as_completed`` asks for them."""
+    """Runs tasks in this process, one at a time, in submission order, as ``as_completed`` asks for them
+    (each with ``threads`` torch threads; the process's own setting is restored after each task)."""
 
     name = "serial"
     workers = 1
 
+    def __init__(self, threads: int = 1):
+        self.threads = threads
+
     def submit(self, fn: Callable, *args: Any) -> _Deferred:
-        return _Deferred(fn, args)
+        return _Deferred(_threaded, (self.threads, fn, *args))
 
     def as_completed(self, futures: Iterable[_Deferred]) -> Iterator[_Deferred]:
         for f in futures:
@@ -100,14 +132,18 @@ class SerialExecutor:
 
 
 class LocalExecutor:
-    """A process pool on this machine (``spawn`` start method; each worker uses one torch thread)."""
+    """A process pool on this machine (``spawn`` start method; each worker uses ``threads`` torch threads)."""
 
     name = "local"
 
-    def __init__(self, workers: int | None = None):
+    def __init__(self, workers: int | None = None, threads: int = 1):
         self.workers = workers or os.cpu_count() or 1
+        self.threads = threads
         self._pool = cf.ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
+            max_workers=self.workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads,),
         )
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
@@ -121,56 +157,139 @@ class LocalExecutor:
 
 
 class DaskExecutor:
-    """Tasks on a Dask cluster: ``scheduler`` address, or a new ``LocalCluster`` with ``workers`` workers."""
+    """Tasks on a Dask cluster: ``scheduler`` address, or a new ``LocalCluster`` with ``workers`` workers.
+
+    ``connect_timeout``: seconds to reach the scheduler before giving up; ``worker_timeout``: seconds the
+    cluster may have no live worker (at start or while tasks are pending) before the sweep stops. Both raise
+    :class:`EnvironmentProblem`.
+    """
 
     name = "dask"
 
-    def __init__(self, scheduler: str | None = None, workers: int | None = None):
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        workers: int | None = None,
+        *,
+        threads: int = 1,
+        connect_timeout: float = 10.0,
+        worker_timeout: float = 60.0,
+    ):
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError as err:  # pragma: no cover - depends on the installed extras
             raise ValueError(
                 "executor: 'dask' needs dask[distributed]; install the extra: pip install 'osdn_theory[dask]'"
             ) from err
+        self.threads = threads
+        self.worker_timeout = worker_timeout
+        self.scheduler = scheduler
         self._cluster = None
+        self.client = None
         if scheduler:
-            self.client = Client(scheduler)
+            try:
+                self.client = Client(scheduler, timeout=connect_timeout, set_as_default=False)
+            except (OSError, TimeoutError) as err:
+                raise EnvironmentProblem(
+                    f"scheduler: cannot reach the Dask scheduler at {scheduler!r} within {connect_timeout:g} s "
+                    f"({type(err).__name__}); is it running? (--connect-timeout sets the wait)"
+                ) from None
         else:
             self._cluster = LocalCluster(
                 n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, dashboard_address=None
             )
-            self.client = Client(self._cluster)
-        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+            self.client = Client(self._cluster, set_as_default=False)
+        try:
+            self.client.wait_for_workers(1, timeout=worker_timeout)
+        except (OSError, TimeoutError):
+            self.shutdown()
+            raise EnvironmentProblem(self._no_workers_message()) from None
+        self.workers = max(1, self._live_workers())
+
+    def _live_workers(self) -> int:
+        try:
+            return len(self.client.scheduler_info().get("workers", {}))
+        except (OSError, TimeoutError):
+            return 0
+
+    def _no_workers_message(self) -> str:
+        where = self.scheduler or "the local cluster"
+        return (
+            f"workers: no live Dask worker at {where} for {self.worker_timeout:g} s; start workers (e.g. "
+            "dask-worker ADDRESS, or SLURMCluster(...).scale(jobs=N)) and rerun the same command to resume "
+            "(--worker-timeout sets the wait)"
+        )
 
     def submit(self, fn: Callable, *args: Any):
-        return self.client.submit(fn, *args, pure=False)
+        return self.client.submit(_threaded, self.threads, fn, *args, pure=False)
 
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
-        from dask.distributed import as_completed
+        """Futures as they finish; raises :class:`EnvironmentProblem` once no live worker has been seen for
+        ``worker_timeout`` seconds while tasks are pending."""
+        import time
 
-        return iter(as_completed(list(futures)))
+        from dask.distributed import wait
+
+        pending = set(futures)
+        last_seen = time.monotonic()
+        poll = min(2.0, max(0.1, self.worker_timeout / 4))
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=poll, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            yield from done
+            if done or self._live_workers() > 0:
+                last_seen = time.monotonic()
+            elif time.monotonic() - last_seen > self.worker_timeout:
+                raise EnvironmentProblem(self._no_workers_message())
 
     def shutdown(self, cancel: bool = False) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         if self._cluster is not None:
             self._cluster.close()
 
 
-def check_executor_args(kind: str, workers: int | None, scheduler: str | None) -> None:
-    """Raise ``ValueError`` naming the argument if ``kind``/``workers``/``scheduler`` cannot build an executor."""
+def check_executor_args(kind: str, workers: int | None, scheduler: str | None, threads: int = 1) -> None:
+    """Raise ``ValueError`` naming the argument if ``kind``/``workers``/``scheduler``/``threads`` cannot build
+    an executor, or ask for something the executor would ignore (``workers`` with ``serial`` or with a Dask
+    ``scheduler``, whose workers are started elsewhere)."""
     if kind not in EXECUTORS:
         raise ValueError(f"executor: expected one of {list(EXECUTORS)}, got {kind!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected a positive integer, got {threads!r}")
     if scheduler is not None and kind != "dask":
         raise ValueError(f"scheduler: only used with executor 'dask', got executor {kind!r}")
+    if workers is not None and kind == "serial":
+        raise ValueError("workers: has no effect with executor 'serial' (one run at a time in this process)")
+    if workers is not None and scheduler is not None:
+        raise ValueError(
+            "workers: has no effect with a Dask scheduler (its workers are started with the cluster, "
+            "e.g. SLURMCluster(...).scale(jobs=N))"
+        )
 
 
-def make_executor(kind: str = "local", *, workers: int | None = None, scheduler: str | None = None):
-    """Build an executor by name: ``"local"`` (default), ``"serial"`` or ``"dask"``."""
-    check_executor_args(kind, workers, scheduler)
+def make_executor(
+    kind: str = "local",
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    threads: int = 1,
+    connect_timeout: float = 10.0,
+    worker_timeout: float = 60.0,
+):
+    """Build an executor by name: ``"local"`` (default), ``"serial"`` or ``"dask"`` (see the module docstring)."""
+    check_executor_args(kind, workers, scheduler, threads)
+    for name, v in (("connect_timeout", connect_timeout), ("worker_timeout", worker_timeout)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise ValueError(f"{name}: expected a positive number of seconds, got {v!r}")
     if kind == "serial":
-        return SerialExecutor()
+        return SerialExecutor(threads)
     if kind == "local":
-        return LocalExecutor(workers)
-    return DaskExecutor(scheduler, workers)
+        return LocalExecutor(workers, threads)
+    return DaskExecutor(
+        scheduler, workers, threads=threads, connect_timeout=connect_timeout, worker_timeout=worker_timeout
+    )

@@ -4,18 +4,28 @@ Resumable by construction: the results file is the only source of truth for "don
 :mod:`osdn_theory.sweeps.store`). Kill the process at any point and rerun the same command: finished runs are
 read back, a truncated last line is dropped, and only the missing runs execute. A run that raises is recorded
 with ``status = "failed"`` and its traceback, and the sweep goes on (``retry_failed=True`` runs it again).
+
+One folder, one spec: the runs already in ``out`` must come from the same spec (the same runs with the same
+metric settings: :attr:`SweepSpec.spec_hash`), or the sweep is refused before anything is written, unless
+``append_different_spec=True``. ``manifest.json`` keeps every session: spec hash, code version, executor,
+counts, start and end, and its final state (``finished``, ``interrupted``, ``error`` with the message, or
+``killed`` when a later session found it still marked ``running``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .evaluate import evaluate_batch, stack_key
-from .executors import check_executor_args, make_executor
-from .spec import RunConfig, SweepSpec, load_spec
+from .executors import EnvironmentProblem, check_executor_args, make_executor
+from .spec import RunConfig, SweepSpec, canonical_json, load_spec, spec_hash
 from .store import ResultsStore, code_version, machine_info, utc_now
 
 __all__ = ["SweepSummary", "plan_batches", "run_sweep"]
@@ -35,6 +45,8 @@ class SweepSummary:
     failed_recorded: int = (
         0  # runs of the sweep whose latest record is a failure (this or earlier invocations)
     )
+    diverged: int = 0  # recorded by this invocation with status "diverged"
+    diverged_recorded: int = 0  # runs of the sweep recorded as diverged (this or earlier invocations)
 
     @property
     def remaining(self) -> int:
@@ -60,24 +72,108 @@ def plan_batches(runs: list[RunConfig], batch_size: int) -> list[list[RunConfig]
     return out
 
 
-def _manifest(spec: SweepSpec, store: ResultsStore, prev: dict, session: dict) -> dict:
+def _mismatch(spec: SweepSpec, store: ResultsStore, prev: dict) -> str | None:
+    """Why the folder's results are not this spec's (``None`` when they are, or when there are none).
+
+    The folder's specs are the ``spec_hash`` values of its records; records written before spec hashes were
+    kept count as the spec of the manifest's ``runs`` (the spec hash of those run hashes).
+    """
+    if not store.records:
+        return None
+    legacy = [h for h, r in store.records.items() if not r.get("spec_hash")]
+    folder = {r["spec_hash"] for r in store.records.values() if r.get("spec_hash")}
+    if legacy:
+        folder.add(spec_hash(list(prev.get("runs") or legacy)))
+    if folder == {spec.spec_hash}:
+        return None
+    others = sorted(folder - {spec.spec_hash})
+    n_other = sum(
+        1
+        for h, r in store.records.items()
+        if (r.get("spec_hash") or spec_hash(list(prev.get("runs") or legacy))) != spec.spec_hash
+    )
+    names = {h: v.get("sweep") for h, v in (prev.get("specs") or {}).items()}
+    if not names and prev.get("sweep") and legacy:
+        names = {h: prev["sweep"] for h in others}
+    what = ", ".join(f"{h[:12]}" + (f" ({names[h]!r})" if names.get(h) else "") for h in others)
+    settings = {canonical_json(r.get("config", {}).get("metrics", {})) for r in store.records.values()}
+    mine = canonical_json(spec.metrics)
+    diff = ""
+    if settings and mine not in settings:
+        old = json.loads(sorted(settings)[0])
+        keys = sorted(k for k in set(old) | set(spec.metrics) if old.get(k) != spec.metrics.get(k))
+        if keys:
+            diff = (
+                " (metric settings differ: "
+                + ", ".join(f"{k} {old.get(k)!r} there, {spec.metrics.get(k)!r} here" for k in keys)
+                + ")"
+            )
+    return (
+        f"out: {str(store.out)!r} holds {n_other} result(s) of another sweep spec [{what}], not of this one "
+        f"[{spec.spec_hash[:12]} ({spec.name!r})]{diff}; mixing them would mix their figures. Use a new "
+        "--out folder, or --append-different-spec to add this sweep beside them (each record keeps its spec hash)"
+    )
+
+
+def _session_counts(session: dict) -> dict:
+    return {k: session[k] for k in ("runs", "skipped", "planned", "executed", "failed", "diverged")}
+
+
+def _manifest(spec: SweepSpec, store: ResultsStore, prev: dict, sessions: list[dict]) -> dict:
+    """The folder's manifest: every spec that ran here, the union of their runs, and the session history."""
     recs = store.records
-    hashes = spec.hashes
-    sessions = list(prev.get("sessions", [])) + [session]
-    return {
+    runs = {h: dict(v) for h, v in (prev.get("runs") or {}).items()}
+    legacy_hash = spec_hash(list(runs)) if runs and not prev.get("specs") else None
+    for v in runs.values():
+        v.setdefault("specs", [legacy_hash] if legacy_hash else [])
+    for r in spec.runs:
+        v = runs.setdefault(r.hash, {"label": r.label(), "seed": r.seed, "specs": []})
+        if spec.spec_hash not in v["specs"]:
+            v["specs"].append(spec.spec_hash)
+    specs = {h: dict(v) for h, v in (prev.get("specs") or {}).items()}
+    if legacy_hash and legacy_hash not in specs:
+        specs[legacy_hash] = {
+            "sweep": prev.get("sweep"),
+            "spec_file": prev.get("spec_file"),
+            "spec_sha256": prev.get("spec_sha256"),
+            "metrics_settings": prev.get("metrics_settings"),
+        }
+    specs[spec.spec_hash] = {
         "sweep": spec.name,
         "spec_file": Path(spec.source).name if spec.source else None,
         "spec_sha256": spec.source_sha256,
-        "created": prev.get("created", session["started"]),
-        "updated": utc_now(),
-        "code_version": code_version(),
-        "machine": machine_info(),
         "metrics_settings": spec.metrics,
-        "n_runs": len(hashes),
-        "n_ok": sum(1 for h in hashes if recs.get(h, {}).get("status") == "ok"),
-        "n_failed": sum(1 for h in hashes if recs.get(h, {}).get("status") == "failed"),
-        "seeds": sorted({r.seed for r in spec.runs}),
-        "runs": {r.hash: {"label": r.label(), "seed": r.seed} for r in spec.runs},
+    }
+
+    def counts(hashes) -> dict:
+        st = [recs.get(h, {}).get("status") for h in hashes]
+        return {
+            "n_runs": len(st),
+            "n_ok": st.count("ok"),
+            "n_diverged": st.count("diverged"),
+            "n_failed": st.count("failed"),
+        }
+
+    for h, v in specs.items():
+        v.update(counts([r for r, x in runs.items() if h in x["specs"]]))
+    settings = {canonical_json(v.get("metrics_settings")) for v in specs.values()}
+    return {
+        "format": 2,
+        "sweep": spec.name,
+        "spec_hash": spec.spec_hash,
+        "spec_file": Path(spec.source).name if spec.source else None,
+        "spec_sha256": spec.source_sha256,
+        "specs": specs,
+        "mixed": len(specs) > 1,
+        "created": prev.get("created", sessions[-1]["started"]),
+        "updated": utc_now(),
+        "code_version": sessions[-1]["code_version"],
+        "machine": machine_info(),
+        # one setting for the folder, or None when specs with different settings were appended here
+        "metrics_settings": spec.metrics if len(settings) == 1 else None,
+        **counts(list(runs)),
+        "seeds": sorted({v["seed"] for v in runs.values()}),
+        "runs": runs,
         "sessions": sessions,
     }
 
@@ -93,26 +189,47 @@ def run_sweep(
     retry_failed: bool = False,
     batch_size: int | None = None,
     progress: bool = True,
+    threads: int = 1,
+    connect_timeout: float = 10.0,
+    worker_timeout: float = 60.0,
+    append_different_spec: bool = False,
 ) -> SweepSummary:
     """Execute the missing runs of ``spec`` into the folder ``out`` (see the module docstring).
 
     Args:
         spec: a :class:`SweepSpec` or the path of a sweep file.
-        out: results folder (created if missing; reused to resume).
+        out: results folder (created if missing; reused to resume). A folder holding results of another spec
+            (different runs, or the same runs with other metric settings) is refused with a ``ValueError``.
         executor: ``"local"`` (process pool, default), ``"serial"`` or ``"dask"``.
-        workers: worker processes (default: CPU count); for ``dask`` without ``scheduler``, local workers.
+        workers: worker processes (default: CPU count) for ``local``, or for ``dask`` without ``scheduler``
+            (local workers); rejected where it has no effect (``serial``, a Dask ``scheduler``).
         scheduler: Dask scheduler address (``executor="dask"`` only).
         max_runs: execute at most this many missing runs in this invocation (``None``: all).
         retry_failed: execute again runs recorded as failed.
         batch_size: runs stacked per task (default: the sweep file's ``batch_size``).
         progress: show a tqdm bar with done/failed/ETA.
+        threads: torch threads per task, every executor (default 1).
+        connect_timeout: seconds to reach a Dask ``scheduler``; worker_timeout: seconds a Dask cluster may
+            have no live worker.
+        append_different_spec: allow adding this spec's runs to a folder holding another spec's results.
+
+    Raises:
+        ValueError: bad arguments, or a folder of another spec.
+        EnvironmentProblem: the folder cannot be written (read-only, full), the scheduler cannot be
+            reached, or no worker is alive. The manifest's last session then records ``state = "error"``.
+        KeyboardInterrupt: passed on after the manifest records ``state = "interrupted"``.
     """
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 0):
         raise ValueError(f"max_runs: expected a non-negative integer, got {max_runs!r}")
     # Checked up front: a resumed sweep with nothing left to run must still reject bad arguments.
-    check_executor_args(executor, workers, scheduler)
+    check_executor_args(executor, workers, scheduler, threads)
+    for name, v in (("connect_timeout", connect_timeout), ("worker_timeout", worker_timeout)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise ValueError(f"{name}: expected a positive number of seconds, got {v!r}")
+    if not isinstance(append_different_spec, bool):
+        raise ValueError(f"append_different_spec: expected a bool, got {append_different_spec!r}")
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
@@ -120,11 +237,50 @@ def run_sweep(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: expected a directory, got an existing file {str(out)!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
-        return _run_locked(
-            spec, out, executor, workers, scheduler, max_runs, retry_failed, batch_size, progress
-        )
+    opts = {
+        "executor": executor,
+        "workers": workers,
+        "scheduler": scheduler,
+        "max_runs": max_runs,
+        "retry_failed": retry_failed,
+        "batch_size": batch_size,
+        "progress": progress,
+        "threads": threads,
+        "connect_timeout": connect_timeout,
+        "worker_timeout": worker_timeout,
+        "append": append_different_spec,
+    }
+    with _os_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        with _exclusive(out):
+            return _run_locked(spec, out, **opts)
+
+
+def _os_error_message(out: Path, err: OSError) -> str:
+    why = err.strerror or str(err)
+    hint = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space",
+        errno.EACCES: "make it writable or choose another --out",
+        errno.EPERM: "make it writable or choose another --out",
+        errno.EROFS: "the file system is read-only; choose another --out",
+    }.get(err.errno, "check the folder")
+    where = f" ({err.filename})" if err.filename else ""
+    return (
+        f"out: cannot write to {str(out)!r}{where}: {why}; {hint}, then rerun the same command "
+        "(finished runs are kept)"
+    )
+
+
+@contextlib.contextmanager
+def _os_errors(out: Path):
+    """Turn a file-system error on the results folder into one :class:`EnvironmentProblem` line."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, EnvironmentProblem):  # pragma: no cover - EnvironmentProblem is no OSError
+            raise
+        raise EnvironmentProblem(_os_error_message(out, err)) from err
 
 
 @contextlib.contextmanager
@@ -149,80 +305,206 @@ def _exclusive(out: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _run_locked(spec, out, executor, workers, scheduler, max_runs, retry_failed, batch_size, progress):
+def _sweep_json(spec: SweepSpec, store: ResultsStore) -> dict:
+    """``sweep.json``: every run config that was asked for in this folder, each with the specs that asked."""
+    old = store.read_sweep()
+    runs = {r["hash"]: r for r in old.get("runs", []) if isinstance(r, dict) and "hash" in r}
+    legacy = spec_hash(list(runs)) if runs and "specs" not in old else None
+    for r in runs.values():
+        r.setdefault("specs", [legacy] if legacy else [])
+    for r in spec.runs:
+        e = runs.setdefault(r.hash, dict(r.to_dict(), hash=r.hash, specs=[]))
+        if spec.spec_hash not in e["specs"]:
+            e["specs"].append(spec.spec_hash)
+    specs = dict(old.get("specs") or ({legacy: old.get("name")} if legacy else {}))
+    specs[spec.spec_hash] = spec.name
+    return {"name": spec.name, "spec_hash": spec.spec_hash, "specs": specs, "runs": list(runs.values())}
+
+
+def _run_locked(
+    spec,
+    out,
+    *,
+    executor,
+    workers,
+    scheduler,
+    max_runs,
+    retry_failed,
+    batch_size,
+    progress,
+    threads,
+    connect_timeout,
+    worker_timeout,
+    append,
+):
     t0 = time.perf_counter()
     store = ResultsStore(out)
     prev = store.read_manifest()
-    session = {
-        "started": utc_now(),
-        "executor": executor,
-        "workers": workers,
-        "dropped_tail_bytes": store.dropped_tail,
-    }
-    store.write_sweep({"name": spec.name, "runs": [dict(r.to_dict(), hash=r.hash) for r in spec.runs]})
+    why = _mismatch(spec, store, prev)
+    if why and not append:
+        raise ValueError(why)
+    sessions = list(prev.get("sessions", []))
+    for old in sessions:  # we hold the folder's lock: a session still "running" was killed
+        if old.get("state", old.get("status")) == "running":
+            old["state"] = "killed"
+            old.pop("status", None)
     finished = store.done(include_failed=not retry_failed)
     skipped = sum(1 for r in spec.runs if r.hash in finished)
     pending = [r for r in spec.runs if r.hash not in finished]
     if max_runs is not None:
         pending = pending[:max_runs]
-    store.write_manifest(_manifest(spec, store, prev, dict(session, status="running")))
+    session = {
+        "started": utc_now(),
+        "finished": None,
+        "state": "running",
+        "error": None,
+        "spec_hash": spec.spec_hash,
+        "sweep": spec.name,
+        "spec_file": Path(spec.source).name if spec.source else None,
+        "code_version": code_version(),
+        "executor": executor,
+        "workers": workers,
+        "scheduler": scheduler,
+        "threads": threads,
+        "appended_to_other_spec": bool(why),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "dropped_tail_bytes": store.dropped_tail,
+        "runs": len(spec.runs),
+        "skipped": skipped,
+        "planned": len(pending),
+        "executed": 0,
+        "failed": 0,
+        "diverged": 0,
+    }
+    sessions.append(session)
 
-    executed = failed = 0
+    def write_manifest() -> None:
+        store.write_manifest(_manifest(spec, store, prev, sessions))
+
+    store.write_sweep(_sweep_json(spec, store))
+    write_manifest()
+
     failed_hashes: list[str] = []
-    if pending:
-        from tqdm.auto import tqdm
-
-        batches = plan_batches(pending, batch_size or spec.batch_size)
-        ex = make_executor(executor, workers=workers, scheduler=scheduler)
-        bar = tqdm(total=len(pending), desc=f"sweep {spec.name}", unit="run", disable=not progress)
-        bar.set_postfix(done=skipped, failed=0, total=len(spec.runs))
-        try:
-            futs = {}
-            for b in batches:
-                futs[ex.submit(evaluate_batch, [r.to_dict() for r in b])] = b
-            for fut in ex.as_completed(list(futs)):
-                batch = futs[fut]
-                try:
-                    records = fut.result()
-                except Exception as err:  # the worker itself died (evaluate_batch never raises)
-                    import traceback
-
-                    tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-                    records = [
-                        {
-                            "hash": r.hash,
-                            "label": r.label(),
-                            "status": "failed",
-                            "config": r.to_dict(),
-                            "error": f"{type(err).__name__}: {err}",
-                            "traceback": tb,
-                            "finished": utc_now(),
-                        }
-                        for r in batch
-                    ]
-                for rec in records:
-                    store.append(rec)
-                    executed += 1
-                    if rec["status"] != "ok":
-                        failed += 1
-                        failed_hashes.append(rec["hash"])
-                bar.update(len(records))
-                bar.set_postfix(done=skipped + executed - failed, failed=failed, total=len(spec.runs))
-        finally:
-            bar.close()
-            ex.shutdown(cancel=True)
-            store.close()
-    session.update(finished=utc_now(), executed=executed, failed=failed)
-    store.write_manifest(_manifest(spec, store, prev, dict(session, status="finished")))
-    if store.records:
-        store.write_parquet(spec.hashes)
+    try:
+        if pending:
+            _execute(
+                spec,
+                store,
+                pending,
+                session,
+                failed_hashes,
+                executor=executor,
+                workers=workers,
+                scheduler=scheduler,
+                threads=threads,
+                connect_timeout=connect_timeout,
+                worker_timeout=worker_timeout,
+                batch_size=batch_size or spec.batch_size,
+                progress=progress,
+                skipped=skipped,
+            )
+        if store.records:
+            store.write_parquet()
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            session["state"] = "interrupted"
+        else:
+            session["state"] = "error"
+            msg = _os_error_message(out, err) if isinstance(err, OSError) else str(err)
+            session["error"] = f"{type(err).__name__}: {msg}"
+        session["finished"] = utc_now()
+        with contextlib.suppress(OSError):  # a full disk may refuse this too: the last manifest then stays
+            write_manifest()
+        raise
+    finally:
+        store.close()
+    session.update(finished=utc_now(), state="finished")
+    write_manifest()
     return SweepSummary(
         out=Path(out),
         total=len(spec.runs),
         skipped=skipped,
-        executed=executed,
-        failed=failed,
+        executed=session["executed"],
+        failed=session["failed"],
         elapsed_s=time.perf_counter() - t0,
         failed_hashes=failed_hashes,
         failed_recorded=sum(1 for h in spec.hashes if store.records.get(h, {}).get("status") == "failed"),
+        diverged=session["diverged"],
+        diverged_recorded=sum(1 for h in spec.hashes if store.records.get(h, {}).get("status") == "diverged"),
     )
+
+
+def _execute(
+    spec,
+    store,
+    pending,
+    session,
+    failed_hashes,
+    *,
+    executor,
+    workers,
+    scheduler,
+    threads,
+    connect_timeout,
+    worker_timeout,
+    batch_size,
+    progress,
+    skipped,
+) -> None:
+    """Run ``pending`` on the executor, appending each record as it arrives and counting into ``session``."""
+    from tqdm.auto import tqdm
+
+    batches = plan_batches(pending, batch_size)
+    ex = make_executor(
+        executor,
+        workers=workers,
+        scheduler=scheduler,
+        threads=threads,
+        connect_timeout=connect_timeout,
+        worker_timeout=worker_timeout,
+    )
+    bar = tqdm(total=len(pending), desc=f"sweep {spec.name}", unit="run", disable=not progress)
+    bar.set_postfix(done=skipped, failed=0, total=len(spec.runs))
+    try:
+        futs = {}
+        for b in batches:
+            futs[ex.submit(evaluate_batch, [r.to_dict() for r in b])] = b
+        for fut in ex.as_completed(list(futs)):
+            batch = futs[fut]
+            try:
+                records = fut.result()
+            except Exception as err:  # the worker itself died (evaluate_batch never raises)
+                import traceback
+
+                tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+                records = [
+                    {
+                        "hash": r.hash,
+                        "label": r.label(),
+                        "status": "failed",
+                        "config": r.to_dict(),
+                        "error": f"{type(err).__name__}: {err}",
+                        "traceback": tb,
+                        "finished": utc_now(),
+                    }
+                    for r in batch
+                ]
+            for rec in records:
+                rec["spec_hash"] = spec.spec_hash
+                store.append(rec)
+                session["executed"] += 1
+                if rec["status"] == "failed":
+                    session["failed"] += 1
+                    failed_hashes.append(rec["hash"])
+                elif rec["status"] == "diverged":
+                    session["diverged"] += 1
+            bar.update(len(records))
+            bar.set_postfix(
+                done=skipped + session["executed"] - session["failed"],
+                failed=session["failed"],
+                total=len(spec.runs),
+            )
+    finally:
+        bar.close()
+        ex.shutdown(cancel=True)

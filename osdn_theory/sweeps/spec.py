@@ -23,15 +23,18 @@ complete ``{stream, method, seed}`` config. Example (TOML)::
     [[method]]
     name = "osdn"
     rule = "ratio"
-    step = {kind = "normalized", c = 0.5}
-    apf = {prior = {kind = "ones"}, rate = {kind = "constant", lam = 0.01}}
+    step = {name = "normalized", c = 0.5}
+    s_max = 1.5
+    apf = {prior = {name = "ones"}, rate = {name = "constant_forgetting", lam = 0.01}}
     grid = {"apf.rate.lam" = [0.003, 0.01, 0.03]}
 
 A Python sweep file defines a dict ``SWEEP`` with the same structure.
 
 Each run config is ``{"stream": {...}, "method": {...}, "seed": int, "metrics": {...}}``; its **config
 hash** is the SHA-256 of its canonical JSON (sorted keys, no whitespace, floats in ``repr`` form), so the
-same run spelled the same way always gets the same hash, across machines and sessions.
+same run spelled the same way always gets the same hash, across machines and sessions. The **spec hash** of
+a sweep is the SHA-256 of its sorted run hashes: two files that expand to the same runs (metric settings
+included) have the same spec hash, whatever their layout, name or ``batch_size``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ __all__ = [
     "expand_grid",
     "load_spec",
     "parse_spec",
+    "spec_hash",
 ]
 
 #: Metric settings used when a sweep file gives none (see :mod:`osdn_theory.sweeps.evaluate`).
@@ -115,6 +119,16 @@ class SweepSpec:
     @property
     def hashes(self) -> list[str]:
         return [r.hash for r in self.runs]
+
+    @property
+    def spec_hash(self) -> str:
+        """SHA-256 of the sorted run hashes: the identity of what this sweep computes (see the module doc)."""
+        return spec_hash(self.hashes)
+
+
+def spec_hash(run_hashes: list[str]) -> str:
+    """The spec hash of a sweep whose runs have the config hashes ``run_hashes`` (order does not matter)."""
+    return config_hash(sorted(set(run_hashes)))
 
 
 def _canon(x: Any, where: str) -> Any:
@@ -374,6 +388,14 @@ def parse_spec(raw: Mapping, *, source: str = "<dict>", validate_components: boo
             if km not in seen_m:
                 _check_method(r.method, wm)
                 seen_m.add(km)
+    for r in runs:  # cross-field checks between the metric settings and each stream
+        seg = r.stream.get("segment_len")
+        if isinstance(seg, int) and not isinstance(seg, bool) and metrics["window"] > seg:
+            ws = r.__dict__.get("_where", ("stream",))[0]
+            raise ValueError(
+                f"metrics.window: expected at most {ws}.segment_len = {seg} tokens (the early/late calibration "
+                f"windows and the recovery window lie inside one segment), got {metrics['window']}"
+            )
     # duplicates: identical runs (e.g. overlapping grids) are kept once
     uniq: dict[str, RunConfig] = {}
     for r in runs:

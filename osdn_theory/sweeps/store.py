@@ -2,16 +2,22 @@
 
 Layout of ``OUT``::
 
-    OUT/results.jsonl     one JSON object per finished run, appended, flushed and fsync'd as it finishes
+    OUT/results.jsonl     one JSON object per finished run, appended, flushed and fsync'd as it finishes; each
+                          record carries the ``spec_hash`` of the sweep that ran it
     OUT/results.parquet   the same records as a table (scalars + list columns), rewritten at the end of a sweep
-    OUT/manifest.json     config hashes, code version, seeds, machine, dates (atomically replaced)
+    OUT/manifest.json     spec hash(es), config hashes, code version, seeds, machine, dates, and the history of
+                          every session (atomically replaced)
     OUT/sweep.json        the expanded sweep (every run config), for reproduction
     OUT/.lock             held (flock) while a sweep runs in OUT, so two sweeps never append at once
+
+A folder holds the results of one spec: the runner refuses to run a different spec into it unless asked to
+append (then records of several specs sit side by side, each with its own ``spec_hash``).
 
 Crash safety: a run is "done" exactly when its line is on disk. A process killed mid-write leaves at most a
 truncated last line; :class:`ResultsStore` drops it (and truncates the file to the last complete line) when it
 opens the folder, so that run is executed again. Records are keyed by config hash; if a hash appears twice
-(e.g. a failed run retried), the last record wins.
+(e.g. a failed run retried), the last record wins. Statuses: ``ok``, ``diverged`` (finished, but the memory
+blew up; see :data:`osdn_theory.sweeps.evaluate.DIVERGED_R1`) and ``failed`` (raised; traceback kept).
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResultsStore", "code_version", "machine_info", "records_to_frame", "utc_now"]
+__all__ = ["FINISHED", "ResultsStore", "code_version", "machine_info", "records_to_frame", "utc_now"]
 
 RESULTS = "results.jsonl"
 PARQUET = "results.parquet"
 MANIFEST = "manifest.json"
 SWEEP = "sweep.json"
+
+#: statuses of a run that finished (a rerun would compute the same thing): never run again on resume
+FINISHED = ("ok", "diverged")
 
 
 def utc_now() -> str:
@@ -146,8 +155,8 @@ class ResultsStore:
                 os.fsync(f.fileno())
 
     def done(self, *, include_failed: bool = True) -> set[str]:
-        """Hashes with a record (``include_failed=False``: only successful ones)."""
-        return {h for h, r in self.records.items() if include_failed or r["status"] == "ok"}
+        """Hashes with a record (``include_failed=False``: only finished ones, ``ok`` or ``diverged``)."""
+        return {h for h, r in self.records.items() if include_failed or r["status"] in FINISHED}
 
     # -- writing -------------------------------------------------------------------------------------------
     def append(self, record: dict) -> None:
@@ -180,6 +189,10 @@ class ResultsStore:
     # -- manifest and tables -------------------------------------------------------------------------------
     def write_sweep(self, spec_dict: dict) -> None:
         _atomic_write_json(self.out / SWEEP, spec_dict)
+
+    def read_sweep(self) -> dict:
+        p = self.out / SWEEP
+        return json.loads(p.read_text()) if p.exists() else {}
 
     def read_manifest(self) -> dict:
         p = self.out / MANIFEST
@@ -224,11 +237,13 @@ def records_to_frame(records: Iterable[dict]):
             "elapsed_s": r.get("elapsed_s"),
             "finished": r.get("finished"),
             "error": r.get("error"),
+            "spec_hash": r.get("spec_hash"),
         }
         cfg = r.get("config", {})
         _flatten("stream", cfg.get("stream", {}), row)
         _flatten("method", cfg.get("method", {}), row)
         row["seed"] = cfg.get("seed")
+        _flatten("metrics", cfg.get("metrics", {}), row)  # the metric settings (window, recovery_tol, ...)
         for k, v in (r.get("metrics") or {}).items():
             row[k] = v
         for k, v in (r.get("series") or {}).items():
