@@ -69,7 +69,7 @@ def _run_scan_kernel(uhat, w, ut, h0, cu, C, d_min):
     N, H, K = uhat.shape
     d = torch.empty(N, H, K, dtype=F64)
     drule._d_scan_kernel[((cu.numel() - 1) * H,)](
-        uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=F64), H, K,
+        uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=F64), d, d, H, K,
         C=C, BK=32, VP=ut.shape[-1], ACC=stages.acc_dtype(F64), num_warps=1,
     )  # fmt: skip
     return d

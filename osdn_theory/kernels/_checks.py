@@ -3,9 +3,11 @@ argument, what was expected and what was received)."""
 
 from __future__ import annotations
 
+import collections
+
 import torch
 
-from .._validate import as_tensor, check_scalar, check_shape
+from .._validate import as_tensor, check_range, check_scalar, check_shape
 from . import stages
 
 CHUNK_SIZES = (16, 32, 64)
@@ -84,3 +86,97 @@ def check_cu_seqlens(cu_seqlens, B: int, T: int, device) -> tuple[torch.Tensor |
     if cu_list[0] != 0 or cu_list[-1] != T or any(b <= a for a, b in zip(cu_list, cu_list[1:], strict=False)):
         raise ValueError(f"cu_seqlens: expected strictly increasing from 0 to T = {T}, got {cu_list}")
     return cu_seqlens.to(device), len(cu_list) - 1
+
+
+# ------------------------------------------------------------------------------ value checks without a sync
+
+#: The value-check bits (set by the stages as they load each input, see :mod:`.stages`), in report order,
+#: with the range each argument must lie in (for the message) and the interval for :func:`check_range`.
+VALUE_CHECKS = (
+    ("q", stages.BAD_Q, "finite values", (None, None, False)),
+    ("k", stages.BAD_K, "finite values", (None, None, False)),
+    ("v", stages.BAD_V, "finite values", (None, None, False)),
+    ("beta", stages.BAD_BETA, "values in (0, 1]", (0.0, 1.0, True)),
+    ("alpha", stages.BAD_ALPHA, "values in (0, 1]", (0.0, 1.0, True)),
+    ("d", stages.BAD_D, "finite values > 0", (0.0, None, True)),
+)
+
+#: Checks of earlier GPU calls still in flight: ``(event, pinned host copy of the flag word, op name)``.
+_PENDING: collections.deque = collections.deque()
+#: Beyond this many unread checks the oldest one is waited for (keeps the queue bounded if nothing polls).
+_MAX_PENDING = 256
+
+
+def check_validate(validate) -> bool | str:
+    """``validate``: ``True`` (device-side checks, reported without a host sync), ``"sync"`` (the same checks,
+    reported at the call with one host synchronisation) or ``False``."""
+    if isinstance(validate, bool) or (isinstance(validate, str) and validate == "sync"):
+        return validate
+    raise ValueError(f"validate: expected True, False or 'sync', got {type(validate).__name__} {validate!r}")
+
+
+def new_flag(validate, device) -> torch.Tensor | None:
+    """The int32 flag word the stages write their value-check bits to, or ``None`` without checks."""
+    return torch.zeros(1, dtype=torch.int32, device=device) if validate else None
+
+
+def _message(bits: int, op: str, tensors: dict | None) -> str:
+    """The message for the first flagged argument: with the tensors at hand (CPU, ``"sync"``), the detailed
+    message of :func:`check_range` (min, max); otherwise what was expected."""
+    for name, bit, expected, (lo, hi, lo_open) in VALUE_CHECKS:
+        if not bits & bit:
+            continue
+        t = None if tensors is None else tensors.get(name)
+        if t is not None:
+            try:
+                check_range(name, t.detach(), lo, hi, lo_open=lo_open)
+            except ValueError as e:
+                return str(e)
+        return (
+            f"{name}: expected {expected}, got values outside that range (found by the device-side value check "
+            f"of an earlier {op} call; its output was set to NaN; validate='sync' reports at the call itself)"
+        )
+    return f"{op}: a value check failed (bits {bits:#x})"
+
+
+def report(flag: torch.Tensor | None, op: str, tensors: dict | None, sync: bool) -> None:
+    """Raise ``ValueError`` now if ``flag`` is set and reading it costs no host synchronisation (CPU, the
+    Triton interpreter) or ``sync`` is asked for; on a GPU otherwise queue an asynchronous copy of the flag
+    to pinned host memory, read by :func:`poll` at later calls (no synchronisation)."""
+    if flag is None:
+        return
+    if flag.device.type != "cuda" or sync:
+        bits = int(flag.item())
+        if bits:
+            raise ValueError(_message(bits, op, tensors))
+        return
+    host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
+    ev = torch.cuda.Event()
+    ev.record()
+    _PENDING.append((ev, host, op))
+    if len(_PENDING) > _MAX_PENDING:
+        _PENDING[0][0].synchronize()
+
+
+def _pop_and_raise(ev, host, op) -> None:
+    bits = int(host.item())
+    if bits:
+        raise ValueError(_message(bits, op, None))
+
+
+def poll() -> None:
+    """Raise ``ValueError`` for the oldest finished check of an earlier call that found a bad value; checks
+    still running are left alone (``cudaEventQuery``: no synchronisation)."""
+    while _PENDING and _PENDING[0][0].query():
+        _pop_and_raise(*_PENDING.popleft())
+
+
+def check_values() -> None:
+    """Wait for the value checks of all earlier ``chunk_osdn`` / ``d_ratio_scan`` calls and raise
+    ``ValueError`` (naming the argument) for the first that found a bad value. This synchronises with the
+    GPU; call it where a sync happens anyway (after a training step, before logging)."""
+    while _PENDING:
+        ev, host, op = _PENDING.popleft()
+        ev.synchronize()
+        _pop_and_raise(ev, host, op)

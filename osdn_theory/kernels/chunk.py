@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from .._validate import as_tensor, broadcast, check_range, check_scalar, check_shape
-from . import stages
-from ._checks import MAX_DIM, check_chunk_size, check_cu_seqlens, check_keys, check_like
+from .._validate import as_tensor, broadcast, check_scalar, check_shape
+from . import _checks, stages
+from ._checks import MAX_DIM, check_chunk_size, check_cu_seqlens, check_keys, check_like, check_validate
 from .drule import DRule
 
 __all__ = ["chunk_osdn"]
@@ -62,19 +62,20 @@ def _chunk_tables(cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, devic
 
 class _ChunkOSDN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state):
+    def forward(ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state, flag):
         cu, offs, bounds, NC = tables
-        kt, c, g, ai = stages.gram_solve(k, d, beta, log_alpha, bounds, s_max, C)
-        w, u = stages.wy_factors(k, v, beta, g, ai, bounds, C)
+        kt, c, g, ai = stages.gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag)
+        w, u = stages.wy_factors(k, v, beta, g, ai, bounds, C, flag=flag)
         h, vnew, ht = stages.state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state)
         del w, u
-        o = stages.output(q, kt, vnew, h, g, bounds, scale, C)
+        o = stages.output(q, kt, vnew, h, g, bounds, scale, C, flag=flag)
         ctx.save_for_backward(q, k, v, beta, d, log_alpha, h0, ai)
         ctx.meta = (scale, s_max, C, tables)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
+        _checks.poll()  # value checks of earlier calls that have finished (no synchronisation)
         q, k, v, beta, d, log_alpha, h0, ai = ctx.saved_tensors
         scale, s_max, C, tables = ctx.meta
         cu, offs, bounds, NC = tables
@@ -103,30 +104,8 @@ class _ChunkOSDN(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
-
-
-def _validate_values(q, k, v, beta, d, alpha) -> None:
-    """Range checks with one host synchronisation; the per-tensor checks (with their messages) run only
-    when something is out of range."""
-    flags = [~torch.isfinite(t).all() for t in (q.detach(), k.detach(), v.detach())]
-    b = beta.detach()
-    flags.append(~((b > 0) & (b <= 1)).all())
-    if d is not None:
-        dd = d.detach()
-        flags.append(~(torch.isfinite(dd) & (dd > 0)).all())
-    if alpha is not None:
-        a = alpha.detach()
-        flags.append(~((a > 0) & (a <= 1)).all())
-    if not bool(torch.stack(flags).any()):
-        return
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_range(name, t.detach())
-    check_range("beta", beta.detach(), 0.0, 1.0, lo_open=True)
-    if d is not None:
-        check_range("d", d.detach(), 0.0, None, lo_open=True)
-    if alpha is not None:
-        check_range("alpha", alpha.detach(), 0.0, 1.0, lo_open=True)
 
 
 def chunk_osdn(
@@ -166,9 +145,13 @@ def chunk_osdn(
             ``B`` must be 1 and chunks never straddle sequences.
         d_rule: optional :class:`osdn_theory.kernels.DRule`: compute ``d`` by the spec's state-free rule
             (then ``d`` must be ``None``).
-        validate: check value ranges (``β ∈ (0, 1]``, ``α ∈ (0, 1]``, ``d > 0``, finite inputs). This costs
-            one pass over those tensors and a host synchronisation; shapes, dtypes and devices are always
-            checked.
+        validate: check value ranges (``β ∈ (0, 1]``, ``α ∈ (0, 1]``, ``d > 0``, finite ``q, k, v, d``).
+            ``True`` (default): the kernels test each input as they load it (no extra pass, no host
+            synchronisation); a bad value makes the output NaN and raises ``ValueError`` naming the argument —
+            at once on the CPU (interpreter), on a GPU at the first later call of this module that finds the
+            check finished, in the backward, or in :func:`osdn_theory.kernels.check_values`. ``"sync"``: the
+            same checks, raised at this call (one host synchronisation). ``False``: no value checks. Shapes,
+            dtypes and devices are always checked.
 
     Returns:
         ``(o, final_state)``: ``o`` of shape ``[B, T, H, V]`` in the input dtype; ``final_state`` or ``None``.
@@ -178,9 +161,12 @@ def chunk_osdn(
     float32 (float64 for float64 input). ``K, V ≤ 256``. Gradients flow to ``q, k, v, beta, d, alpha`` and
     ``initial_state``.
     """
-    for name, flag in (("output_final_state", output_final_state), ("validate", validate)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name}: expected a bool, got {type(flag).__name__} {flag!r}")
+    if not isinstance(output_final_state, bool):
+        raise ValueError(
+            f"output_final_state: expected a bool, got {type(output_final_state).__name__} {output_final_state!r}"
+        )
+    validate = check_validate(validate)
+    _checks.poll()  # value checks of earlier calls that have finished (no synchronisation)
     k = check_keys(k)
     B, T, H, K = k.shape
     q = check_like("q", q, k, [B, T, H, K], "[B, T, H, K] (same as k)")
@@ -218,8 +204,7 @@ def chunk_osdn(
                 f"initial_state: expected device {k.device} (same as k), got {initial_state.device}"
             )
         initial_state = initial_state.to(stages.wide_dtype(k.dtype)).contiguous()
-    if validate:
-        _validate_values(q, k, v, beta, d, alpha)
+    flag = _checks.new_flag(validate, k.device)
     log_alpha = None
     if alpha is not None:
         log_alpha = torch.log(alpha.to(stages.wide_dtype(k.dtype))).contiguous()
@@ -238,5 +223,8 @@ def chunk_osdn(
         C,
         tables,
         bool(output_final_state),
+        flag,
     )
+    tensors = dict(q=q, k=k, v=v, beta=beta, alpha=alpha, d=d)
+    _checks.report(flag, "chunk_osdn", tensors, sync=validate == "sync")
     return o.reshape(B, T, H, V), (ht if output_final_state else None)

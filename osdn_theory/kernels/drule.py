@@ -36,8 +36,11 @@ stages 1–3, of which :func:`stages.gram_solve` is the largest.
 Positivity: ``d`` is floored at read-out only, ``max(d_t, d_min)``; the carried state is not floored, which
 keeps the scan affine (spec §5).
 
-The rule's output is treated as a constant of the keys (no gradient flows through the rule into ``k``
-or ``β``), like an optimizer's preconditioner state.
+Gradients: by default ``d`` is differentiable with respect to ``k``, ``β`` and a ``d_init`` tensor. The
+forward then also stores the unfloored ``d`` and each token's update coefficient, and the backward is one
+more launch, ``_d_scan_bwd_kernel``: the adjoint recurrence of the scan, run in reverse over the chunks with
+the forward's ``A⁻¹`` (exact, no autograd through a loop). ``detach=True`` (:class:`DRule`, :func:`d_ratio_scan`)
+makes ``d`` a constant of the keys, like an optimizer's preconditioner state.
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validate import as_tensor, check_choice, check_range, check_scalar
-from . import stages
-from ._checks import check_chunk_size, check_cu_seqlens, check_keys, check_like
+from .._validate import as_tensor, check_choice, check_scalar
+from . import _checks, stages
+from ._checks import check_chunk_size, check_cu_seqlens, check_keys, check_like, check_validate
 
 __all__ = ["DRule", "d_ratio_scan"]
 
@@ -80,14 +83,16 @@ def _d_scan_tiles(uhat, w, ut, bos, Tn, n, i_h, H, K, C: tl.constexpr, BK: tl.co
 
 @triton.jit
 def _d_scan_kernel(
-    uhat, w, ut, h0, d_out, cu_seqlens, d_min_ptr,
+    uhat, w, ut, h0, d_out, cu_seqlens, d_min_ptr, h_out, u_out,
     H, K,
-    C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr, STORE_H: tl.constexpr = False,
 ):  # fmt: skip
     """One program per (sequence, head): the ``K``-vector state ``h`` (from ``h0: [N, H, K]``) is carried in
     registers through the chunks of the sequence; per chunk ``U = Ũ₀ − W h``, ``d_r = h + Σ_{i<r} U_i û_i``
     (stored floored at ``d_min``) and ``h ← h + Σ_i U_i û_i``. ``uhat, w: [tokens, H, K]``, ``ut: [tokens, H,
-    VP]`` (column 0 used), ``d_out: [tokens, H, K]``; the tail chunk of a sequence is masked.
+    VP]`` (column 0 used), ``d_out: [tokens, H, K]``; the tail chunk of a sequence is masked. With ``STORE_H``
+    (for the backward) it also stores the unfloored ``d_r`` in ``h_out: [tokens, H, K]`` and the update
+    coefficient ``U_r = c (1/(β_r‖u_r‖) − û_rᵀ d_r)`` in ``u_out: [tokens, H]`` (fp32/fp64).
 
     The tiles of chunk ``n + 1`` are loaded before chunk ``n`` is computed (by hand: Triton's pipeliner left
     these loads alone). On an H200 (B=4, T=4096, H=16, K=128, bf16) this took the kernel from 0.315 to 0.223 ms
@@ -109,22 +114,88 @@ def _d_scan_kernel(
         D = h[None, :] + tl.cumsum(inc, 0) - inc
         t = (bos + n * C + oc) * H + i_h
         stages._store_rows(d_out, tl.maximum(D, d_min), t, oc < Tn - n * C, K, ok, K)
+        if STORE_H:
+            stages._store_rows(h_out, D, t, oc < Tn - n * C, K, ok, K)
+            tl.store(u_out + t, U.to(u_out.dtype.element_ty), mask=oc < Tn - n * C)
         h += tl.sum(inc, 0)
         W, uu, u0 = W1, uu1, u01
 
 
 @triton.jit
+def _d_scan_bwd_kernel(
+    k, beta, gd, h_raw, ucoef, ai, gk_out, gb_out, gh0_out, cu_seqlens, c_ptr, d_min_ptr,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """The rule's backward, one program per (sequence, head), chunks in reverse order. The adjoint
+    ``λ_t = ∂L/∂h_t`` of ``h_{t+1} = (I − c û_t û_tᵀ) h_t + c b_t û_t`` (``b_t = 1/(β_t‖u_t‖)``) obeys
+    ``λ_t = (I − c û_t û_tᵀ) λ_{t+1} + G̃_t`` with ``G̃_t = ∂L/∂d_t · [h_t ≥ d_min]`` (the read-out floor); only
+    the ``K``-vector ``λ`` crosses chunks. In a chunk with ``λ_C`` entering from the next chunk, the scalars
+    ``x_i = û_iᵀ λ_{i+1}`` solve ``Aᵀ x = y``, ``y_i = û_iᵀ (λ_C + Σ_{j>i} G̃_j)``, with the forward's
+    ``A = I + c tril₋₁(Û Ûᵀ)`` (so ``x = A⁻ᵀ y`` from the stored ``A⁻¹``), and then
+    ``λ_{i+1} = λ_C + Σ_{j>i} (G̃_j − c x_j û_j)``. The token's gradients: ``∂L/∂b_i = c x_i``,
+    ``∂L/∂û_i = U_i λ_{i+1} − c x_i h_i`` (``U_i`` the forward's update coefficient), then through
+    ``û = u/‖u‖``, ``b = 1/(β‖u‖)``, ``u = k⊙k`` to ``k`` and ``β``. ``λ_1`` is the gradient of ``d_init``.
+    All in ``ACC`` (elementwise products and reductions over ``C × K`` and ``C × C`` tiles, no dot)."""
+    i_nh = tl.program_id(0)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    cst = tl.load(c_ptr).to(ACC)
+    d_min = tl.load(d_min_ptr).to(ACC)
+    lam = tl.zeros([BK], dtype=ACC)
+    nt = tl.cdiv(Tn, C)
+    for i in range(nt):
+        n = nt - 1 - i
+        rmask = oc < Tn - n * C
+        t = (bos + n * C + oc) * H + i_h
+        kk = stages._rows(k, t, rmask, K, ok, K, ACC)
+        u = kk * kk
+        nrm = tl.sqrt(tl.sum(u * u, 1))
+        pos = nrm > 0
+        safe = tl.where(pos, nrm, 1.0)
+        uh = u / safe[:, None]
+        bt = tl.load(beta + t, mask=rmask, other=1.0).to(ACC)
+        bval = tl.where(pos, 1.0 / (bt * safe), 0.0)
+        cs = tl.where(pos, cst, 0.0)
+        hr = stages._rows(h_raw, t, rmask, K, ok, K, ACC)
+        G = tl.where(hr >= d_min, stages._rows(gd, t, rmask, K, ok, K, ACC), 0.0)
+        Ai = stages._rows(ai, t, rmask, C, oc, C, ACC)  # rows r, columns j: (A⁻¹)_{rj}
+        S_ex = tl.cumsum(G, 0, reverse=True) - G  # Σ_{j>i} G̃_j
+        y = tl.sum(uh * (lam[None, :] + S_ex), 1)
+        xc = cs * tl.sum(Ai * y[:, None], 0)  # c x, x = A⁻ᵀ y
+        Z = xc[:, None] * uh
+        lnext = lam[None, :] + S_ex - (tl.cumsum(Z, 0, reverse=True) - Z)  # λ_{i+1}
+        U = tl.load(ucoef + t, mask=rmask, other=0.0).to(ACC)
+        g_uh = U[:, None] * lnext - xc[:, None] * hr
+        proj = tl.sum(uh * g_uh, 1)
+        g_u = (g_uh - uh * proj[:, None]) / safe[:, None] - (bval * xc / safe)[:, None] * uh
+        stages._store_rows(gk_out, 2.0 * kk * g_u, t, rmask, K, ok, K)
+        tl.store(gb_out + t, tl.where(pos, -bval * xc / bt, 0.0).to(gb_out.dtype.element_ty), mask=rmask)
+        lam += tl.sum(G - Z, 0)
+    tl.store(gh0_out + i_nh.to(tl.int64) * K + ok, lam.to(gh0_out.dtype.element_ty), mask=ok < K)
+
+
+@triton.jit
 def _d_prep_kernel(
-    k, beta, uhat_out, strength_out, vals_out, c_ptr, R, K,
-    BR: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
+    k, beta, uhat_out, strength_out, vals_out, c_ptr, flag, R, K,
+    BR: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr, CHECK: tl.constexpr = False,
 ):  # fmt: skip
     """Rows ``r`` of ``k: [R, K]`` (``R = N·H``): key ``û = u/‖u‖`` with ``u = k⊙k``, strength ``c`` and value
-    ``1/(β‖u‖)`` in column 0 of ``VP`` (zero elsewhere); all three zero where ``u = 0``. One pass over ``k``."""
+    ``1/(β‖u‖)`` in column 0 of ``VP`` (zero elsewhere); all three zero where ``u = 0``. One pass over ``k``.
+    With ``CHECK``, non-finite ``k`` and ``β ∉ (0, 1]`` set their bits in ``*flag``."""
     orow = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     ok = tl.arange(0, BK)
     rm = orow < R
     m = rm[:, None] & (ok[None, :] < K)
     kk = tl.load(k + orow[:, None] * K + ok[None, :], mask=m, other=0.0).to(ACC)
+    if CHECK:
+        bchk = tl.load(beta + orow, mask=rm, other=1.0).to(ACC)
+        code = stages._nonfinite(kk, m, stages.BAD_K)
+        code |= tl.where(rm & ~((bchk > 0) & (bchk <= 1)), stages.BAD_BETA, 0)[:, None]
+        stages._flag(flag, code)
     u = kk * kk
     un = tl.sqrt(tl.sum(u * u, 1))
     pos = un > 0
@@ -157,10 +228,85 @@ def _check_d_init(d_init):
     return check_scalar("d_init", d_init, 0.0, None, lo_open=True)
 
 
+def _scan_forward(k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep: bool):
+    """The four launches of the rule on packed ``k: [N, H, K]``, ``beta: [N, H]``, ``h0: [S, H, K]`` (wide
+    dtype). Returns ``d`` and, with ``keep``, what the backward needs: ``(A⁻¹, unfloored d, U)``."""
+    N, H, K = k.shape
+    S = h0.shape[0]
+    f = stages.wide_dtype(k.dtype)
+    # One pass over the keys forms the scan's key, strength and value (in the dtype of k, so the scan's dots
+    # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 (fp64) inside the scan kernel.
+    uhat = torch.empty_like(k)
+    strength = torch.empty(N, H, dtype=k.dtype, device=k.device)
+    vals = torch.empty(N, H, _VPAD, dtype=k.dtype, device=k.device)
+    R = N * H
+    c_t = torch.full((1,), c, dtype=f, device=k.device)
+    _d_prep_kernel[(triton.cdiv(R, 32),)](
+        k, beta, uhat, strength, vals, c_t, flag if flag is not None else c_t, R, K,
+        BR=32, BK=stages._block(K), VP=_VPAD, ACC=stages.acc_dtype(f), CHECK=flag is not None,
+        num_warps=stages._warps(4),
+    )  # fmt: skip
+    cu, _, bounds, _ = tables
+    _, _, _, ai = stages.gram_solve(uhat, None, strength, None, bounds, None, C)
+    w, ut = stages.wy_factors(uhat, vals, strength, None, ai, bounds, C)
+    d = torch.empty(N, H, K, dtype=k.dtype, device=k.device)
+    h_raw = torch.empty(N, H, K, dtype=k.dtype, device=k.device) if keep else d
+    ucoef = torch.empty(N, H, dtype=f, device=k.device) if keep else d
+    d_min_t = torch.full((1,), d_min, dtype=f, device=k.device)
+    _c = _d_scan_kernel[(S * H,)](
+        uhat, w, ut, h0, d, cu, d_min_t, h_raw, ucoef, H, K,
+        C=C, BK=stages._block(K), VP=_VPAD, ACC=stages.acc_dtype(f), STORE_H=keep,
+        **stages._cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=stages._stages(k.dtype)),
+    )  # fmt: skip
+    stages._record("d_scan", _c)
+    return d, ((ai, h_raw, ucoef, c_t, d_min_t) if keep else None)
+
+
+#: Warps of the backward scan by chunk size (not tuned; the forward scan's rule).
+_BWD_WARPS = {16: 2, 32: 4, 64: 8}
+
+
+class _RatioScan(torch.autograd.Function):
+    """``d`` of the rule with exact gradients to ``k``, ``β`` and ``d_init`` (see :func:`_d_scan_bwd_kernel`)."""
+
+    @staticmethod
+    def forward(ctx, k, beta, h0, c, d_min, C, tables, flag):
+        d, saved = _scan_forward(k, beta, h0, c, d_min, C, tables, flag, keep=True)
+        ai, h_raw, ucoef, c_t, d_min_t = saved
+        ctx.save_for_backward(k, beta, ai, h_raw, ucoef, c_t, d_min_t)
+        ctx.meta = (C, tables, h0.shape)
+        return d
+
+    @staticmethod
+    def backward(ctx, gd):
+        k, beta, ai, h_raw, ucoef, c_t, d_min_t = ctx.saved_tensors
+        C, tables, h0_shape = ctx.meta
+        N, H, K = k.shape
+        gk = torch.empty_like(k)
+        gb = torch.empty_like(beta)
+        gh0 = torch.empty(h0_shape, dtype=ai.dtype, device=k.device)
+        _c = _d_scan_bwd_kernel[(h0_shape[0] * H,)](
+            k, beta, gd.contiguous(), h_raw, ucoef, ai, gk, gb, gh0, tables[0], c_t, d_min_t, H, K,
+            C=C, BK=stages._block(K), ACC=stages.acc_dtype(ai.dtype),
+            **stages._cfg("d_scan_bwd", num_warps=_BWD_WARPS[C]),
+        )  # fmt: skip
+        stages._record("d_scan_bwd", _c)
+        return gk, gb, (gh0 if ctx.needs_input_grad[2] else None), None, None, None, None, None
+
+
 def d_ratio_scan(
-    k, beta, *, c: float, d_init, d_min: float, cu_seqlens=None, chunk_size: int = 64, validate: bool = True
+    k,
+    beta,
+    *,
+    c: float,
+    d_init,
+    d_min: float,
+    cu_seqlens=None,
+    chunk_size: int = 64,
+    validate=True,
+    detach: bool = False,
 ):
-    """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``, detached) from the ratio rule; see the module docstring.
+    """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``) from the ratio rule; see the module docstring.
 
     Args:
         k: keys of shape ``[B, T, H, K]`` (contiguous; CUDA, or CPU under the Triton interpreter).
@@ -171,9 +317,16 @@ def d_ratio_scan(
         d_min: read-out floor ``> 0``.
         cu_seqlens: optional ``[N + 1]`` packed-sequence offsets (integer tensor, ``B = 1``). Default ``None``.
         chunk_size: chunk size of the scan, one of 16, 32, 64 (default 64).
-        validate: check ``β ∈ (0, 1]`` and finite keys (a pass over both and a host synchronisation).
-            Default ``True``.
+        validate: check ``β ∈ (0, 1]`` and finite keys, as :func:`chunk_osdn` does (``True``: in the first
+            kernel, reported without a host synchronisation; ``"sync"``: at the call; ``False``: not checked).
+        detach: ``False`` (default): ``d`` is differentiable with respect to ``k``, ``β`` and a ``d_init``
+            tensor when they require gradients (exact gradients through the rule and its read-out floor, by a
+            reverse scan); ``True``: ``d`` is detached (a constant of the keys).
     """
+    validate = check_validate(validate)
+    if not isinstance(detach, bool):
+        raise ValueError(f"detach: expected a bool, got {type(detach).__name__} {detach!r}")
+    _checks.poll()
     k = check_keys(k)
     B, T, H, K = k.shape
     beta = check_like("beta", beta, k, [B, T, H], "[B, T, H]", contiguous=False)
@@ -192,39 +345,25 @@ def d_ratio_scan(
             raise ValueError(
                 f"d_init: expected a shape broadcastable to [N, H, K] = {[N, H, K]}, got {tuple(d_init.shape)}"
             )
-    if validate:
-        check_range("k", k.detach())
-        check_range("beta", beta.detach(), 0.0, 1.0, lo_open=True)
     from .chunk import _chunk_tables
 
     f = stages.wide_dtype(k.dtype)
-    # One pass over the keys forms the scan's key, strength and value (in the dtype of k, so the scan's dots
-    # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 (fp64) inside the scan kernel.
-    kf = k.detach().reshape(B * T, H, K).contiguous()
-    uhat = torch.empty_like(kf)
-    strength = torch.empty(B * T, H, dtype=k.dtype, device=k.device)
-    vals = torch.empty(B * T, H, _VPAD, dtype=k.dtype, device=k.device)
-    R = B * T * H
-    _d_prep_kernel[(triton.cdiv(R, 32),)](
-        kf, beta.detach().reshape(B * T, H).contiguous(), uhat, strength, vals,
-        torch.full((1,), c, dtype=f, device=k.device), R, K,
-        BR=32, BK=stages._block(K), VP=_VPAD, ACC=stages.acc_dtype(f),
-        num_warps=stages._warps(4),
-    )  # fmt: skip
     if isinstance(d_init, torch.Tensor):
         h0 = torch.broadcast_to(d_init.to(dtype=f, device=k.device), (N, H, K)).contiguous()
     else:  # a fill on the device: a host-to-device copy of the number would wait for the queued work
         h0 = torch.full((N, H, K), d_init, dtype=f, device=k.device)
-    cu, _, bounds, _ = _chunk_tables(cu_seqlens, B, T, chunk_size, k.device)
-    _, _, _, ai = stages.gram_solve(uhat, None, strength, None, bounds, None, chunk_size)
-    w, ut = stages.wy_factors(uhat, vals, strength, None, ai, bounds, chunk_size)
-    d = torch.empty(B * T, H, K, dtype=k.dtype, device=k.device)
-    _c = _d_scan_kernel[(N * H,)](
-        uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=f, device=k.device), H, K,
-        C=chunk_size, BK=stages._block(K), VP=_VPAD, ACC=stages.acc_dtype(f),
-        **stages._cfg("d_scan", num_warps=_SCAN_WARPS[chunk_size], num_stages=stages._stages(k.dtype)),
-    )  # fmt: skip
-    stages._record("d_scan", _c)
+    tables = _chunk_tables(cu_seqlens, B, T, chunk_size, k.device)
+    flag = _checks.new_flag(validate, k.device)
+    kf = k.reshape(B * T, H, K)
+    bf = beta.reshape(B * T, H).contiguous()
+    grad = (
+        not detach and torch.is_grad_enabled() and (k.requires_grad or beta.requires_grad or h0.requires_grad)
+    )
+    if grad:
+        d = _RatioScan.apply(kf, bf, h0, c, d_min, chunk_size, tables, flag)
+    else:
+        d, _ = _scan_forward(kf.detach(), bf.detach(), h0.detach(), c, d_min, chunk_size, tables, flag, False)
+    _checks.report(flag, "d_ratio_scan", dict(k=k, beta=beta), sync=validate == "sync")
     return d.reshape(B, T, H, K)
 
 
@@ -242,6 +381,9 @@ class DRule:
             :func:`chunk_osdn` / :meth:`compute`). Default 32: the whole scan took 0.436 ms at 32 against 0.483 at
             64 and 0.486 at 16 on an H200 (bf16, B=4, T=4096, H=16, K=128). The scan's chunk size changes only
             its speed and round-off.
+        detach: ``False`` (default): gradients flow through the rule into ``k``, ``β`` (and a ``d_init``
+            tensor that requires them), so a model learns through it; ``True``: ``d`` is a constant of the keys,
+            like an optimizer's preconditioner state.
     """
 
     rule: str = "ratio"
@@ -249,6 +391,7 @@ class DRule:
     d_init: float | torch.Tensor = 1.0
     d_min: float = 1e-4
     chunk_size: int | None = 32
+    detach: bool = False
 
     def __post_init__(self):
         check_choice("rule", self.rule, ["ratio"])
@@ -257,6 +400,8 @@ class DRule:
         _check_d_init(self.d_init)
         if self.chunk_size is not None:
             object.__setattr__(self, "chunk_size", check_chunk_size(self.chunk_size))
+        if not isinstance(self.detach, bool):
+            raise ValueError(f"detach: expected a bool, got {type(self.detach).__name__} {self.detach!r}")
 
     def compute(
         self,
@@ -265,11 +410,11 @@ class DRule:
         *,
         cu_seqlens=None,
         chunk_size: int = 64,
-        validate: bool = True,
+        validate=True,
     ):
-        """``d: [B, T, H, K]`` (dtype of ``k``, detached) for keys ``k: [B, T, H, K]`` and ``beta: [B, T, H]``;
-        the arguments are those of :func:`d_ratio_scan` (which checks them). The scan runs with chunk size
-        :attr:`chunk_size` if set, else ``chunk_size``."""
+        """``d: [B, T, H, K]`` (dtype of ``k``; detached if :attr:`detach`) for keys ``k: [B, T, H, K]`` and
+        ``beta: [B, T, H]``; the arguments are those of :func:`d_ratio_scan` (which checks them). The scan runs
+        with chunk size :attr:`chunk_size` if set, else ``chunk_size``."""
         return d_ratio_scan(
             k,
             beta,
@@ -279,4 +424,5 @@ class DRule:
             cu_seqlens=cu_seqlens,
             chunk_size=self.chunk_size or chunk_size,
             validate=validate,
+            detach=self.detach,
         )

@@ -133,6 +133,29 @@ def _rows(ptr, t, rmask, stride, offs, ncols, ACC: tl.constexpr):
     return tl.load(ptr + t[:, None] * stride + offs[None, :], mask=m, other=0.0).to(ACC)
 
 
+#: Bits of the device-side value check (one int32 word per call, see :mod:`._checks`): each stage that
+#: loads an input anyway tests its values in registers and ORs a bit into the word when one is out of range.
+BAD_Q, BAD_K, BAD_V, BAD_BETA, BAD_D, BAD_ALPHA = 1, 2, 4, 8, 16, 32
+
+
+@triton.jit
+def _or(a, b):
+    return a | b
+
+
+@triton.jit
+def _flag(flag, code):
+    """OR all entries of the int32 tile ``code [R, S]`` into ``*flag`` (one atomic, issued only when non-zero)."""
+    bits = tl.reduce(tl.reduce(code, 1, _or), 0, _or)
+    tl.atomic_or(flag, bits, mask=bits != 0)
+
+
+@triton.jit
+def _nonfinite(x, m, BIT: tl.constexpr):
+    """``BIT`` where ``x`` is NaN or ±inf (and ``m``), else 0 (int32 tile)."""
+    return tl.where(m & ~(tl.abs(x) < float("inf")), BIT, 0)
+
+
 @triton.jit
 def _store_rows(ptr, x, t, rmask, stride, offs, ncols):
     m = rmask[:, None] & (offs[None, :] < ncols)
@@ -189,21 +212,30 @@ def _unit_lower_inverse16(L, ACC: tl.constexpr, PREC: tl.constexpr = "ieee", NEW
 
 @triton.jit
 def _keys16(
-    k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, sb, g_carry, i_h,
+    k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, sb, g_carry, i_h, code,
     H, K, s_max,
     BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr, ACC: tl.constexpr,
+    CHECK: tl.constexpr,
 ):  # fmt: skip
     """Rows ``16·sb … 16·sb + 15`` of a chunk: read key, write key ``c·d⊙k`` (stored), β and the in-chunk
-    cumulative log-decay ``g`` (stored; continues from ``g_carry``, the value at the previous row)."""
+    cumulative log-decay ``g`` (stored; continues from ``g_carry``, the value at the previous row). With
+    ``CHECK`` the value-check bits of ``k, d, β, log α`` are ORed into the int32 tile ``code [16, BK]``."""
     o16 = sb * 16 + tl.arange(0, 16)
     ok = tl.arange(0, BK)
     rmask = o16 < nv
+    m = rmask[:, None] & (ok[None, :] < K)
     t = (t0 + o16) * H + i_h
     b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
     kk = _rows(k, t, rmask, K, ok, K, ACC)
     kt = kk
+    if CHECK:
+        code |= _nonfinite(kk, m, BAD_K)
+        code |= tl.where(rmask & ~((b > 0) & (b <= 1)), BAD_BETA, 0)[:, None]
     if HAS_D:
-        kt = kk * _rows(d, t, rmask, K, ok, K, ACC)
+        dd = _rows(d, t, rmask, K, ok, K, ACC)
+        if CHECK:
+            code |= tl.where(m & ~((dd > 0) & (dd < float("inf"))), BAD_D, 0)
+        kt = kk * dd
     if CLIP:
         s_raw = b * tl.sum(kk * kt, 1)
         c = tl.where(s_raw > s_max, s_max / tl.where(s_raw > s_max, s_raw, 1.0), 1.0)
@@ -215,10 +247,12 @@ def _keys16(
     g = tl.zeros([16], dtype=ACC)
     if GATED:
         la = tl.load(log_alpha + t, mask=rmask, other=0.0).to(ACC)
+        if CHECK:  # α ∈ (0, 1] ⇔ log α ∈ (−inf, 0]
+            code |= tl.where(rmask & ~((la <= 0) & (la > -float("inf"))), BAD_ALPHA, 0)[:, None]
         g = g_carry + tl.cumsum(la, 0)
         tl.store(g_out + t, g.to(g_out.dtype.element_ty), mask=rmask)
         g_carry = tl.sum(tl.where(tl.arange(0, 16) == 15, g, 0.0), 0)
-    return kk.to(kt_out.dtype.element_ty), kt, b, g, g_carry  # both in the input dtype (exact for kk)
+    return kk.to(kt_out.dtype.element_ty), kt, b, g, g_carry, code  # both in the input dtype (exact for kk)
 
 
 @triton.jit
@@ -236,10 +270,11 @@ def _lblock(kk_i, kt_j, b_i, g_i, g_j, DIAG: tl.constexpr, GATED: tl.constexpr, 
 
 @triton.jit
 def _gram_solve_kernel(
-    k, d, beta, log_alpha, kt_out, c_out, g_out, ai_out, bounds,
+    k, d, beta, log_alpha, kt_out, c_out, g_out, ai_out, bounds, flag,
     H, K, s_max,
     C: tl.constexpr, BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr,
     SOLVE: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr, PREC: tl.constexpr, NEWTON: tl.constexpr,
+    CHECK: tl.constexpr,
 ):  # fmt: skip
     """Stage 1 in 16-row blocks: ``A⁻¹`` by inverting the 16×16 diagonal blocks (product form plus one Newton
     step, :func:`_unit_lower_inverse16`; the four are independent) and assembling the rest with
@@ -252,32 +287,35 @@ def _gram_solve_kernel(
     o16 = tl.arange(0, 16)
     Z = tl.zeros([16, 16], dtype=ACC)
     gz = tl.sum(tl.zeros([16], dtype=ACC), 0)
+    code = tl.zeros([16, BK], dtype=tl.int32)
     # Each Gram block is formed as soon as its two key blocks are loaded, so that only the earlier write keys
     # stay live (not all four key blocks of both kinds).
-    kk0, kt0, b0, g0, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, H, K, s_max,
-                                   BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+    kk0, kt0, b0, g0, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, code, H, K, s_max,
+                                   BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
     if SOLVE:
         L00 = _lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE)
     if NB >= 2:
-        kk1, kt1, b1, g1, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, H, K,
-                                       s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+        kk1, kt1, b1, g1, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, code, H, K,
+                                       s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L11 = _lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE)
             L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
     if NB >= 4:
-        kk2, kt2, b2, g2, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, H, K,
-                                       s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+        kk2, kt2, b2, g2, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, code, H, K,
+                                       s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L22 = _lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE)
             L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
             L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
-        kk3, kt3, b3, g3, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, H, K,
-                                       s_max, BK, HAS_D, CLIP, GATED, ACC)  # fmt: skip
+        kk3, kt3, b3, g3, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, code, H, K,
+                                       s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L33 = _lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE)
             L30 = _lblock(kk3, kt0, b3, g3, g0, False, GATED, DT, ACC, IEEE)
             L31 = _lblock(kk3, kt1, b3, g3, g1, False, GATED, DT, ACC, IEEE)
             L32 = _lblock(kk3, kt2, b3, g3, g2, False, GATED, DT, ACC, IEEE)
+    if CHECK:
+        _flag(flag, code)
     if SOLVE:
         X00 = _unit_lower_inverse16(L00, ACC, PREC, NEWTON)
         t = (t0 + o16) * H + i_h
@@ -321,10 +359,12 @@ def _gram_solve_kernel(
             _store_rows(ai_out, X33, t, m, C, 48 + o16, C)
 
 
-def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
+def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, flag=None):
     """Stage 1. ``k, d: [N, H, K]``, ``beta, log_alpha: [N, H]``, ``bounds: [NC, 2]`` int32 (chunk start
     token, end of its sequence). Returns ``(kt [N,H,K], c [N,H] fp32 or None, g [N,H] fp32 or None,
-    Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``."""
+    Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. With ``flag`` (an int32 ``[1]`` tensor) the
+    values of ``k`` (finite), ``β ∈ (0, 1]``, ``d`` (finite, > 0) and ``log α ∈ (−inf, 0]`` are checked as they
+    are loaded and the bits :data:`BAD_K` … :data:`BAD_ALPHA` are ORed into it."""
     N, H, K = k.shape
     NC = bounds.shape[0]
     f = wide_dtype(k.dtype)
@@ -344,10 +384,10 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
         cfg["PREC"] = "ieee"  # tf32 variants only for 16-bit inputs (fp32 promises IEEE dots)
     _c = _gram_solve_kernel[(NC, H)](
         k, d if d is not None else k, beta, log_alpha if log_alpha is not None else beta, kt,
-        c if c is not None else ai, g if g is not None else ai, ai, bounds,
+        c if c is not None else ai, g if g is not None else ai, ai, bounds, flag if flag is not None else bounds,
         H, K, float(s_max) if s_max is not None else 1.0,
         C=C, BK=_block(K), HAS_D=d is not None, CLIP=s_max is not None,
-        GATED=log_alpha is not None, SOLVE=solve, **cfg,
+        GATED=log_alpha is not None, SOLVE=solve, CHECK=flag is not None, **cfg,
     )  # fmt: skip
     _record("gram_solve" if solve else "gram_keys_only", _c)
     return kt, c, g, (ai if solve else None)
@@ -358,10 +398,10 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True):
 
 @triton.jit
 def _wy_kernel(
-    k, v, beta, g, ai, w_out, u_out, bounds,
+    k, v, beta, g, ai, w_out, u_out, bounds, flag,
     H, K, V,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
-    ACC: tl.constexpr, IEEE: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr, CHECK: tl.constexpr,
 ):  # fmt: skip
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
@@ -380,14 +420,20 @@ def _wy_kernel(
         if GATED:
             kk = kk.to(ACC) * eg[:, None]
         _store_rows(w_out, _mm(Tm, kk, DT, ACC, IEEE), t, rmask, K, ok, K)
+    code = tl.zeros([C, BV], dtype=tl.int32)
     for i_v in range(tl.cdiv(V, BV)):
         ov = i_v * BV + tl.arange(0, BV)
         vv = _rows(v, t, rmask, V, ov, V, DT)
+        if CHECK:
+            code |= _nonfinite(vv.to(ACC), rmask[:, None] & (ov[None, :] < V), BAD_V)
         _store_rows(u_out, _mm(Tm, vv, DT, ACC, IEEE), t, rmask, V, ov, V)
+    if CHECK:
+        _flag(flag, code)
 
 
-def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None):
-    """Stage 2. Returns ``W: [N, H, K]`` and ``Ũ: [N, H, V]`` (in ``inter_dtype``, default the input dtype)."""
+def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None):
+    """Stage 2. Returns ``W: [N, H, K]`` and ``Ũ: [N, H, V]`` (in ``inter_dtype``, default the input dtype).
+    With ``flag``, non-finite ``v`` sets :data:`BAD_V` in it."""
     N, H, K = k.shape
     V = v.shape[-1]
     dt = inter_dtype or k.dtype
@@ -401,8 +447,8 @@ def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None):
         num_warps=4,
     )
     _c = _wy_kernel[(bounds.shape[0], H)](
-        k, v, beta, g if g is not None else beta, ai, w, u, bounds, H, K, V,
-        C=C, GATED=g is not None, **cfg,
+        k, v, beta, g if g is not None else beta, ai, w, u, bounds, flag if flag is not None else bounds,
+        H, K, V, C=C, GATED=g is not None, CHECK=flag is not None, **cfg,
     )  # fmt: skip
     _record("wy", _c)
     return w, u
@@ -530,34 +576,43 @@ def _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K,
 
 @triton.jit
 def _output_kernel(
-    q, kt, vnew, h, g, o, bounds, scale,
+    q, kt, vnew, h, g, o, bounds, flag, scale,
     H, K, V,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
-    ACC: tl.constexpr, IEEE: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr, CHECK: tl.constexpr,
 ):  # fmt: skip
+    """Stage 4. With ``CHECK``: non-finite ``q`` sets :data:`BAD_Q` (tested by the first V block), and if an
+    earlier stage of this call flagged an input, the output is NaN (a bad input never gives a plausible
+    output, even before the flag is read on the host)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     DT: tl.constexpr = q.dtype.element_ty
     ov = i_v * BV + tl.arange(0, BV)
     t, rmask, ok, qq, P, gg = _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K, C, BK, GATED, ACC, IEEE)
+    if CHECK:
+        if i_v == 0:
+            _flag(flag, _nonfinite(qq.to(ACC), rmask[:, None] & (ok[None, :] < K), BAD_Q))
     if GATED:
         qq = (qq.to(ACC) * tl.exp(gg)[:, None]).to(DT)
     kv = (ok[:, None] < K) & (ov[None, :] < V)
     M = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + ok[:, None] * V + ov[None, :], mask=kv, other=0.0)
     U = _rows(vnew, t, rmask, V, ov, V, DT)
     O = scale * (_mm(qq, M, DT, ACC, IEEE) + _mm(P, U, DT, ACC, IEEE))
+    if CHECK:
+        O = tl.where(tl.load(flag) != 0, float("nan"), O)
     _store_rows(o, O, t, rmask, V, ov, V)
 
 
-def output(q, kt, vnew, h, g, bounds, scale, C):
-    """Stage 4. Returns ``o: [N, H, V]`` in the input dtype."""
+def output(q, kt, vnew, h, g, bounds, scale, C, flag=None):
+    """Stage 4. Returns ``o: [N, H, V]`` in the input dtype. With ``flag``: non-finite ``q`` sets
+    :data:`BAD_Q`, and the output is NaN where an earlier stage has set a bit."""
     N, H, K = q.shape
     V = vnew.shape[-1]
     NC = bounds.shape[0]
     o = torch.empty(N, H, V, device=q.device, dtype=q.dtype)
     cfg = _cfg("output", q.dtype, BV=_block(V, 64), num_warps=4)
     _c = _output_kernel[(triton.cdiv(V, cfg["BV"]), NC, H)](
-        q, kt, vnew, h, g if g is not None else q, o, bounds, float(scale), H, K, V,
-        C=C, BK=_block(K), GATED=g is not None, **cfg,
+        q, kt, vnew, h, g if g is not None else q, o, bounds, flag if flag is not None else bounds,
+        float(scale), H, K, V, C=C, BK=_block(K), GATED=g is not None, CHECK=flag is not None, **cfg,
     )  # fmt: skip
     _record("output", _c)
     return o
