@@ -136,6 +136,19 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
+def _md_evidence_table(table: Any) -> list[str]:
+    """Markdown lines for an evidence ``table`` dict (``columns``, ``rows``, optional ``caption``, ``notes``)."""
+    if not isinstance(table, dict) or not table.get("columns"):
+        return []
+    row = lambda cells: "| " + " | ".join(_md_escape(str(c)) for c in cells) + " |"
+    lines = [_md_escape(str(table["caption"])), ""] if table.get("caption") else []
+    lines += [row(table["columns"]), "|" + "---|" * len(table["columns"])]
+    lines += [row(r) for r in table.get("rows", [])] + [""]
+    for note in table.get("notes", []):
+        lines += [_md_escape(str(note)), ""]
+    return lines
+
+
 def write_report(
     results: Sequence[ClaimResult],
     out: str | Path,
@@ -196,6 +209,7 @@ def write_report(
             lines += ["Assumptions: " + "; ".join(r.assumptions) + ".", ""]
         if r.proof:
             lines += [f"Symbolic proof: `python -m {r.proof}`.", ""]
+        lines += _md_evidence_table(r.evidence.get("table"))
         if r.error:
             lines += [f"Error: `{r.error}`", ""]
         ev = json.dumps(r.evidence, ensure_ascii=False, indent=1)
