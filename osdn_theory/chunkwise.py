@@ -55,6 +55,15 @@ def _chunk_factors(k, kt, beta, g, decay):
     return T, T @ kg
 
 
+def _state_keys(k, kt, decay_to_end):
+    """Rows written into the state at a chunk's end: ``diag(e^{g_C − g}) K̃`` (``K̃`` when ungated).
+
+    Only the write key ``kt`` enters; the read key ``k`` is passed so that the mutation suite
+    (:mod:`osdn_theory.mutants`) can plant the bug "state update with ``K`` instead of ``K̃``" here.
+    """
+    return kt if decay_to_end is None else kt * decay_to_end[..., None]
+
+
 def chunk_factors(k, kt, beta, g=None):
     """Per-chunk WY factors for chunked inputs.
 
@@ -137,14 +146,14 @@ def osdn_chunkwise(
         decay_to_end = torch.exp(g[..., -1:] - g)  # e^{g_C − g_r}
         score_mask = _decay_matrix(g)  # Γ, shared by the Gram matrix and the scores
     else:
-        g = score_mask = None
+        g = score_mask = decay_to_end = None
     Tm, W = _chunk_factors(kc, ktc, bc, g, score_mask)  # [B,H,NT,C,C], [B,H,NT,C,K]
     U_tilde = Tm @ vc  # [B,H,NT,C,V]
     scores = qc @ ktc.transpose(-1, -2)  # Q K̃ᵀ
     if g is not None:
         scores = scores * score_mask
     scores = scores.tril()
-    ktc_end = ktc if g is None else ktc * decay_to_end[..., None]
+    ktc_end = _state_keys(kc, ktc, decay_to_end)
     qg = qc if g is None else qc * eg[..., None]
 
     M = (

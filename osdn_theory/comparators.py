@@ -203,6 +203,11 @@ class _RLSRecorder:
         return self.o, final
 
 
+def _rls_write_key(Pk: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """RLS write key ``k̃_t = (γH_{t−1})⁻¹k_t / (1 + a_t)`` from ``Pk = (γH_{t−1})⁻¹k_t`` and the leverage ``a_t``."""
+    return Pk / (1.0 + a)[..., None]
+
+
 def rls(
     q,
     k,
@@ -274,7 +279,7 @@ def rls(
             Pk, a = Pgk, ag
         else:  # the spec's leverage k_tᵀ H_{t−1}⁻¹ k_t = γ a_t, with the matching key
             Pk, a = gamma * Pgk, gamma * ag
-        kt = Pk / (1.0 + a)[..., None]
+        kt = _rls_write_key(Pk, a)
         Pinv = Pg - Pgk[..., :, None] * Pgk[..., None, :] / (1.0 + ag)[..., None, None]
         Pinv = 0.5 * (Pinv + Pinv.transpose(-1, -2))
         e = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]
