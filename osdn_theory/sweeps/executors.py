@@ -188,7 +188,7 @@ class DaskExecutor:
         self.client = None
         if scheduler:
             try:
-                self.client = Client(scheduler, timeout=connect_timeout, set_as_default=False)
+                self.client = Client(scheduler, timeout=connect_timeout)
             except (OSError, TimeoutError) as err:
                 raise EnvironmentProblem(
                     f"scheduler: cannot reach the Dask scheduler at {scheduler!r} within {connect_timeout:g} s "
@@ -198,7 +198,7 @@ class DaskExecutor:
             self._cluster = LocalCluster(
                 n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, dashboard_address=None
             )
-            self.client = Client(self._cluster, set_as_default=False)
+            self.client = Client(self._cluster)
         try:
             self.client.wait_for_workers(1, timeout=worker_timeout)
         except (OSError, TimeoutError):
