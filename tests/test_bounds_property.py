@@ -1,5 +1,13 @@
 """Property tests of every bound (hypothesis), with ``target()`` on measured/bound, and for each assumption a
-search that drops it and must FIND a counterexample (the assumption is needed)."""
+search that drops it and must FIND a counterexample (the assumption is needed).
+
+Each ``@given`` bound test runs ``BOUND_EXAMPLES`` examples (500 under the CI profile, see conftest.py), its
+strategy puts positive probability on the edge of the region the bound covers (write gain ``x`` just below
+2, ``d`` at a corner of its box, ``s_max`` near 2, ``c`` near 2), and ``target()`` climbs towards the quantity
+closest to violation. ``test_planted_overshoot_is_found_by_the_ci_search`` proves that this has teeth: a
+recurrence whose write key is 6 % too long on tokens with ``s > 1.9`` is caught by the CI-budget search, and
+by the claim C4-bound.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ from hypothesis import HealthCheck, assume, find, given, settings, target
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
+import osdn_theory.recurrences as rec
+from osdn_theory.claims import get_claim, run_claim
 from osdn_theory.comparators import expected_feedback, fixed_point_d, rls
 from osdn_theory.metrics import osgm_chain
 from osdn_theory.preconditioners import NormalizedStep, ScheduledStep, d_scan
@@ -19,8 +29,13 @@ from osdn_theory.recurrences import osdn_recurrent
 from osdn_theory.schedules import constant
 from osdn_theory.tolerances import rtol
 
+from .conftest import BOUND_EXAMPLES, HYPOTHESIS_PROFILE
+
 F64 = torch.float64
 TOL = rtol(F64)
+
+#: The budget of every ``@given`` bound test under the active profile (≥ 500 under "ci").
+BOUND = settings(max_examples=BOUND_EXAMPLES.get(HYPOTHESIS_PROFILE, BOUND_EXAMPLES["ci"]))
 
 #: How hard a dropped-assumption search may look before the test fails (derandomized, no database).
 FIND = settings(max_examples=2000, derandomize=True, database=None, deadline=None,
@@ -33,19 +48,35 @@ def vec(n, lo=-2.0, hi=2.0):
     return st.lists(st.floats(lo, hi, **finite), min_size=n, max_size=n)
 
 
+def near_top(lo: float, hi: float, width: float):
+    """A float in ``[lo, hi]``, drawn from ``[hi − width·(hi − lo), hi]`` half of the time (the bound's edge)."""
+    return st.one_of(st.floats(lo, hi), st.floats(hi - width * (hi - lo), hi))
+
+
 @st.composite
 def token_case(draw, *, max_gain: float):
-    """One OSDN write: key, β, d in a box [d_min, d_max] with β d_max ‖k‖² = x ∈ (0, max_gain), memory, value."""
-    K = draw(st.integers(1, 5))
-    V = draw(st.integers(1, 3))
+    """One OSDN write: key, β, d in a box [d_min, d_max] with β d_max ‖k‖² = x ∈ (0, max_gain), memory, value.
+
+    ``x`` lies in the top 5 % of its range half of the time, and ``d`` is inside the box, at a corner of it
+    (each ``d_i ∈ {d_min, d_max}``) or ``≡ d_max`` (then ``s = x``), so write gains ``s = β kᵀ D k`` near
+    ``max_gain`` occur with positive probability.
+    """
+    K = draw(st.integers(1, 4))
+    V = draw(st.integers(1, 2))
     k = np.array(draw(vec(K)))
     assume(np.linalg.norm(k) > 1e-3)
     beta = draw(st.floats(0.01, 1.0))
     d_min = draw(st.floats(0.05, 2.0))
     d_max = d_min * draw(st.floats(1.0, 20.0))
-    x = draw(st.floats(0.01, max_gain))
+    x = draw(near_top(0.01, max_gain, 0.05))
     k = k / np.linalg.norm(k) * math.sqrt(x / (beta * d_max))
-    frac = np.array(draw(vec(K, 0.0, 1.0)))
+    where = draw(st.sampled_from(["inside", "corner", "top"]))  # d inside the box, at a corner, or ≡ d_max
+    if where == "top":
+        frac = np.ones(K)
+    elif where == "corner":
+        frac = np.array(draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=K, max_size=K)))
+    else:
+        frac = np.array(draw(vec(K, 0.0, 1.0)))
     d = d_min + (d_max - d_min) * frac
     S = np.array(draw(vec(V * K))).reshape(K, V)
     v = np.array(draw(vec(V)))
@@ -64,6 +95,16 @@ def _write(k, beta, d, S, v, s_max=None):
     return float(diag.residual_pre.norm()), float(diag.residual_post.norm()), float(diag.write_gain)
 
 
+def _slack(k, S, v, e):
+    """Round-off allowance of a comparison of ``‖r⁺‖``: the tolerance times the size of the terms involved.
+
+    ``r⁺ = S⁺k − v`` is computed from terms of size ``‖e‖ + ‖S k‖ + ‖v‖``, so its float64 rounding is a few ulp
+    of that, not of ``‖r⁺‖`` (at ``s = 1`` the exact ``‖r⁺‖`` is 0 and any relative test of it fails on
+    rounding alone). Cancellation-aware as in C1; the tolerance itself is ``rtol(float64)``.
+    """
+    return TOL * (e + float(np.linalg.norm(k @ S)) + float(np.linalg.norm(v)))
+
+
 def _box_bound(k, beta, d_min, d_max):
     kk = float(k @ k)
     return max(abs(1 - beta * d_min * kk), abs(1 - beta * d_max * kk))
@@ -72,15 +113,22 @@ def _box_bound(k, beta, d_min, d_max):
 # ---- C4: algorithm-aligned bound ------------------------------------------------------------------------
 
 
-@given(token_case(max_gain=1.999))
-def test_c4_box_bound_holds(case):
+def box_bound_property(case):
+    """C4-bound for one write: ‖r⁺‖ ≤ max(|1 − β d_min‖k‖²|, |1 − β d_max‖k‖²|) ‖e‖ with the factor < 1."""
     k, beta, d, d_min, d_max, S, v = case
-    e, r, _ = _write(k, beta, d, S, v)
+    e, r, s = _write(k, beta, d, S, v)
     assume(e > 1e-8)
     b = _box_bound(k, beta, d_min, d_max)
     assert b < 1.0
-    target(r / (b * e), label="measured/bound")
-    assert r <= b * e * (1 + TOL) + 1e-300
+    target(r / e - b, label="‖r⁺‖/‖e‖ − bound")
+    target(s, label="write gain s")
+    assert r <= b * e + _slack(k, S, v, e), f"‖r⁺‖/‖e‖ = {r / e!r} > bound {b!r} (s = {s!r})"
+
+
+@BOUND
+@given(token_case(max_gain=1.999))
+def test_c4_box_bound_holds(case):
+    box_bound_property(case)
 
 
 def test_c4_bound_needs_gain_below_two():
@@ -105,14 +153,21 @@ def test_c4_bound_is_not_vacuous():
 # ---- C4: the clip ----------------------------------------------------------------------------------------
 
 
-@given(token_case(max_gain=50.0), st.floats(0.05, 1.95))
-def test_clip_bounds_gain_and_contracts(case, s_max):
+def clip_property(case, s_max):
+    """The clip: s ≤ s_max and ‖r⁺‖ ≤ |1 − s| ‖e‖ < ‖e‖ whatever d is."""
     k, beta, d, _, _, S, v = case
     e, r, s = _write(k, beta, d, S, v, s_max=s_max)
     assume(e > 1e-8)
     target(s / s_max, label="s/s_max")
+    target(r / e - abs(1 - s), label="‖r⁺‖/‖e‖ − |1 − s|")
     assert s <= s_max * (1 + TOL)
-    assert r <= abs(1 - s) * e * (1 + TOL) + 1e-300 and r < e
+    assert r <= abs(1 - s) * e + _slack(k, S, v, e) and r < e, f"‖r⁺‖/‖e‖ = {r / e!r}, s = {s!r}"
+
+
+@BOUND
+@given(token_case(max_gain=50.0), near_top(0.05, 1.95, 0.05))
+def test_clip_bounds_gain_and_contracts(case, s_max):
+    clip_property(case, s_max)
 
 
 def test_clip_is_needed():
@@ -130,12 +185,12 @@ def test_clip_is_needed():
 @st.composite
 def transition_case(draw, *, s_range=(0.01, 1.99)):
     K = draw(st.integers(2, 4))
-    V = draw(st.integers(1, 3))
+    V = draw(st.integers(1, 2))
     k = np.array(draw(vec(K)))
     assume(np.linalg.norm(k) > 1e-3)
     d = np.exp(np.array(draw(vec(K, -2.0, 2.0))))
     beta = draw(st.floats(0.05, 1.0))
-    s_target = draw(st.floats(*s_range))
+    s_target = draw(near_top(*s_range, 0.05))
     d = d * s_target / (beta * float(d @ (k * k)))
     E = np.array(draw(vec(V * K))).reshape(V, K)
     assume(np.linalg.norm(E) > 1e-6)
@@ -143,6 +198,7 @@ def transition_case(draw, *, s_range=(0.01, 1.99)):
     return E, M, d, beta * float(d @ (k * k))
 
 
+@BOUND
 @given(transition_case())
 def test_weighted_norm_never_expands(case):
     E, M, d, s = case
@@ -175,7 +231,7 @@ def test_weighted_norm_needs_gain_in_range():
 
 @st.composite
 def scan_case(draw):
-    K = draw(st.integers(1, 5))
+    K = draw(st.integers(1, 4))
     k = np.array(draw(vec(K)))
     assume(np.linalg.norm(k) > 1e-2)
     beta = draw(st.floats(0.05, 1.0))
@@ -189,7 +245,8 @@ def _gains(k, beta, d0, step):
     return b * float(u @ sc.d[0, 0, 0]), b * float(u @ sc.d_final[0, 0])
 
 
-@given(scan_case(), st.floats(0.01, 1.99))
+@BOUND
+@given(scan_case(), near_top(0.01, 1.99, 0.05))
 def test_normalized_step_contracts_current_gain(case, c):
     k, beta, d0 = case
     s_old, s_new = _gains(k, beta, d0, NormalizedStep(c))
@@ -216,6 +273,7 @@ def test_normalized_step_needs_c_below_two():
 # ---- C6: fixed point of the expected feedback -------------------------------------------------------------
 
 
+@BOUND
 @given(
     st.integers(1, 6).flatmap(lambda K: st.tuples(vec(K, 0.05, 5.0), vec(K, 0.0, 5.0))), st.floats(0.05, 1.0)
 )
@@ -250,10 +308,10 @@ def test_fixed_point_needs_gaussian_features():
 # ---- C8 and the OSGM chain --------------------------------------------------------------------------------
 
 
+@settings(BOUND, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.integers(1, 4), st.integers(1, 6), st.floats(0.5, 1.0), st.floats(0.01, 10.0), st.integers(0, 2**31)
 )
-@settings(suppress_health_check=[HealthCheck.too_slow])
 def test_rls_gain_is_leverage_fraction_below_one(K, T, gamma, lam, seed):
     g = torch.Generator().manual_seed(seed)
     k = torch.randn(1, T, 1, K, generator=g, dtype=F64)
@@ -267,6 +325,11 @@ def test_rls_gain_is_leverage_fraction_below_one(K, T, gamma, lam, seed):
 
 @given(st.lists(st.floats(0.0, 10.0, **finite), min_size=1, max_size=40))
 def test_osgm_chain_amgm_holds_for_any_nonnegative_ratios(rho):
+    """Sanity check of the ``osgm_chain`` helper only (it computes and reports the AM–GM step correctly).
+
+    AM–GM holds for any non-negative numbers, so this is a tautology: it is not evidence for any claim (in
+    particular not for C7), and it runs with the default budget, not the bound budget.
+    """
     rho = np.array(rho)
     chain = osgm_chain(rho, np.zeros_like(rho))
     assert chain.amgm_holds and chain.holds
@@ -277,3 +340,80 @@ def test_find_reports_when_no_counterexample_exists():
     with pytest.raises(NoSuchExample):
         find(token_case(max_gain=1.999), lambda c: (lambda e, r, s: e > 1e-6 and r > 1.01 * e)(*_write(*c[:3], *c[5:])),
              settings=settings(FIND, max_examples=200))  # fmt: skip
+
+
+# ---- the teeth: a planted overshoot near s = 2 is found ------------------------------------------------------
+
+#: The planted defect: the write key is 6 % too long on the tokens whose write gain exceeds 1.9, so the
+#: post-write residual is ``|1 − 1.06 s| ‖e‖`` there (at s = 1.95: 1.067 ‖e‖, an expansion) and exact elsewhere.
+OVERSHOOT, OVERSHOOT_ABOVE = 1.06, 1.9
+
+#: The CI budget, derandomized: what ``test_c4_box_bound_holds`` and ``test_clip_bounds_gain_and_contracts``
+#: run under CI, with one reported failure (not an exception group) so that the failure can be asserted.
+CI_SEARCH = settings(
+    settings.get_profile("ci"),
+    max_examples=BOUND_EXAMPLES["ci"],
+    derandomize=True,
+    database=None,
+    report_multiple_bugs=False,
+)
+
+
+def plant_overshoot(monkeypatch) -> None:
+    """Plant the overshoot in the float64 recurrence (its write key; the reported gain ``s`` is unchanged).
+
+    ``osdn_recurrent`` — which ``_write`` and the claim C4-bound call — takes its write key and clip factor from
+    ``recurrences._write_key``; both are scaled by 1.06 on the tokens with ``s > 1.9``.
+    """
+    real = rec._write_key
+
+    def write_key(k, beta, d, s_max):
+        kt, s, c = real(k, beta, d, s_max)
+        f = 1.0 + (OVERSHOOT - 1.0) * (s > OVERSHOOT_ABOVE).to(s.dtype)
+        return kt * f[..., None], s, c * f
+
+    monkeypatch.setattr(rec, "_write_key", write_key)
+
+
+@pytest.fixture
+def overshoot(monkeypatch):
+    plant_overshoot(monkeypatch)
+
+
+def test_planted_overshoot_acts_only_above_the_threshold(overshoot):
+    """The mutant is the stated one: one write at s = 1.5 is exact, at s = 1.95 it expands by |1 − 1.06·1.95|."""
+    for s, want in ((1.5, 0.5), (1.95, OVERSHOOT * 1.95 - 1)):
+        e, r, got_s = _write(np.array([1.0]), 0.5, np.array([2 * s]), np.array([[1.0]]), np.array([0.0]))
+        assert got_s == pytest.approx(s, rel=TOL) and r / e == pytest.approx(want, rel=TOL)
+
+
+def _search(which: str):
+    if which == "box":
+        return CI_SEARCH(given(token_case(max_gain=1.999))(box_bound_property))
+    return CI_SEARCH(given(token_case(max_gain=50.0), near_top(0.05, 1.95, 0.05))(clip_property))
+
+
+@pytest.mark.parametrize("which", ["box", "clip"])
+def test_ci_search_passes_without_the_mutant(which):
+    _search(which)()
+
+
+@pytest.mark.parametrize("which", ["box", "clip"])
+def test_planted_overshoot_is_found_by_the_ci_search(overshoot, which):
+    """(a) The property search with the CI budget (derandomized) finds the overshoot: the bound assertion fails."""
+    with pytest.raises(AssertionError, match="‖r⁺‖/‖e‖ = "):
+        _search(which)()
+
+
+def test_planted_overshoot_fails_claim_c4_bound(monkeypatch):
+    """(b) The claim C4-bound at the quick budget passes on the recurrence and FAILS on the mutant, in its box
+    run (tokens with s > 1.9) and in its clip run at s_max = 1.95 alike."""
+    spec = get_claim("C4-bound")
+    clean = run_claim(spec, seed=0, budget="quick")
+    assert clean.verdict == "PASS" and clean.evidence["tokens_with_s_above_edge"] > 0
+    plant_overshoot(monkeypatch)
+    bad = run_claim(spec, seed=0, budget="quick")
+    assert bad.verdict == "FAIL"
+    assert bad.evidence["max_ratio_over_bound"] > 1.05
+    assert bad.evidence["clip"]["s_max=1.95"]["max_ratio_over_factor"] > 1.05
+    assert bad.evidence["clip"]["s_max=1.5"]["max_ratio_over_factor"] <= 1 + TOL  # no token above 1.9 there
