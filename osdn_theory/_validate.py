@@ -38,13 +38,33 @@ def as_tensor(name: str, x: Any, *, dtype: torch.dtype | None = None, device=Non
     return t
 
 
+def _axis_names(layout: str) -> list[str]:
+    """Axis names of a layout string such as ``"[B, T, H, K] (same as k)"`` (``[]`` if it names none)."""
+    if "[" not in layout or "]" not in layout:
+        return []
+    return [a.strip() for a in layout[layout.index("[") + 1 : layout.index("]")].split(",")]
+
+
 def check_shape(name: str, t: torch.Tensor, shape: Sequence[int | None], layout: str = "") -> None:
-    """Check ``t.shape`` against ``shape`` (``None`` = any size). ``layout`` names the axes, e.g. ``[B, T, H, K]``."""
+    """Check ``t.shape`` against ``shape`` (``None`` = any size). ``layout`` names the axes, e.g. ``[B, T, H, K]``.
+
+    An axis the layout names ``K`` (key features) must have at least one entry: with ``K = 0`` every
+    reference would divide by zero (``K ** -0.5``, ``1/‖k‖²``) or return an empty answer without a word.
+    """
     ok = t.ndim == len(shape) and all(s is None or s == n for s, n in zip(shape, t.shape, strict=True))
     if not ok:
         want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
         lay = f" {layout}" if layout else ""
         raise ValueError(f"{name}: expected shape {want}{lay}, got {_desc(t)}")
+    axes = _axis_names(layout)
+    if len(axes) == t.ndim and any(a == "K" and n == 0 for a, n in zip(axes, t.shape, strict=True)):
+        raise ValueError(f"{name}: expected at least one key feature (K >= 1) in {layout}, got {_desc(t)}")
+
+
+def check_features(name: str, t: torch.Tensor, axis: int = -1) -> None:
+    """Check the key-feature axis ``axis`` of ``t`` has ``K >= 1`` entries."""
+    if t.ndim == 0 or t.shape[axis] == 0:
+        raise ValueError(f"{name}: expected at least one key feature (K >= 1) on axis {axis}, got {_desc(t)}")
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
@@ -90,11 +110,14 @@ def check_scalar(
     hi_open: bool = False,
     integer: bool = False,
 ) -> float:
-    """Validate a Python scalar and return it (as float, or int when ``integer``)."""
+    """Validate a Python scalar and return it (as float, or int when ``integer``; an integer field refuses
+    floats, ``256.0`` included)."""
     if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating):
         raise ValueError(f"{name}: expected a {'integer' if integer else 'real number'}, got {_desc(x)}")
-    if integer and not float(x).is_integer():
-        raise ValueError(f"{name}: expected an integer, got {x!r}")
+    if integer and not isinstance(x, int | np.integer):
+        # a float, even 256.0, is refused: configs keep the value they were given, and a float count
+        # fails later (range(), tensor shapes) far from the field that caused it
+        raise ValueError(f"{name}: expected an integer, got {_desc(x)}")
     # integers stay exact (a float round trip would merge e.g. the seeds 2**60 and 2**60 + 1)
     v = int(x) if isinstance(x, int | np.integer) else float(x)
     if not math.isfinite(v):

@@ -37,6 +37,7 @@ from ._validate import (
     broadcast,
     check_bool,
     check_choice,
+    check_features,
     check_range,
     check_scalar,
     check_shape,
@@ -616,6 +617,7 @@ def expected_feedback(d, a, beta) -> torch.Tensor:
     Returns ``[...]``."""
     d = as_tensor("d", d, dtype=torch.float64)
     a = as_tensor("a", a, dtype=torch.float64)
+    check_features("a", a)
     check_range("a", a.detach(), 0.0, None, lo_open=True)
     check_range("d", d.detach())
     if d.shape[-1:] != a.shape[-1:]:
@@ -633,6 +635,7 @@ def _batch_inputs(K_mat, V_mat) -> tuple[torch.Tensor, torch.Tensor]:
     Km = as_tensor("K_mat", K_mat, dtype=torch.float64)
     if Km.ndim < 2:
         raise ValueError(f"K_mat: expected shape [..., N, K], got {tuple(Km.shape)}")
+    check_features("K_mat", Km)
     check_range("K_mat", Km)
     Vm = as_tensor("V_mat", V_mat, dtype=torch.float64)
     if Vm.ndim != Km.ndim or Vm.shape[:-1] != Km.shape[:-1]:
@@ -669,6 +672,7 @@ def batch_right_newton(K_mat, V_mat=None, *, rcond: float | None = None) -> torc
         Km = as_tensor("K_mat", K_mat, dtype=torch.float64)
         if Km.ndim < 2:
             raise ValueError(f"K_mat: expected shape [..., N, K], got {tuple(Km.shape)}")
+        check_features("K_mat", Km)
         check_range("K_mat", Km)
     else:
         Km, _ = _batch_inputs(K_mat, V_mat)

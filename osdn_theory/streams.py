@@ -470,6 +470,11 @@ def _nonstationary_checks(cfg) -> None:
     _base_checks(cfg)
     _check_spectrum(cfg)
     check_scalar("segment_len", cfg.segment_len, 1, None, integer=True)
+    if cfg.segment_len > cfg.T:
+        raise ValueError(
+            f"segment_len: expected at most T = {cfg.T} tokens (a stream shorter than one segment has no "
+            f"shift), got {cfg.segment_len}"
+        )
 
 
 @dataclass(frozen=True)

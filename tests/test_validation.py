@@ -212,3 +212,98 @@ def test_check_scalar_keeps_large_integers_exact():
         check_scalar("seed", -big, 0, None, integer=True)
     cfg = TeacherStream(T=3, K=2, V=1)
     assert not torch.equal(cfg.build(big - 1).k, cfg.build(big).k)  # distinct seeds, distinct streams
+
+
+# ---------------------------------------------------------------------------------------------------------
+# integer fields, cross-field checks, K >= 1
+
+
+@pytest.mark.parametrize("bad", [256.0, np.float64(8.0), 2.5])
+def test_integer_fields_refuse_floats(bad):
+    from osdn_theory._validate import check_scalar
+    from osdn_theory.streams import PiecewiseStationaryStream, from_dict
+
+    with pytest.raises(ValueError, match="^T: expected an integer"):
+        check_scalar("T", bad, 1, None, integer=True)
+    with pytest.raises(ValueError, match="^T: expected an integer"):
+        from_dict({"family": "piecewise", "T": bad, "segment_len": 1})
+    with pytest.raises(ValueError, match="^segment_len: expected an integer"):
+        PiecewiseStationaryStream(T=512, segment_len=bad)
+    assert check_scalar("T", np.int32(256), 1, None, integer=True) == 256
+
+
+def test_sweep_file_with_a_float_count_is_refused_before_any_run(tmp_path):
+    """T = 256.0 in a sweep file used to pass the check and then fail every run."""
+    from osdn_theory.sweeps.spec import parse_spec
+
+    raw = {
+        "seeds": [0],
+        "stream": [{"family": "piecewise", "T": 256.0, "K": 4, "segment_len": 64}],
+        "method": [{"name": "deltanet"}],
+    }
+    with pytest.raises(ValueError, match=r"^stream\[0\]: T: expected an integer"):
+        parse_spec(raw)
+
+
+def test_cross_field_checks():
+    from osdn_theory.streams import from_dict
+    from osdn_theory.sweeps.spec import parse_spec
+
+    for fam in ("piecewise", "drift", "key_norm_shift", "teacher_switch"):
+        with pytest.raises(ValueError, match="^segment_len: expected at most T = 64"):
+            from_dict({"family": fam, "T": 64, "segment_len": 65})
+        from_dict({"family": fam, "T": 64, "segment_len": 64})  # one segment: allowed
+    raw = {
+        "seeds": [0],
+        "metrics": {"window": 40},
+        "stream": [{"family": "piecewise", "T": 128, "K": 4, "segment_len": 32}],
+        "method": [{"name": "deltanet"}],
+    }
+    with pytest.raises(ValueError, match=r"^metrics.window: expected at most stream\[0\].segment_len = 32"):
+        parse_spec(raw)
+    raw["metrics"]["window"] = 32
+    parse_spec(raw)
+
+
+def _k0_calls():
+    import osdn_theory.comparators as C
+    from osdn_theory.preconditioners import d_scan
+
+    B, T, H, K, V = 1, 4, 1, 0, 2
+    f64 = torch.float64
+    k, v = torch.randn(B, T, H, K, dtype=f64), torch.randn(B, T, H, V, dtype=f64)
+    beta, a = torch.ones(B, T, H, dtype=f64), torch.rand(B, H, K, dtype=f64)
+    Km, Vm = torch.randn(5, K, dtype=f64), torch.randn(5, V, dtype=f64)
+    return {
+        "right_preconditioned_recurrent": lambda: C.right_preconditioned_recurrent(
+            k, k, v, beta, torch.zeros(B, T, H, K, K, dtype=f64)
+        ),
+        "rls": lambda: C.rls(k, k, v),
+        "ridge_solution": lambda: C.ridge_solution(k, v, 2),
+        "windowed_rls": lambda: C.windowed_rls(k, k, v, window=2),
+        "windowed_ridge_solution": lambda: C.windowed_ridge_solution(k, v, 2, window=2),
+        "longhorn_write_key": lambda: C.longhorn_write_key(k, beta),
+        "jacobi_d": lambda: C.jacobi_d(k, beta),
+        "token_local_newton_d": lambda: C.token_local_newton_d(k, beta),
+        "feedback_losses": lambda: C.feedback_losses(k, beta, torch.ones_like(k)),
+        "best_fixed_diagonal": lambda: C.best_fixed_diagonal(k, beta),
+        "fixed_point_d": lambda: C.fixed_point_d(a, beta[:, 0]),
+        "expected_feedback": lambda: C.expected_feedback(torch.ones_like(a), a, 1.0),
+        "batch_objective": lambda: C.batch_objective(torch.zeros(K, V, dtype=f64), Km, Vm),
+        "batch_right_newton": lambda: C.batch_right_newton(Km, Vm),
+        "batch_right_newton (no V)": lambda: C.batch_right_newton(Km),
+        "batch_right_newton_step": lambda: C.batch_right_newton_step(
+            torch.zeros(K, V, dtype=f64), Km, Vm, torch.zeros(K, K, dtype=f64)
+        ),
+        "osdn_recurrent": lambda: osdn_recurrent(k, k, v, beta, None),
+        "osdn_chunkwise": lambda: osdn_chunkwise(k, k, v, beta, None),
+        "delta_rule_recurrent": lambda: delta_rule_recurrent(k, k, v, beta),
+        "d_scan": lambda: d_scan(k, beta),
+    }
+
+
+@pytest.mark.parametrize("fn", list(_k0_calls()))
+def test_zero_key_features_is_a_named_error(fn):
+    """K = 0 used to raise ZeroDivisionError (``K ** -0.5``) or return an empty answer."""
+    with pytest.raises(ValueError, match=r"K >= 1|K = 0"):
+        _k0_calls()[fn]()

@@ -114,12 +114,19 @@ def register(app: typer.Typer) -> None:
     def plot(
         out: Annotated[Path, typer.Argument(help="A sweep results folder.")],
         fmt: Annotated[str, typer.Option("--format", help="Figure file format (png, pdf, svg).")] = "png",
+        best_member: Annotated[
+            bool,
+            typer.Option(
+                "--best-member",
+                help="Calibration profile: one line per schedule family (its best member), not every method.",
+            ),
+        ] = False,
     ) -> None:
         """Draw the standard figures of a sweep folder into DIR/figures."""
         from ..plots import plot_sweep
 
         try:
-            paths = plot_sweep(out, fmt=fmt)
+            paths = plot_sweep(out, fmt=fmt, best_member=best_member)
         except ValueError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
