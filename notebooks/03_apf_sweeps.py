@@ -40,12 +40,29 @@ from osdn_theory.plots import load_results, plot_sweep
 from osdn_theory.sweeps.runner import run_sweep
 from osdn_theory.sweeps.spec import load_spec, parse_spec
 
-ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").exists())
-out = ROOT / RESULTS
+
+def find_checkout(marker: str) -> Path | None:
+    """The repository checkout holding ``marker`` (a relative path): searched from the working folder upward,
+    then beside the imported package; ``None`` when there is none (an installed package run elsewhere)."""
+    import osdn_theory
+
+    starts = [Path.cwd(), *Path.cwd().parents, Path(osdn_theory.__file__).resolve().parents[1]]
+    return next((p for p in starts if (p / marker).exists()), None)
+
+
+# the example sweep file and results folder live in the repository; from any other folder (or with an installed
+# package) the notebook runs its own small sweep in a temporary folder
+ROOT = find_checkout("sweeps/apf_piecewise.toml")
+out = Path(RESULTS) if Path(RESULTS).is_absolute() or ROOT is None else ROOT / RESULTS
 if (out / "results.jsonl").exists():
-    print(f"loading existing results from {RESULTS}")
+    print(f"loading existing results from {out}")
 else:
     if FULL:
+        if ROOT is None:
+            raise FileNotFoundError(
+                "FULL = True runs sweeps/apf_piecewise.toml from the repository, which is not found from "
+                f"{Path.cwd()}; run the notebook inside the checkout, or set RESULTS to an existing sweep folder"
+            )
         spec = load_spec(ROOT / "sweeps" / "apf_piecewise.toml")
     else:
         jacobi = {"name": "running_jacobi", "c": 0.1, "ema": 0.95}
@@ -111,6 +128,7 @@ g = df.groupby("method_label")
 table = g[cols].mean()
 table["recovery_sd"] = g["recovery_time"].std()
 table["seeds"] = g["seed"].nunique()
+table["diverged"] = g["status"].apply(lambda st: int((st == "diverged").sum()))  # memory blew up (R1 > 1e6)
 display(table.sort_values(["recovery_time", "cal_late"]).round(3))
 
 # %% [markdown]

@@ -44,7 +44,17 @@ except ImportError as err:  # degrade with an explicit message
     chunk_osdn = None
     print(f"the Triton kernel is not available ({err}); showing the torch chunk form only")
 
-ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").exists())
+
+def find_checkout(marker: str) -> Path | None:
+    """The repository checkout holding ``marker`` (a relative path): searched from the working folder upward,
+    then beside the imported package; ``None`` when there is none (an installed package run elsewhere)."""
+    import osdn_theory
+
+    starts = [Path.cwd(), *Path.cwd().parents, Path(osdn_theory.__file__).resolve().parents[1]]
+    return next((p for p in starts if (p / marker).exists()), None)
+
+
+ROOT = find_checkout("benchmarks/results")  # None outside the repository: no stored GPU results to show
 device = "cuda" if torch.cuda.is_available() else "cpu"
 print("device:", device, "| TRITON_INTERPRET =", os.environ.get("TRITON_INTERPRET"))
 
@@ -113,7 +123,7 @@ assert res["passed"].all(), res[~res["passed"]]
 
 # %%
 found = []
-for p in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+for p in sorted((ROOT / "benchmarks" / "results").glob("*.json")) if ROOT is not None else []:
     try:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
@@ -129,4 +139,6 @@ for p in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
 if not found:
     print(
         "no GPU benchmark results in benchmarks/results (run the kernel benchmark on a CUDA machine to add them)"
+        if ROOT is not None
+        else f"no repository checkout found from {Path.cwd()}: no stored GPU benchmark results to show"
     )

@@ -174,3 +174,17 @@ def test_example_sweep_files_parse():
     for f in files:
         spec = load_spec(f)
         assert spec.runs and len(set(spec.hashes)) == len(spec.runs)
+
+
+def test_the_module_docstring_example_parses():
+    """The TOML example in ``osdn_theory.sweeps.spec``'s docstring is a valid sweep (it used keys the method
+    registry rejects)."""
+    import textwrap
+    import tomllib
+
+    import osdn_theory.sweeps.spec as spec_mod
+
+    doc = spec_mod.__doc__
+    block = doc[doc.index("Example (TOML)::") + len("Example (TOML)::") : doc.index("A Python sweep file")]
+    spec = parse_spec(tomllib.loads(textwrap.dedent(block)))
+    assert spec.name == "apf_demo" and len(spec.runs) == 3 * (1 + 3)
