@@ -479,13 +479,19 @@ class MutantRow:
         return bool(self.killed_by)
 
     @property
+    def tested(self) -> bool:
+        """Whether at least one of the declared target claims was run (``--only`` may leave them all out)."""
+        return any(lab in self.verdicts for lab in self.targets)
+
+    @property
     def survived_unexpectedly(self) -> bool:
-        """A mutant expected to be killable that no claim killed."""
-        return self.unkillable is None and not self.killed
+        """A mutant expected to be killable that no claim killed although a target claim was run."""
+        return self.unkillable is None and not self.killed and self.tested
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["killed"] = self.killed
+        d["tested"] = self.tested
         d["survived_unexpectedly"] = self.survived_unexpectedly
         return d
 
@@ -597,7 +603,15 @@ def matrix_markdown(baseline: dict[str, str], rows: list[MutantRow], *, budget: 
     ]
     for r in rows:
         cells = [mark(r.verdicts.get(lab), lab in r.measured_changes) for lab in labels]
-        status = "yes" if r.killed else ("no (unkillable)" if r.unkillable else "**NO — survived**")
+        status = (
+            "yes"
+            if r.killed
+            else "no (unkillable)"
+            if r.unkillable
+            else "**NO — survived**"
+            if r.tested
+            else "not tested (no target run)"
+        )
         out.append(f"| `{r.name}` | " + " | ".join(cells) + f" | {status} |")
     out += ["", "## Mutants", ""]
     for r in rows:

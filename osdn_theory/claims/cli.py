@@ -38,6 +38,103 @@ def _print_table(results) -> None:
     Console(width=160).print(table)
 
 
+def _parse_mutants(names: str | None) -> list[str] | None:
+    from ..mutants import get_mutant
+
+    if names is None:
+        return None
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        raise typer.BadParameter(f"expected at least one mutant name, got {names!r}", param_hint="--mutant")
+    try:
+        return [get_mutant(n).name for n in wanted]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("mutant: "), param_hint="--mutant") from None
+
+
+def _run_mutants(wanted, names, targets_only: bool, quick: bool, seed: int, out: Path) -> None:
+    """``osdn verify --mutants``: the kill matrix, printed and written to ``out``; exit 1 on a survivor."""
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    from tqdm import tqdm
+
+    from ..mutants import kill_matrix, mark, matrix_markdown
+
+    names = _parse_mutants(names)
+    budget = "quick" if quick else "full"
+    t0 = time.perf_counter()
+    bar = tqdm(desc="mutants", unit="claim run", leave=False)
+
+    def progress(m: str, label: str) -> None:
+        bar.set_postfix_str(f"{m}: {label}")
+        bar.update(1)
+
+    baseline, rows, _ = kill_matrix(
+        names, wanted, budget=budget, seed=seed, targets_only=targets_only, progress=progress
+    )
+    bar.close()
+    dt = time.perf_counter() - t0
+    labels = list(baseline)
+    style = {"F": "bold red", "E": "bold red"}
+    table = Table(title="Mutation suite: kill matrix (F fail, E error, · pass, m measurement)")
+    table.add_column("mutant", overflow="fold")
+    for lab in labels:
+        table.add_column(escape(lab), justify="center", overflow="fold")
+    table.add_column("killed")
+
+    def cell(v, changed=False):
+        c = mark(v, changed)
+        return f"[{style[c[0]]}]{c}[/]" if c[:1] in style else escape(c)
+
+    table.add_row("(no mutant)", *[cell(baseline[lab]) for lab in labels], "")
+    for r in rows:
+        status = (
+            "[green]yes[/]"
+            if r.killed
+            else "unkillable"
+            if r.unkillable
+            else "[bold red]SURVIVED[/]"
+            if r.tested
+            else "not tested"
+        )
+        cells = [cell(r.verdicts.get(lab), lab in r.measured_changes) for lab in labels]
+        table.add_row(escape(r.name), *cells, status)
+    Console(width=max(160, 24 + 10 * len(labels))).print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    data = dict(
+        budget=budget,
+        seed=seed,
+        duration_s=dt,
+        claims=labels,
+        targets_only=targets_only,
+        baseline=baseline,
+        mutants=[r.to_dict() for r in rows],
+        survived=[r.name for r in rows if r.survived_unexpectedly],
+        unkillable={r.name: r.unkillable for r in rows if r.unkillable},
+    )
+    (out / "mutants.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    (out / "mutants.md").write_text(matrix_markdown(baseline, rows, budget=budget, seed=seed))
+    killed = sum(r.killed for r in rows)
+    typer.echo(
+        f"{len(rows)} mutants x {len(labels)} claims ({budget}, seed {seed}) in {dt:.1f} s; killed {killed}, "
+        f"unkillable {len(data['unkillable'])}, survived {len(data['survived'])}. "
+        f"Matrix: {out / 'mutants.md'}"
+    )
+    for r in rows:
+        if r.unkillable and not r.killed:
+            typer.echo(f"{r.name}: not killable: {r.unkillable}")
+    bad_base = [lab for lab, v in baseline.items() if v in ("FAIL", "ERROR")]
+    if bad_base:
+        typer.echo(f"claims failing WITHOUT any mutant: {', '.join(bad_base)}", err=True)
+    if data["survived"]:
+        typer.echo(f"SURVIVING mutants: {', '.join(data['survived'])}", err=True)
+    if bad_base or data["survived"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``verify`` command to the ``osdn`` application."""
 
@@ -59,10 +156,25 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Root seed (non-negative integer)."),
         figures: bool = typer.Option(True, "--figures/--no-figures", help="Write figures (matplotlib)."),
         list_claims: bool = typer.Option(False, "--list", help="List the claim labels and exit."),
+        mutants: bool = typer.Option(
+            False,
+            "--mutants",
+            help="Run the mutation suite: every planted bug against the claims; print and write the kill "
+            "matrix (mutants.json, mutants.md) instead of the report.",
+        ),
+        mutant: str | None = typer.Option(
+            None, "--mutant", help="With --mutants: comma-separated mutant names (default: all)."
+        ),
+        targets_only: bool = typer.Option(
+            False,
+            "--targets-only",
+            help="With --mutants: run each mutant only against the claims it declares as targets (fast).",
+        ),
     ) -> None:
         """Check every OSDN theory claim (C1–C8, negative controls, recall measurement) and write a report.
 
-        Exits with status 1 if any pass/fail claim fails or errors; measurements never fail the run.
+        Exits with status 1 if any pass/fail claim fails or errors; measurements never fail the run. With
+        --mutants, exits with status 1 if a claim fails without any mutant or a killable mutant survives.
         """
         if list_claims:
             for s in select(None):
@@ -74,7 +186,12 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"expected a directory, got an existing file {str(out)!r}", param_hint="--out"
             )
+        if (mutant is not None or targets_only) and not mutants:
+            raise typer.BadParameter("needs --mutants", param_hint="--mutant/--targets-only")
         wanted = _parse_only(only)
+        if mutants:
+            _run_mutants(wanted, mutant, targets_only, quick, seed, out)
+            return
         specs = select(wanted) if wanted is not None else select(None)
         budget = "quick" if quick else "full"
         from tqdm import tqdm
