@@ -13,8 +13,9 @@ Per head and token (math form, ``S ∈ R^{V×K}``)::
 
 with write gain ``s_t = β_t k_tᵀ D_t k_t`` and post-write residual ``r⁺_t = S_t k_t − v_t = (1 − s_t) e_t``.
 ``d = None`` (``d ≡ 1``) is DeltaNet exactly. The write is computed as the preconditioned gradient step
-``S_t = α_t S_{t−1} − β_t ∇ℓ_t(α_t S_{t−1}) c_t D_t`` with the inner loss and gradient of
-:func:`inner_loss` / :func:`inner_grad` (the functions claim C1 checks).
+``S_t = α_t S_{t−1} − β_t ∇ℓ_t(α_t S_{t−1}) c_t D_t = α_t S_{t−1} − β_t e_t k̃_tᵀ`` by the same code as
+:func:`inner_grad` (the gradient of :func:`inner_loss`; the functions claim C1 checks), with the write key
+``k̃_t`` of :func:`write_key` in place of ``k_t``.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def _write_key(
     return kt, s_raw * c, c
 
 
-def _check_inner(state, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_inner(state, k, v, d=None):
     state = as_tensor("state", state)
     check_shape("state", state, [None] * max(state.ndim, 2), "[..., K, V]")
     k = as_tensor("k", k)
@@ -187,7 +188,12 @@ def _check_inner(state, k, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         check_same(name, t, "state", state)
     for name, t in (("state", state), ("k", k), ("v", v)):
         check_range(name, t)  # finiteness
-    return state, k, v
+    if d is not None:
+        d = as_tensor("d", d)
+        check_same("d", d, "state", state)
+        d = broadcast("d", d, k.shape, "[..., K] (same as k)")
+        check_range("d", d, 0.0, None, lo_open=True)
+    return state, k, v, d
 
 
 def inner_loss(state, k, v) -> torch.Tensor:
@@ -200,23 +206,27 @@ def inner_loss(state, k, v) -> torch.Tensor:
     Returns:
         ``ℓ`` of shape ``[...]``.
     """
-    return _inner_loss(*_check_inner(state, k, v))
+    state, k, v, _ = _check_inner(state, k, v)
+    return _inner_loss(state, k, v)
 
 
-def inner_grad(state, k, v) -> torch.Tensor:
-    """The gradient of :func:`inner_loss` in the state layout: ``(e kᵀ)ᵀ = k eᵀ`` with ``e = S k − v``.
+def inner_grad(state, k, v, d=None) -> torch.Tensor:
+    """The gradient of :func:`inner_loss`, right-preconditioned by ``D = diag(d)``, in the state layout.
 
-    :func:`osdn_recurrent` writes ``Sᵀ ← Sᵀ − β (c d) ⊙ inner_grad`` (row ``i`` scaled by ``c d_i``), i.e.
-    ``S ← S − β ∇ℓ(S) c D`` in the math layout.
+    ``(∇ℓ(S) D)ᵀ = (d ⊙ k) eᵀ`` with ``e = S k − v``; ``d = None`` gives the plain gradient ``(e kᵀ)ᵀ = k eᵀ``.
+    :func:`osdn_recurrent` writes ``Sᵀ ← Sᵀ − β · (this with d ⊙ k replaced by the write key k̃ = c d ⊙ k)``,
+    through the same code.
 
     Args:
         state: memory in the state layout ``Sᵀ`` of shape ``[..., K, V]``, finite.
         k: key of shape ``[..., K]``; v: value of shape ``[..., V]`` (same dtype and device as ``state``).
+        d: optional right preconditioner ``> 0`` of shape ``[..., K]`` or broadcastable to it.
 
     Returns:
-        ``∇ℓ`` of shape ``[..., K, V]``.
+        ``∇ℓ D`` (transposed) of shape ``[..., K, V]``.
     """
-    return _inner_grad(*_check_inner(state, k, v))[0]
+    state, k, v, d = _check_inner(state, k, v, d)
+    return _inner_grad(state, k, v, k if d is None else d * k)[0]
 
 
 def _residual(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -229,10 +239,15 @@ def _inner_loss(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return 0.5 * (_residual(M, k, v) ** 2).sum(-1)
 
 
-def _inner_grad(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`inner_grad` without validation; also returns the residual ``e`` it was built from."""
+def _inner_grad(
+    M: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(key eᵀ, e)`` with ``e = S k − v``: the gradient at ``key = k``, ``∇ℓ D`` at ``key = d ⊙ k``.
+
+    :func:`inner_grad` without validation, and the write of :func:`osdn_recurrent` (``key`` = write key).
+    """
     e = _residual(M, k, v)
-    return k[..., :, None] * e[..., None, :], e
+    return key[..., :, None] * e[..., None, :], e
 
 
 @dataclass(frozen=True)
@@ -294,9 +309,7 @@ def osdn_recurrent(
         q, k, v, beta, d, alpha=alpha, scale=scale, initial_state=initial_state, s_max=s_max, dtype=dtype
     )
     B, T, H, K, V = x.shape
-    _, s, c = _write_key(x.k, x.beta, x.d, x.s_max)
-    # Right preconditioner of the gradient step, per key coordinate: c d (the write key is k̃ = c d ⊙ k).
-    p = c[..., None] if x.d is None else c[..., None] * x.d
+    kt, s, c = _write_key(x.k, x.beta, x.d, x.s_max)
     M = (
         torch.zeros(B, H, K, V, dtype=x.k.dtype, device=x.k.device)
         if x.initial_state is None
@@ -309,9 +322,9 @@ def osdn_recurrent(
     for t in range(T):
         if x.alpha is not None:
             M = M * x.alpha[:, t, :, None, None]
-        k_t, p_t, b_t = x.k[:, t], p[:, t], x.beta[:, t]  # [B,H,K], [B,H,K], [B,H]
-        grad, e = _inner_grad(M, k_t, x.v[:, t])  # ∇ℓ_t = k eᵀ (state layout), e_t = S k − v
-        M = M - b_t[..., None, None] * p_t[..., :, None] * grad  # S ← S − β ∇ℓ (c D)
+        k_t, kt_t, b_t = x.k[:, t], kt[:, t], x.beta[:, t]  # [B,H,K], [B,H,K], [B,H]
+        grad, e = _inner_grad(M, k_t, x.v[:, t], kt_t)  # ∇ℓ_t c D = e k̃ᵀ (state layout), e_t = S k − v
+        M = M - b_t[..., None, None] * grad  # S ← S − β ∇ℓ (c D)
         o[:, t] = x.scale * torch.einsum("bhk,bhkv->bhv", x.q[:, t], M)
         if diagnostics:
             e_pre[:, t] = e

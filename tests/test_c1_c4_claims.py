@@ -33,7 +33,8 @@ def test_recurrence_write_is_the_preconditioned_inner_gradient_step():
     d = torch.rand(1, 1, 1, K, generator=g, dtype=F64) + 0.1
     beta = torch.full((1, 1, 1), 0.7, dtype=F64)
     _, hT = osdn_recurrent(k, k, v, beta, d, initial_state=M, output_final_state=True)
-    want = M - 0.7 * d[:, 0, :, :, None] * inner_grad(M, k[:, 0], v[:, 0])
+    want = M - 0.7 * inner_grad(M, k[:, 0], v[:, 0], d[:, 0])
+    assert torch.allclose(want, M - 0.7 * d[:, 0, :, :, None] * inner_grad(M, k[:, 0], v[:, 0]), rtol=1e-14)
     assert torch.allclose(hT, want, rtol=1e-14, atol=1e-14)
 
 
@@ -48,6 +49,8 @@ def test_inner_loss_and_grad_validate_their_arguments():
         inner_loss(torch.zeros(3, dtype=F64), k, v)
     with pytest.raises(ValueError, match=r"^v: expected .*dtype"):
         inner_grad(M, k, v.float())
+    with pytest.raises(ValueError, match=r"^d: expected values in \(0"):
+        inner_grad(M, k, v, torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match=r"^state: expected finite"):
         inner_loss(torch.full((2, 3, 4), float("nan"), dtype=F64), k, v)
 
@@ -55,28 +58,34 @@ def test_inner_loss_and_grad_validate_their_arguments():
 _REAL_GRAD = rec._inner_grad
 
 
-def _grad_scaled(M, k, v):
-    grad, e = _REAL_GRAD(M, k, v)
+def _grad_scaled(M, k, v, key):
+    grad, e = _REAL_GRAD(M, k, v, key)
     return grad * (1 + 1e-6), e
 
 
-def _grad_transposed_key_value(M, k, v):
-    """``k eᵀ`` built with the key of the previous coordinate (a classic index slip)."""
-    grad, e = _REAL_GRAD(M, k, v)
-    return torch.roll(k, 1, dims=-1)[..., :, None] * e[..., None, :], e
+def _grad_shifted_key(M, k, v, key):
+    """``key eᵀ`` built with the key of the previous coordinate (an index slip)."""
+    return _REAL_GRAD(M, k, v, torch.roll(key, 1, dims=-1))
 
 
-def _grad_dropped_value(M, k, v):
+def _grad_dropped_value(M, k, v, key):
     """``e = S k`` instead of ``S k − v``."""
-    grad, e = _REAL_GRAD(M, k, torch.zeros_like(v))
-    return grad, e
+    return _REAL_GRAD(M, k, torch.zeros_like(v), key)
 
 
-@pytest.mark.parametrize("bug", [_grad_scaled, _grad_transposed_key_value, _grad_dropped_value])
+@pytest.mark.parametrize("bug", [_grad_scaled, _grad_shifted_key, _grad_dropped_value])
 def test_c1_fails_on_a_planted_gradient_bug(monkeypatch, bug):
     assert _verdict("C1") == "PASS"
     monkeypatch.setattr(rec, "_inner_grad", bug)
     assert _verdict("C1") == "FAIL"
+    # The same bug is in the recurrence's write: C1 tests what osdn_recurrent computes.
+    g = torch.Generator().manual_seed(1)
+    k, v = torch.randn(1, 1, 1, 4, generator=g, dtype=F64), torch.randn(1, 1, 1, 2, generator=g, dtype=F64)
+    M = torch.randn(1, 1, 4, 2, generator=g, dtype=F64)
+    beta = torch.full((1, 1, 1), 0.5, dtype=F64)
+    _, hT = osdn_recurrent(k, k, v, beta, initial_state=M, output_final_state=True)
+    e = torch.einsum("k,kv->v", k[0, 0, 0], M[0, 0]) - v[0, 0, 0]
+    assert not torch.allclose(hT[0, 0], M[0, 0] - 0.5 * k[0, 0, 0, :, None] * e[None, :], rtol=1e-10, atol=0)
 
 
 def test_c1_fails_on_a_planted_loss_bug(monkeypatch):

@@ -9,7 +9,9 @@ Here the library's own inner loss and gradient are checked — :func:`osdn_theor
 write ``S ← S − β ∇ℓ(S) D`` — in float64 over random ``(S, k, v, Δ)`` at many scales of ``Δ`` (a Taylor
 expansion with a remainder would show a relative error growing with ``‖Δ‖``):
 
-* the library loss equals ``½‖S k − v‖²`` and its gradient equals ``e kᵀ`` (the statement's formulas);
+* the library loss equals ``½‖S k − v‖²`` and its gradient equals ``e kᵀ`` (the statement's formulas), and
+  its right-preconditioned gradient equals ``e kᵀ D`` (the form the recurrence writes with, through the same
+  code, with the write key ``c d ⊙ k``);
 * the expansion holds with the library's loss on both sides and its gradient in the linear term;
 * the library gradient equals the autograd gradient of the library loss;
 * the Hessian action: ``∇ℓ(S + Δ) − ∇ℓ(S) = Δ k kᵀ`` exactly (the library gradient is affine in ``S``),
@@ -62,6 +64,9 @@ def c1_exact_quadratic(size: Size, seed: int) -> Outcome:
     loss, grad = inner_loss(M, k, v), inner_grad(M, k, v)
     loss_err = ((loss - loss_ref).abs() / loss_ref.abs()).max().item()
     grad_err = _rel(grad, grad_ref, grad_ref.reshape(n, -1).norm(dim=-1))
+    d = torch.exp(torch.randn(n, K, generator=g, dtype=F64))
+    pre_ref = d[:, :, None] * grad_ref  # (e kᵀ D)ᵀ = D k eᵀ
+    pre_err = _rel(inner_grad(M, k, v, d), pre_ref, pre_ref.reshape(n, -1).norm(dim=-1))
     # Exact expansion, relative to the size of the terms involved (cancellation-aware).
     lhs = inner_loss(M + D, k, v)
     lin = (grad * D).sum((-1, -2))
@@ -84,6 +89,7 @@ def c1_exact_quadratic(size: Size, seed: int) -> Outcome:
     errs = dict(
         loss_vs_definition=loss_err,
         grad_vs_e_kT=grad_err,
+        preconditioned_grad_vs_e_kT_D=pre_err,
         expansion=expansion_err,
         grad_difference_vs_hessian_action=hess_err,
         grad_vs_autograd=autograd_err,
