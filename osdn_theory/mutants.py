@@ -1,7 +1,7 @@
 """Mutation suite: realistic planted bugs, applied at runtime, that the claims registry must detect.
 
 Each :class:`Mutant` is a named bug with a one-line description, the claims expected to catch it
-(``targets``; a family label such as ``C7-neg`` also covers its variants) and a ``patch`` function that
+(``targets``: labels, or ``C7-neg*`` for a control and its variants) and a ``patch`` function that
 replaces library code for the duration of ``with mutant.applied(): ...``. Patches act on the module attribute
 the code actually looks up: a function imported by name into other modules (``from ..metrics import
 super_geometric_test``) is replaced in every loaded ``osdn_theory`` module that holds it, and inner helpers
@@ -10,7 +10,8 @@ the library calls them by name. On exit every attribute is restored, also when t
 
 A mutant that no claim can detect carries ``unkillable``: the written reason. :func:`kill_matrix` runs the
 claims with and without each mutant; a claim *kills* a mutant when it passes without the mutant and fails
-(verdict FAIL, or ERROR: the library's own checks raised) with it. ``osdn verify --mutants`` prints the
+(verdict FAIL, or ERROR: the library's own checks raised) with it; a measurement (no verdict) kills it when it
+raises under the mutant, since ``osdn verify`` then exits with status 1. ``osdn verify --mutants`` prints the
 matrix and writes ``mutants.json`` and ``mutants.md``.
 """
 
@@ -34,8 +35,10 @@ __all__ = [
     "Patcher",
     "get_mutant",
     "kill_matrix",
+    "mark",
     "matrix_markdown",
     "mutant_names",
+    "target_labels",
 ]
 
 _PKG = "osdn_theory"
@@ -80,6 +83,7 @@ class Mutant:
     ``unkillable`` is the written reason why no claim can catch the bug (then ``targets`` is empty).
     ``error_ok`` is the reason why an ERROR verdict (an exception raised by the library's own checks under
     the bug) is a legitimate detection for this mutant; without it only a FAIL verdict counts in the tests.
+    Targets are claim labels, or ``PREFIX*`` for every label with that prefix (:func:`target_labels`).
     """
 
     name: str
@@ -384,7 +388,7 @@ MUTANTS: dict[str, Mutant] = {
         Mutant(
             "no-null-step",
             "OSGM batch solver accepts every trial step, also those that increase F",
-            ("C7-batch",),
+            ("C7-batch", "C7-neg*"),
             _no_null_step,
         ),
         Mutant(
@@ -426,7 +430,7 @@ MUTANTS: dict[str, Mutant] = {
         Mutant(
             "tail-condition-dropped",
             "super-geometric test without its tail condition (b) G_J ≤ G_mid / tail_factor",
-            ("C7-neg",),
+            ("C7-neg*",),
             _tail_dropped,
         ),
         Mutant(
@@ -496,10 +500,21 @@ class MutantRow:
         return d
 
 
-def _target_labels(m: Mutant) -> list[str]:
-    from .claims._registry import select
+def target_labels(m: Mutant) -> list[str]:
+    """The registered claim labels a mutant targets: each target is a label, or ``PREFIX*`` for every label
+    starting with ``PREFIX`` (``C7-neg*``: the control and its variants). Unknown labels raise ``ValueError``."""
+    from .claims._registry import labels
 
-    return [s.label for s in select(list(m.targets))] if m.targets else []
+    known = labels()
+    out: list[str] = []
+    for t in m.targets:
+        hits = (
+            [lab for lab in known if lab.startswith(t[:-1])] if t.endswith("*") else [t] if t in known else []
+        )
+        if not hits:
+            raise ValueError(f"targets: mutant {m.name!r} targets {t!r}, which matches no registered claim")
+        out.extend(h for h in hits if h not in out)
+    return out
 
 
 def kill_matrix(
@@ -531,7 +546,7 @@ def kill_matrix(
     ms = [get_mutant(n) for n in names]
     specs = select(only)
     if targets_only:
-        wanted = {lab for m in ms for lab in _target_labels(m)}
+        wanted = {lab for m in ms for lab in target_labels(m)}
         specs = [s for s in specs if s.label in wanted]
     baseline: dict[str, str] = {}
     base_measured: dict[str, Any] = {}
@@ -542,7 +557,7 @@ def kill_matrix(
         baseline[s.label], base_measured[s.label] = r.verdict, r.measured
     rows = []
     for m in ms:
-        run = [s for s in specs if not targets_only or s.label in _target_labels(m)]
+        run = [s for s in specs if not targets_only or s.label in target_labels(m)]
         verdicts, errors, changes = {}, {}, {}
         with m.applied():
             for s in run:
@@ -554,12 +569,16 @@ def kill_matrix(
                     errors[s.label] = r.error
                 if r.verdict == "measured" and not _same(r.measured, base_measured[s.label]):
                     changes[s.label] = [base_measured[s.label], r.measured]
-        killed_by = [lab for lab, v in verdicts.items() if v in ("FAIL", "ERROR") and baseline[lab] == "PASS"]
+        killed_by = [
+            lab
+            for lab, v in verdicts.items()
+            if v in ("FAIL", "ERROR") and baseline[lab] in ("PASS", "measured")
+        ]
         rows.append(
             MutantRow(
                 name=m.name,
                 description=m.description,
-                targets=_target_labels(m),
+                targets=target_labels(m),
                 unkillable=m.unkillable,
                 verdicts=verdicts,
                 killed_by=killed_by,

@@ -33,10 +33,6 @@ _C7_REWORK = (
 PENDING: dict[str, str] = {
     "osgm-adagrad-sign": _C7_REWORK,
     "osgm-no-learning": _C7_REWORK,
-    "no-null-step": (
-        "dropping the null step does not slow SG-batch down (all quick realisations stay super-geometric); "
-        "only a check that F never increases (every ρ_j ≤ 1) in C7-batch would catch it"
-    ),
     "tail-condition-dropped": (
         "the C7-neg-* control rejected only by the tail condition is still being written "
         "(C7-neg-near-diagonal fails at seed 0 without any mutant)"
@@ -45,7 +41,7 @@ PENDING: dict[str, str] = {
 
 
 def _targets(m: mut.Mutant) -> list[str]:
-    return [s.label for s in select(list(m.targets))]
+    return mut.target_labels(m)
 
 
 @pytest.fixture(scope="module")

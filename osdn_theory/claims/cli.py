@@ -52,6 +52,10 @@ def _parse_mutants(names: str | None) -> list[str] | None:
         raise typer.BadParameter(str(exc).removeprefix("mutant: "), param_hint="--mutant") from None
 
 
+class _NoMutant:
+    name = "(no mutant)"
+
+
 def _run_mutants(wanted, names, targets_only: bool, quick: bool, seed: int, out: Path) -> None:
     """``osdn verify --mutants``: the kill matrix, printed and written to ``out``; exit 1 on a survivor."""
     import json
@@ -80,7 +84,7 @@ def _run_mutants(wanted, names, targets_only: bool, quick: bool, seed: int, out:
     labels = list(baseline)
     style = {"F": "bold red", "E": "bold red"}
     table = Table(title="Mutation suite: kill matrix (F fail, E error, · pass, m measurement)")
-    table.add_column("mutant", overflow="fold")
+    table.add_column("mutant", no_wrap=True)
     for lab in labels:
         table.add_column(escape(lab), justify="center", overflow="fold")
     table.add_column("killed")
@@ -102,7 +106,8 @@ def _run_mutants(wanted, names, targets_only: bool, quick: bool, seed: int, out:
         )
         cells = [cell(r.verdicts.get(lab), lab in r.measured_changes) for lab in labels]
         table.add_row(escape(r.name), *cells, status)
-    Console(width=max(160, 24 + 10 * len(labels))).print(table)
+    width = 4 + max(len(r.name) for r in [*rows, _NoMutant]) + sum(len(lab) + 3 for lab in labels) + 16
+    Console(width=max(120, width)).print(table)
     out.mkdir(parents=True, exist_ok=True)
     data = dict(
         budget=budget,
