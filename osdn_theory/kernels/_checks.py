@@ -3,8 +3,6 @@ argument, what was expected and what was received)."""
 
 from __future__ import annotations
 
-import collections
-
 import torch
 
 from .._validate import as_tensor, check_range, check_scalar, check_shape
@@ -93,18 +91,17 @@ def check_cu_seqlens(cu_seqlens, B: int, T: int, device) -> tuple[torch.Tensor |
 #: The value-check bits (set by the stages as they load each input, see :mod:`.stages`), in report order,
 #: with the range each argument must lie in (for the message) and the interval for :func:`check_range`.
 VALUE_CHECKS = (
-    ("q", stages.BAD_Q, "finite values", (None, None, False)),
-    ("k", stages.BAD_K, "finite values", (None, None, False)),
-    ("v", stages.BAD_V, "finite values", (None, None, False)),
-    ("beta", stages.BAD_BETA, "values in (0, 1]", (0.0, 1.0, True)),
-    ("alpha", stages.BAD_ALPHA, "values in (0, 1]", (0.0, 1.0, True)),
-    ("d", stages.BAD_D, "finite values > 0", (0.0, None, True)),
+    ("q", stages.BAD_Q.value, "finite values", (None, None, False)),
+    ("k", stages.BAD_K.value, "finite values", (None, None, False)),
+    ("v", stages.BAD_V.value, "finite values", (None, None, False)),
+    ("beta", stages.BAD_BETA.value, "values in (0, 1]", (0.0, 1.0, True)),
+    ("alpha", stages.BAD_ALPHA.value, "values in (0, 1]", (0.0, 1.0, True)),
+    ("d", stages.BAD_D.value, "finite values > 0", (0.0, None, True)),
 )
 
-#: Checks of earlier GPU calls still in flight: ``(event, pinned host copy of the flag word, op name)``.
-_PENDING: collections.deque = collections.deque()
-#: Beyond this many unread checks the oldest one is waited for (keeps the queue bounded if nothing polls).
-_MAX_PENDING = 256
+#: Per CUDA device: the persistent flag word that the default calls' kernels OR their bits into, and the pinned
+#: host word that each call refreshes with an asynchronous copy (read by :func:`poll`, no synchronisation).
+_STICKY: dict = {}
 
 
 def check_validate(validate) -> bool | str:
@@ -115,9 +112,25 @@ def check_validate(validate) -> bool | str:
     raise ValueError(f"validate: expected True, False or 'sync', got {type(validate).__name__} {validate!r}")
 
 
+def _sticky(device: torch.device):
+    st = _STICKY.get(device)
+    if st is None:
+        st = _STICKY[device] = [
+            torch.zeros(1, dtype=torch.int32, device=device),
+            torch.zeros(1, dtype=torch.int32, pin_memory=True),
+        ]
+    return st
+
+
 def new_flag(validate, device) -> torch.Tensor | None:
-    """The int32 flag word the stages write their value-check bits to, or ``None`` without checks."""
-    return torch.zeros(1, dtype=torch.int32, device=device) if validate else None
+    """The int32 flag word the stages OR their value-check bits into, or ``None`` without checks: a fresh zero
+    word on the CPU and with ``"sync"``; on a GPU by default the device's persistent word (no allocation, no
+    fill per call; it is cleared when its bits are reported)."""
+    if not validate:
+        return None
+    if device.type == "cuda" and validate != "sync":
+        return _sticky(device)[0]
+    return torch.zeros(1, dtype=torch.int32, device=device)
 
 
 def _message(bits: int, op: str, tensors: dict | None) -> str:
@@ -134,15 +147,15 @@ def _message(bits: int, op: str, tensors: dict | None) -> str:
                 return str(e)
         return (
             f"{name}: expected {expected}, got values outside that range (found by the device-side value check "
-            f"of an earlier {op} call; its output was set to NaN; validate='sync' reports at the call itself)"
+            f"of an earlier {op} call; outputs were NaN until this report; validate='sync' reports at the call)"
         )
     return f"{op}: a value check failed (bits {bits:#x})"
 
 
 def report(flag: torch.Tensor | None, op: str, tensors: dict | None, sync: bool) -> None:
     """Raise ``ValueError`` now if ``flag`` is set and reading it costs no host synchronisation (CPU, the
-    Triton interpreter) or ``sync`` is asked for; on a GPU otherwise queue an asynchronous copy of the flag
-    to pinned host memory, read by :func:`poll` at later calls (no synchronisation)."""
+    Triton interpreter) or ``sync`` is asked for. On a GPU otherwise (the persistent word) queue an
+    asynchronous copy of the word into the device's pinned host word, which :func:`poll` reads at later calls."""
     if flag is None:
         return
     if flag.device.type != "cuda" or sync:
@@ -150,33 +163,32 @@ def report(flag: torch.Tensor | None, op: str, tensors: dict | None, sync: bool)
         if bits:
             raise ValueError(_message(bits, op, tensors))
         return
-    host = torch.empty(1, dtype=torch.int32, pin_memory=True)
-    host.copy_(flag, non_blocking=True)
-    ev = torch.cuda.Event()
-    ev.record()
-    _PENDING.append((ev, host, op))
-    if len(_PENDING) > _MAX_PENDING:
-        _PENDING[0][0].synchronize()
+    _STICKY[flag.device][1].copy_(flag, non_blocking=True)
 
 
-def _pop_and_raise(ev, host, op) -> None:
-    bits = int(host.item())
-    if bits:
-        raise ValueError(_message(bits, op, None))
+def _raise_and_clear(device, bits: int) -> None:
+    """Clear the device's word (a fill queued on the stream, after the kernels that set it) and start a new
+    pinned host word (copies still in flight write the old one), then raise for ``bits``."""
+    word = _STICKY[device][0]
+    word.zero_()
+    _STICKY[device][1] = torch.zeros(1, dtype=torch.int32, pin_memory=word.is_cuda)
+    raise ValueError(_message(bits, "chunk_osdn / d_ratio_scan", None))
 
 
 def poll() -> None:
-    """Raise ``ValueError`` for the oldest finished check of an earlier call that found a bad value; checks
-    still running are left alone (``cudaEventQuery``: no synchronisation)."""
-    while _PENDING and _PENDING[0][0].query():
-        _pop_and_raise(*_PENDING.popleft())
+    """Raise ``ValueError`` (naming the argument) if a value check of an earlier call has reported a bad value
+    to the host; a check still running is reported by a later call (reading pinned memory: no sync)."""
+    for device, (_, host) in list(_STICKY.items()):
+        bits = int(host[0])
+        if bits:
+            _raise_and_clear(device, bits)
 
 
 def check_values() -> None:
     """Wait for the value checks of all earlier ``chunk_osdn`` / ``d_ratio_scan`` calls and raise
-    ``ValueError`` (naming the argument) for the first that found a bad value. This synchronises with the
-    GPU; call it where a sync happens anyway (after a training step, before logging)."""
-    while _PENDING:
-        ev, host, op = _PENDING.popleft()
-        ev.synchronize()
-        _pop_and_raise(ev, host, op)
+    ``ValueError`` (naming the argument) if one found a bad value. This synchronises with the GPU; call it
+    where a sync happens anyway (after a training step, before logging)."""
+    for device, (word, _) in list(_STICKY.items()):
+        bits = int(word.item())
+        if bits:
+            _raise_and_clear(device, bits)

@@ -38,8 +38,10 @@ keeps the scan affine (spec §5).
 
 Gradients: by default ``d`` is differentiable with respect to ``k``, ``β`` and a ``d_init`` tensor. The
 forward then also stores the unfloored ``d`` and each token's update coefficient, and the backward is one
-more launch, ``_d_scan_bwd_kernel``: the adjoint recurrence of the scan, run in reverse over the chunks with
-the forward's ``A⁻¹`` (exact, no autograd through a loop). ``detach=True`` (:class:`DRule`, :func:`d_ratio_scan`)
+three more launches: the adjoint recurrence of the scan in chunk form, with the forward's ``A⁻¹`` — each
+chunk's affine map of the adjoint in parallel (``_d_bwd_local_kernel``), a reverse scan that carries only
+the ``K``-vector adjoint across chunks (``_d_bwd_scan_kernel``), and the token gradients in parallel
+(``_d_bwd_grads_kernel``); exact, no autograd through a loop. ``detach=True`` (:class:`DRule`, :func:`d_ratio_scan`)
 makes ``d`` a constant of the keys, like an optimizer's preconditioner state.
 """
 
@@ -122,29 +124,76 @@ def _d_scan_kernel(
 
 
 @triton.jit
-def _d_scan_bwd_kernel(
-    k, beta, gd, h_raw, ucoef, ai, gk_out, gb_out, gh0_out, cu_seqlens, c_ptr, d_min_ptr,
+def _bwd_chunk(
+    k, beta, gd, h_raw, ai, t, rmask, c, d_min, K, C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr
+):
+    """Rows ``t`` of one chunk for the backward, in ``ACC``: key ``k``, ``û``, ``‖u‖`` (1 where ``u = 0``),
+    ``β``, value ``b``, strength, unfloored ``d`` (``h``), the floored-out gradient ``G̃``, ``A⁻¹`` and
+    ``Σ_{j>i} G̃_j``."""
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    kk = stages._rows(k, t, rmask, K, ok, K, ACC)
+    u = kk * kk
+    nrm = tl.sqrt(tl.sum(u * u, 1))
+    pos = nrm > 0
+    safe = tl.where(pos, nrm, 1.0)
+    uh = u / safe[:, None]
+    bt = tl.load(beta + t, mask=rmask, other=1.0).to(ACC)
+    bval = tl.where(pos, 1.0 / (bt * safe), 0.0)
+    cs = tl.where(pos, c, 0.0)
+    hr = stages._rows(h_raw, t, rmask, K, ok, K, ACC)
+    G = tl.where(hr >= d_min, stages._rows(gd, t, rmask, K, ok, K, ACC), 0.0)
+    Ai = stages._rows(ai, t, rmask, C, oc, C, ACC)  # rows r, columns j: (A⁻¹)_{rj}
+    S_ex = tl.cumsum(G, 0, reverse=True) - G
+    return kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex
+
+
+@triton.jit
+def _d_bwd_local_kernel(
+    k, beta, gd, h_raw, ai, p_out, g0_out, bounds, c_ptr, d_min_ptr,
     H, K,
     C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
-    """The rule's backward, one program per (sequence, head), chunks in reverse order. The adjoint
-    ``λ_t = ∂L/∂h_t`` of ``h_{t+1} = (I − c û_t û_tᵀ) h_t + c b_t û_t`` (``b_t = 1/(β_t‖u_t‖)``) obeys
-    ``λ_t = (I − c û_t û_tᵀ) λ_{t+1} + G̃_t`` with ``G̃_t = ∂L/∂d_t · [h_t ≥ d_min]`` (the read-out floor); only
-    the ``K``-vector ``λ`` crosses chunks. In a chunk with ``λ_C`` entering from the next chunk, the scalars
-    ``x_i = û_iᵀ λ_{i+1}`` solve ``Aᵀ x = y``, ``y_i = û_iᵀ (λ_C + Σ_{j>i} G̃_j)``, with the forward's
-    ``A = I + c tril₋₁(Û Ûᵀ)`` (so ``x = A⁻ᵀ y`` from the stored ``A⁻¹``), and then
-    ``λ_{i+1} = λ_C + Σ_{j>i} (G̃_j − c x_j û_j)``. The token's gradients: ``∂L/∂b_i = c x_i``,
-    ``∂L/∂û_i = U_i λ_{i+1} − c x_i h_i`` (``U_i`` the forward's update coefficient), then through
-    ``û = u/‖u‖``, ``b = 1/(β‖u‖)``, ``u = k⊙k`` to ``k`` and ``β``. ``λ_1`` is the gradient of ``d_init``.
-    All in ``ACC`` (elementwise products and reductions over ``C × K`` and ``C × C`` tiles, no dot)."""
+    """Backward, part 1 (chunks × heads, in parallel): the chunk's affine map of the adjoint,
+    ``λ_start = λ_C + g₀ − Ûᵀ diag(c) P λ_C`` with ``P = A⁻ᵀ Û`` (stored per token) and
+    ``g₀ = Σ_i G̃_i − Ûᵀ diag(c) A⁻ᵀ r``, ``r_i = û_iᵀ Σ_{j>i} G̃_j`` (stored per chunk)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    c = tl.load(c_ptr).to(ACC)
+    d_min = tl.load(d_min_ptr).to(ACC)
+    kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex = _bwd_chunk(
+        k, beta, gd, h_raw, ai, t, rmask, c, d_min, K, C, BK, ACC
+    )
+    r = tl.sum(uh * S_ex, 1)
+    x0 = tl.sum(Ai * r[:, None], 0)
+    P = stages._mmf(tl.trans(Ai), uh, ACC)
+    stages._store_rows(p_out, P, t, rmask, K, ok, K)
+    g0 = tl.sum(G, 0) - tl.sum((cs * x0)[:, None] * uh, 0)
+    tl.store(g0_out + (i_c.to(tl.int64) * H + i_h) * K + ok, g0, mask=ok < K)
+
+
+@triton.jit
+def _d_bwd_scan_kernel(
+    k, p, g0, lam_out, gh0_out, cu_seqlens, chunk_offsets, c_ptr,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Backward, part 2 (one program per sequence and head, chunks in reverse): carries the ``K``-vector
+    adjoint ``λ`` through the chunk maps of part 1, stores the ``λ_C`` entering each chunk (from the next one)
+    and ``λ_1`` (the gradient of ``d_init``)."""
     i_nh = tl.program_id(0)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    boc = tl.load(chunk_offsets + i_n).to(tl.int64)
     oc = tl.arange(0, C)
     ok = tl.arange(0, BK)
-    cst = tl.load(c_ptr).to(ACC)
-    d_min = tl.load(d_min_ptr).to(ACC)
+    c = tl.load(c_ptr).to(ACC)
     lam = tl.zeros([BK], dtype=ACC)
     nt = tl.cdiv(Tn, C)
     for i in range(nt):
@@ -154,28 +203,49 @@ def _d_scan_bwd_kernel(
         kk = stages._rows(k, t, rmask, K, ok, K, ACC)
         u = kk * kk
         nrm = tl.sqrt(tl.sum(u * u, 1))
-        pos = nrm > 0
-        safe = tl.where(pos, nrm, 1.0)
-        uh = u / safe[:, None]
-        bt = tl.load(beta + t, mask=rmask, other=1.0).to(ACC)
-        bval = tl.where(pos, 1.0 / (bt * safe), 0.0)
-        cs = tl.where(pos, cst, 0.0)
-        hr = stages._rows(h_raw, t, rmask, K, ok, K, ACC)
-        G = tl.where(hr >= d_min, stages._rows(gd, t, rmask, K, ok, K, ACC), 0.0)
-        Ai = stages._rows(ai, t, rmask, C, oc, C, ACC)  # rows r, columns j: (A⁻¹)_{rj}
-        S_ex = tl.cumsum(G, 0, reverse=True) - G  # Σ_{j>i} G̃_j
-        y = tl.sum(uh * (lam[None, :] + S_ex), 1)
-        xc = cs * tl.sum(Ai * y[:, None], 0)  # c x, x = A⁻ᵀ y
-        Z = xc[:, None] * uh
-        lnext = lam[None, :] + S_ex - (tl.cumsum(Z, 0, reverse=True) - Z)  # λ_{i+1}
-        U = tl.load(ucoef + t, mask=rmask, other=0.0).to(ACC)
-        g_uh = U[:, None] * lnext - xc[:, None] * hr
-        proj = tl.sum(uh * g_uh, 1)
-        g_u = (g_uh - uh * proj[:, None]) / safe[:, None] - (bval * xc / safe)[:, None] * uh
-        stages._store_rows(gk_out, 2.0 * kk * g_u, t, rmask, K, ok, K)
-        tl.store(gb_out + t, tl.where(pos, -bval * xc / bt, 0.0).to(gb_out.dtype.element_ty), mask=rmask)
-        lam += tl.sum(G - Z, 0)
+        cu_ = tl.where(nrm > 0, c / tl.where(nrm > 0, nrm, 1.0), 0.0)  # c / ‖u‖: û = u / ‖u‖
+        Pt = stages._rows(p, t, rmask, K, ok, K, ACC)
+        ci = ((boc + n) * H + i_h) * K
+        tl.store(lam_out + ci + ok, lam.to(lam_out.dtype.element_ty), mask=ok < K)
+        xl = tl.sum(Pt * lam[None, :], 1)
+        lam += tl.load(g0 + ci + ok, mask=ok < K, other=0.0).to(ACC) - tl.sum((cu_ * xl)[:, None] * u, 0)
     tl.store(gh0_out + i_nh.to(tl.int64) * K + ok, lam.to(gh0_out.dtype.element_ty), mask=ok < K)
+
+
+@triton.jit
+def _d_bwd_grads_kernel(
+    k, beta, gd, h_raw, ucoef, ai, lam_in, gk_out, gb_out, bounds, c_ptr, d_min_ptr,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Backward, part 3 (chunks × heads, in parallel): with the chunk's entering adjoint ``λ_C`` (part 2), the
+    scalars ``x_i = û_iᵀ λ_{i+1}`` solve ``Aᵀ x = y``, ``y_i = û_iᵀ (λ_C + Σ_{j>i} G̃_j)``, so ``x = A⁻ᵀ y``;
+    ``λ_{i+1} = λ_C + Σ_{j>i} (G̃_j − c x_j û_j)``; then ``∂L/∂b_i = c x_i``,
+    ``∂L/∂û_i = U_i λ_{i+1} − c x_i h_i`` (``U_i`` the forward's update coefficient), and through
+    ``û = u/‖u‖``, ``b = 1/(β‖u‖)``, ``u = k⊙k`` to ``k`` and ``β``."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    c = tl.load(c_ptr).to(ACC)
+    d_min = tl.load(d_min_ptr).to(ACC)
+    kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex = _bwd_chunk(
+        k, beta, gd, h_raw, ai, t, rmask, c, d_min, K, C, BK, ACC
+    )
+    lam = tl.load(lam_in + (i_c.to(tl.int64) * H + i_h) * K + ok, mask=ok < K, other=0.0).to(ACC)
+    y = tl.sum(uh * (lam[None, :] + S_ex), 1)
+    xc = cs * tl.sum(Ai * y[:, None], 0)  # c x, x = A⁻ᵀ y
+    Z = xc[:, None] * uh
+    lnext = lam[None, :] + S_ex - (tl.cumsum(Z, 0, reverse=True) - Z)  # λ_{i+1}
+    U = tl.load(ucoef + t, mask=rmask, other=0.0).to(ACC)
+    g_uh = U[:, None] * lnext - xc[:, None] * hr
+    proj = tl.sum(uh * g_uh, 1)
+    g_u = (g_uh - uh * proj[:, None]) / safe[:, None] - (bval * xc / safe)[:, None] * uh
+    stages._store_rows(gk_out, 2.0 * kk * g_u, t, rmask, K, ok, K)
+    tl.store(gb_out + t, tl.where(pos, -bval * xc / bt, 0.0).to(gb_out.dtype.element_ty), mask=rmask)
 
 
 @triton.jit
@@ -250,7 +320,8 @@ def _scan_forward(k, beta, h0, c: float, d_min: float, C: int, tables, flag, kee
     _, _, _, ai = stages.gram_solve(uhat, None, strength, None, bounds, None, C)
     w, ut = stages.wy_factors(uhat, vals, strength, None, ai, bounds, C)
     d = torch.empty(N, H, K, dtype=k.dtype, device=k.device)
-    h_raw = torch.empty(N, H, K, dtype=k.dtype, device=k.device) if keep else d
+    # the unfloored d in the wide dtype: its rounding would enter the gradient through b − ûᵀd (cancelling)
+    h_raw = torch.empty(N, H, K, dtype=f, device=k.device) if keep else d
     ucoef = torch.empty(N, H, dtype=f, device=k.device) if keep else d
     d_min_t = torch.full((1,), d_min, dtype=f, device=k.device)
     _c = _d_scan_kernel[(S * H,)](
@@ -262,12 +333,8 @@ def _scan_forward(k, beta, h0, c: float, d_min: float, C: int, tables, flag, kee
     return d, ((ai, h_raw, ucoef, c_t, d_min_t) if keep else None)
 
 
-#: Warps of the backward scan by chunk size (not tuned; the forward scan's rule).
-_BWD_WARPS = {16: 2, 32: 4, 64: 8}
-
-
 class _RatioScan(torch.autograd.Function):
-    """``d`` of the rule with exact gradients to ``k``, ``β`` and ``d_init`` (see :func:`_d_scan_bwd_kernel`)."""
+    """``d`` of the rule with exact gradients to ``k``, ``β`` and ``d_init`` (see ``_d_bwd_*_kernel``)."""
 
     @staticmethod
     def forward(ctx, k, beta, h0, c, d_min, C, tables, flag):
@@ -279,18 +346,38 @@ class _RatioScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gd):
+        """Three launches: the chunk maps of the adjoint (parallel), the reverse scan of the ``K``-vector
+        adjoint over the chunks (one program per sequence and head), the token gradients (parallel)."""
+        _checks.poll()
         k, beta, ai, h_raw, ucoef, c_t, d_min_t = ctx.saved_tensors
         C, tables, h0_shape = ctx.meta
+        cu, offs, bounds, NC = tables
         N, H, K = k.shape
+        f = ai.dtype
+        gd = gd.contiguous()
+        BK = stages._block(K)
+        p = torch.empty(N, H, K, dtype=f, device=k.device)
+        g0 = torch.empty(NC, H, K, dtype=f, device=k.device)
+        lam = torch.empty(NC, H, K, dtype=f, device=k.device)
         gk = torch.empty_like(k)
         gb = torch.empty_like(beta)
-        gh0 = torch.empty(h0_shape, dtype=ai.dtype, device=k.device)
-        _c = _d_scan_bwd_kernel[(h0_shape[0] * H,)](
-            k, beta, gd.contiguous(), h_raw, ucoef, ai, gk, gb, gh0, tables[0], c_t, d_min_t, H, K,
-            C=C, BK=stages._block(K), ACC=stages.acc_dtype(ai.dtype),
-            **stages._cfg("d_scan_bwd", num_warps=_BWD_WARPS[C]),
+        gh0 = torch.empty(h0_shape, dtype=f, device=k.device)
+        acc = stages.acc_dtype(f)
+        _c = _d_bwd_local_kernel[(NC, H)](
+            k, beta, gd, h_raw, ai, p, g0, bounds, c_t, d_min_t, H, K, C=C, BK=BK, ACC=acc,
+            **stages._cfg("d_bwd_local", num_warps=4),
         )  # fmt: skip
-        stages._record("d_scan_bwd", _c)
+        stages._record("d_bwd_local", _c)
+        _c = _d_bwd_scan_kernel[(h0_shape[0] * H,)](
+            k, p, g0, lam, gh0, cu, offs, c_t, H, K, C=C, BK=BK, ACC=acc,
+            **stages._cfg("d_bwd_scan", num_warps=_SCAN_WARPS[C], num_stages=stages._stages(k.dtype)),
+        )  # fmt: skip
+        stages._record("d_bwd_scan", _c)
+        _c = _d_bwd_grads_kernel[(NC, H)](
+            k, beta, gd, h_raw, ucoef, ai, lam, gk, gb, bounds, c_t, d_min_t, H, K, C=C, BK=BK, ACC=acc,
+            **stages._cfg("d_bwd_grads", num_warps=4),
+        )  # fmt: skip
+        stages._record("d_bwd_grads", _c)
         return gk, gb, (gh0 if ctx.needs_input_grad[2] else None), None, None, None, None, None
 
 

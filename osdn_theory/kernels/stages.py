@@ -135,7 +135,8 @@ def _rows(ptr, t, rmask, stride, offs, ncols, ACC: tl.constexpr):
 
 #: Bits of the device-side value check (one int32 word per call, see :mod:`._checks`): each stage that
 #: loads an input anyway tests its values in registers and ORs a bit into the word when one is out of range.
-BAD_Q, BAD_K, BAD_V, BAD_BETA, BAD_D, BAD_ALPHA = 1, 2, 4, 8, 16, 32
+#: (``tl.constexpr`` so that the kernels may read them; ``.value`` is the int.)
+BAD_Q, BAD_K, BAD_V, BAD_BETA, BAD_D, BAD_ALPHA = (tl.constexpr(1 << i) for i in range(6))
 
 
 @triton.jit
