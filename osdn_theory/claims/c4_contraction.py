@@ -76,8 +76,9 @@ def _box_tokens(g: torch.Generator, size: Size):
     B, T, H, lo, hi = size.B, size.T, size.H, size.d_min, size.d_max
     q, k, v, beta, d, _ = random_inputs(g, B, T, H, size.K, size.V, normalize=True, d_box=(lo, hi))
     kind = torch.randint(0, 3, (B, T, H, 1), generator=g)
-    corner = torch.where(torch.rand(d.shape, generator=g, dtype=F64) < 0.5, lo, hi)
-    d = torch.where(kind == 1, corner, torch.where(kind == 2, torch.full_like(d, hi), d))
+    d_lo, d_hi = torch.full_like(d, lo), torch.full_like(d, hi)  # float64: a float32 1.6 lies above d_max
+    corner = torch.where(torch.rand(d.shape, generator=g, dtype=F64) < 0.5, d_lo, d_hi)
+    d = torch.where(kind == 1, corner, torch.where(kind == 2, d_hi, d))
     u = torch.rand(B, T, H, generator=g, dtype=F64)
     near = torch.rand(B, T, H, generator=g, dtype=F64) < EDGE_FRACTION
     x = torch.where(
@@ -129,7 +130,9 @@ def c4_bound(size: Size, seed: int) -> Outcome:
     )
     # measured: the largest ratio of a measured contraction to its bound, over the box run and the clip runs.
     measured = worst(rel, clip_worst)
-    passed = measured <= 1.0 + rtol(F64) and bnd.max().item() < 1.0
+    # The assumption itself, checked on what was drawn: every d_i in [d_min, d_max], every edge gain below 2.
+    in_box = bool(((d >= size.d_min) & (d <= size.d_max)).all())
+    passed = measured <= 1.0 + rtol(F64) and bnd.max().item() < 1.0 and in_box
     return Outcome(
         measured=measured,
         bound=1.0 + rtol(F64),
@@ -139,6 +142,7 @@ def c4_bound(size: Size, seed: int) -> Outcome:
             max_contraction=ratio.max().item(),
             max_bound_factor=bnd.max().item(),
             mean_contraction=ratio.mean().item(),
+            d_in_box=in_box,
             max_write_gain=s.max().item(),
             tokens_with_s_above_edge=int(high.sum()),
             edge=EDGE_GAIN_LO,
