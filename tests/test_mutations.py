@@ -88,18 +88,17 @@ def test_mutant_is_killed(mutant, baseline):
 
 
 def test_unkillable_mutant_changes_the_measurement():
-    """r1-not-squared: no verdict can see it, but the R1 that R-recall reports does change."""
+    """r1-not-squared: no verdict can see it, but R1 as R-recall computes it changes (tests/test_metrics.py's
+    hand-computed R1 = 4/5 becomes 2/3 under the bug)."""
     from osdn_theory.claims import r_recall
 
-    g = torch.Generator().manual_seed(0)
-    state = torch.randn(2, 1, 4, 3, generator=g, dtype=torch.float64)
-    k = torch.randn(2, 5, 1, 4, generator=g, dtype=torch.float64)
-    v = torch.randn(2, 5, 1, 3, generator=g, dtype=torch.float64)
-    before = r_recall.stored_set_residual_ratio(state, k, v, reduction="sum")
+    state = torch.tensor([[[[1.0], [0.0]]]], dtype=torch.float64)
+    k = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]], dtype=torch.float64)
+    v = torch.tensor([[[[1.0]], [[2.0]]]], dtype=torch.float64)  # residuals 0 and −2
+    assert float(r_recall.stored_set_residual_ratio(state, k, v)) == pytest.approx(0.8)
     with mut.get_mutant("r1-not-squared").applied():
-        during = r_recall.stored_set_residual_ratio(state, k, v, reduction="sum")
-    assert not torch.allclose(before, during)
-    assert torch.equal(r_recall.stored_set_residual_ratio(state, k, v, reduction="sum"), before)
+        assert float(r_recall.stored_set_residual_ratio(state, k, v)) == pytest.approx(2 / 3)
+    assert float(r_recall.stored_set_residual_ratio(state, k, v)) == pytest.approx(0.8)
 
 
 def _snapshot() -> dict[tuple[str, str], int]:
