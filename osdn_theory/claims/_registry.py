@@ -230,6 +230,7 @@ def _load_all() -> None:
         c6_fixed_point,
         c7_super_geometric,
         c8_rls,
+        c9_apf,
         r_recall,
     )
 
