@@ -575,6 +575,56 @@ def test_value_errors_name_the_argument():
         chunk_osdn(q[:, :4], k, v, b, validate=False)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("validate", [True, "sync"])
+@pytest.mark.parametrize(
+    "name, bad",
+    [("q", NAN), ("k", INF), ("k", NAN), ("v", -INF), ("beta", 0.0), ("beta", 1.5), ("beta", NAN)]
+    + [("d", 0.0), ("d", -0.5), ("d", INF), ("alpha", 0.0), ("alpha", 1.25), ("alpha", NAN)],
+)
+def test_each_bad_value_is_reported(name, bad, validate):
+    """Every bad value (NaN/inf, β ∉ (0, 1], d ≤ 0, α ∉ (0, 1]) is found by the checks folded into the kernels
+    (one entry of one chunk; gated, with d) and raised naming the argument, with the default and "sync"."""
+    x = make_inputs(81, T=20, K=4, V=4)
+    args = _pick(x, ["d", "alpha"])
+    args[name] = args[name].clone()
+    args[name].view(-1)[5] = bad
+    with pytest.raises(ValueError, match=rf"^{name}: expected .*got"):
+        chunk_osdn(**args, chunk_size=16, validate=validate)
+    chunk_osdn(**args, chunk_size=16, validate=False)  # unchecked: runs
+
+
+@pytest.mark.parametrize("name, bad", [("k", NAN), ("beta", 0.0), ("beta", 2.0)])
+def test_d_ratio_scan_bad_values_are_reported(name, bad):
+    a = _scan_args()
+    a[name] = a[name].clone()
+    a[name].view(-1)[3] = bad
+    with pytest.raises(ValueError, match=rf"^{name}: expected .*got"):
+        d_ratio_scan(**a)
+
+
+def test_lazy_report_of_the_gpu_path(monkeypatch):
+    """The GPU path's reporting logic, on a stand-in device entry: a bit that reached the host word is raised
+    by the next call's poll (naming the argument), which clears both words; ``check_values`` reads the device
+    word itself; several bits report the first argument in order q, k, v, beta, alpha, d."""
+    from osdn_theory.kernels import _checks, check_values
+
+    dev = torch.device("cpu")
+    beta_bit = torch.tensor([stages.BAD_BETA.value], dtype=torch.int32)
+    monkeypatch.setitem(_checks._STICKY, dev, [beta_bit.clone(), beta_bit.clone()])
+    with pytest.raises(ValueError, match=r"^beta: expected values in \(0, 1\], got values outside"):
+        _checks.poll()
+    assert int(_checks._STICKY[dev][0]) == 0 and int(_checks._STICKY[dev][1]) == 0
+    _checks.poll()
+    _checks._STICKY[dev][0].fill_(stages.BAD_D.value | stages.BAD_K.value)
+    _checks.poll()  # the host word has not seen it yet: nothing raised, no wait
+    with pytest.raises(ValueError, match=r"^k: expected finite values"):
+        check_values()
+    check_values()
+
+
 # ------------------------------------------------------------------------------------------- the solve
 
 
