@@ -9,10 +9,11 @@ super_geometric_test``) is replaced in every loaded ``osdn_theory`` module that 
 the library calls them by name. On exit every attribute is restored, also when the body raises.
 
 A mutant that no claim can detect carries ``unkillable``: the written reason. :func:`kill_matrix` runs the
-claims with and without each mutant; a claim *kills* a mutant when it passes without the mutant and fails
-(verdict FAIL, or ERROR: the library's own checks raised) with it; a measurement (no verdict) kills it when it
-raises under the mutant, since ``osdn verify`` then exits with status 1. ``osdn verify --mutants`` prints the
-matrix and writes ``mutants.json`` and ``mutants.md``.
+claims with and without each mutant; a claim *kills* a mutant when it passes without the mutant and FAILs
+with it. An ERROR (the claim raised under the mutant; for a measurement, which has no verdict, the only way
+to notice) counts as a kill only for a mutant whose ``error_ok`` says why the exception is a legitimate
+detection (e.g. the library's own divergence check). ``osdn verify --mutants`` prints the matrix and writes
+``mutants.json`` and ``mutants.md``.
 """
 
 from __future__ import annotations
@@ -475,12 +476,16 @@ class MutantRow:
     unkillable: str | None
     verdicts: dict[str, str]
     killed_by: list[str]
+    errored_by: list[str] = field(default_factory=list)
+    error_ok: str | None = None
     errors: dict[str, str] = field(default_factory=dict)
     measured_changes: dict[str, list[float | None]] = field(default_factory=dict)
 
     @property
     def killed(self) -> bool:
-        return bool(self.killed_by)
+        """A claim that passes without the mutant FAILs with it, or ERRORs with it when the mutant says why an
+        exception is a legitimate detection (``error_ok``)."""
+        return bool(self.killed_by) or (bool(self.errored_by) and self.error_ok is not None)
 
     @property
     def tested(self) -> bool:
@@ -569,10 +574,9 @@ def kill_matrix(
                     errors[s.label] = r.error
                 if r.verdict == "measured" and not _same(r.measured, base_measured[s.label]):
                     changes[s.label] = [base_measured[s.label], r.measured]
-        killed_by = [
-            lab
-            for lab, v in verdicts.items()
-            if v in ("FAIL", "ERROR") and baseline[lab] in ("PASS", "measured")
+        killed_by = [lab for lab, v in verdicts.items() if v == "FAIL" and baseline[lab] == "PASS"]
+        errored_by = [
+            lab for lab, v in verdicts.items() if v == "ERROR" and baseline[lab] in ("PASS", "measured")
         ]
         rows.append(
             MutantRow(
@@ -582,6 +586,8 @@ def kill_matrix(
                 unkillable=m.unkillable,
                 verdicts=verdicts,
                 killed_by=killed_by,
+                errored_by=errored_by,
+                error_ok=m.error_ok,
                 errors=errors,
                 measured_changes=changes,
             )
@@ -614,7 +620,8 @@ def matrix_markdown(baseline: dict[str, str], rows: list[MutantRow], *, budget: 
         "",
         f"Budget {budget}, seed {seed}. Rows: planted bugs (`osdn_theory.mutants`); columns: claims. "
         "`F` FAIL, `E` ERROR, `·` PASS, `m` measurement (`m*`: value changed), blank: not run. A claim kills a "
-        "mutant when it passes without the mutant and fails or errors with it.",
+        "mutant when it passes without the mutant and FAILs with it; an ERROR (an exception under the mutant) "
+        "counts only for a mutant that states why it is a legitimate detection.",
         "",
         "| mutant | " + " | ".join(labels) + " | killed |",
         "|---|" + "---|" * len(labels) + "---|",
@@ -636,6 +643,9 @@ def matrix_markdown(baseline: dict[str, str], rows: list[MutantRow], *, budget: 
     for r in rows:
         line = f"- `{r.name}`: {r.description}. Targets: {', '.join(r.targets) or '—'}. "
         line += f"Killed by: {', '.join(r.killed_by) or 'none'}."
+        if r.errored_by:
+            why = f" (counts: {r.error_ok})" if r.error_ok else " (not counted as a kill)"
+            line += f" ERROR under it: {', '.join(r.errored_by)}{why}."
         if r.unkillable:
             line += f" Not killable: {r.unkillable}."
         for lab, (a, b) in r.measured_changes.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ._registry import labels, run_claim, select
+from ._registry import _jsonable, labels, run_claim, select
 from .report import format_number, summary, write_report
 
 
@@ -120,7 +120,7 @@ def _run_mutants(wanted, names, targets_only: bool, quick: bool, seed: int, out:
         survived=[r.name for r in rows if r.survived_unexpectedly],
         unkillable={r.name: r.unkillable for r in rows if r.unkillable},
     )
-    (out / "mutants.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    (out / "mutants.json").write_text(json.dumps(_jsonable(data), indent=2, ensure_ascii=False) + "\n")
     (out / "mutants.md").write_text(matrix_markdown(baseline, rows, budget=budget, seed=seed))
     killed = sum(r.killed for r in rows)
     typer.echo(
