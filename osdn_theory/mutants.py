@@ -252,20 +252,23 @@ def _leverage_no_gamma(p: Patcher) -> None:
     p.everywhere(f"{_PKG}.comparators", "rls", make)
 
 
-def _adagrad_sign(p: Patcher) -> None:
+def _adagrad_sign(patcher: Patcher) -> None:
     from . import osgm
 
-    def adagrad_step(pp, g, acc, eta, eps):
+    def adagrad_step(p, g, acc, eta, eps):
         acc = acc + g * g
-        return pp + eta * g / torch.sqrt(acc + eps), acc
+        return p + eta * g / torch.sqrt(acc + eps), acc  # p + η g/√G: ascends the feedback
 
-    p.setattr(osgm, "adagrad_step", adagrad_step)
+    patcher.setattr(osgm, "adagrad_step", adagrad_step)
 
 
-def _osgm_no_learning(p: Patcher) -> None:
+def _osgm_no_learning(patcher: Patcher) -> None:
     from . import osgm
 
-    p.setattr(osgm, "adagrad_step", lambda pp, g, acc, eta, eps: (pp, acc + g * g))
+    def adagrad_step(p, g, acc, eta, eps):
+        return p, acc + g * g  # the accumulator grows, p never moves
+
+    patcher.setattr(osgm, "adagrad_step", adagrad_step)
 
 
 def _no_null_step(p: Patcher) -> None:
@@ -290,8 +293,8 @@ def _fixed_point_k1(p: Patcher) -> None:
 def _tail_dropped(p: Patcher) -> None:
     def make(orig):
         @functools.wraps(orig)
-        def super_geometric_test(rho, **kw):
-            res = orig(rho, **kw)
+        def super_geometric_test(*args, **kw):
+            res = orig(*args, **kw)
             verdict = res.decay_ok or res.reached_floor  # condition (b) G_J ≤ G_mid / tail_factor dropped
             reason = "decay" if res.decay_ok else ("floor" if res.reached_floor else "none")
             return dataclasses.replace(res, super_geometric=bool(verdict), reason=reason)
