@@ -82,16 +82,13 @@ def _mismatch(spec: SweepSpec, store: ResultsStore, prev: dict) -> str | None:
         return None
     legacy = [h for h, r in store.records.items() if not r.get("spec_hash")]
     folder = {r["spec_hash"] for r in store.records.values() if r.get("spec_hash")}
-    if legacy:
-        folder.add(spec_hash(list(prev.get("runs") or legacy)))
+    legacy_hash = spec_hash(list(prev.get("runs") or legacy)) if legacy else None
+    if legacy_hash:
+        folder.add(legacy_hash)
     if folder == {spec.spec_hash}:
         return None
     others = sorted(folder - {spec.spec_hash})
-    n_other = sum(
-        1
-        for h, r in store.records.items()
-        if (r.get("spec_hash") or spec_hash(list(prev.get("runs") or legacy))) != spec.spec_hash
-    )
+    n_other = sum(1 for r in store.records.values() if (r.get("spec_hash") or legacy_hash) != spec.spec_hash)
     names = {h: v.get("sweep") for h, v in (prev.get("specs") or {}).items()}
     if not names and prev.get("sweep") and legacy:
         names = {h: prev["sweep"] for h in others}

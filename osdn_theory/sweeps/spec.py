@@ -98,7 +98,11 @@ class RunConfig:
 
     @property
     def hash(self) -> str:
-        return config_hash(self.to_dict())
+        """The config hash (computed once: a parsed run's configs are not to be changed in place)."""
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = self.__dict__["_hash"] = config_hash(self.to_dict())
+        return h
 
     def label(self) -> str:
         return f"{self.stream.get('family')}/{method_label(self.method)}/seed{self.seed}"
@@ -123,7 +127,11 @@ class SweepSpec:
     @property
     def spec_hash(self) -> str:
         """SHA-256 of the sorted run hashes: the identity of what this sweep computes (see the module doc)."""
-        return spec_hash(self.hashes)
+        key = tuple(self.hashes)
+        cached = self.__dict__.get("_spec_hash")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_spec_hash"] = (key, spec_hash(list(key)))
+        return cached[1]
 
 
 def spec_hash(run_hashes: list[str]) -> str:
