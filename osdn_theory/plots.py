@@ -212,7 +212,9 @@ def plot_calibration_profile(
             lines.append((f"{fam}: {best}", g[g["method_label"] == best]))
     else:
         lines = sorted(sub.groupby("method_label"), key=lambda x: x[0])
-    fig, ax = plt.subplots(figsize=(9.0, 4.5))
+    # the legend sits right of the axes; with many methods the axes grow with it, so each line stays legible
+    legend_rows = sum(1 + len(_wrap(label, 90)) // 92 for label, _ in lines)
+    fig, ax = plt.subplots(figsize=(9.0, max(4.5, 0.16 * legend_rows)))
     floor = 1e-4
     styles = ("-", "--", ":", "-.")
     for i, (label, gb) in enumerate(lines):
@@ -384,7 +386,9 @@ def plot_r1_bars(df, stream_label: str, path: Path, metric: str = "r1"):
     vals_ok = ok_all[metric].to_numpy(float)
     log = len(vals_ok) > 0 and (vals_ok > 0).all() and vals_ok.max() / vals_ok.min() > 100
     edge = float(np.nanmax(vals_ok)) * (3.0 if log else 1.1) if len(vals_ok) else 1.0
-    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.3 * len(groups)))
+    # rows tall enough for the longest (wrapped) method label at 7 pt
+    lines_per_row = max((_wrap(lab, 100).count("\n") + 1 for lab, _ in groups), default=1)
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + (0.12 * lines_per_row + 0.12) * len(groups)))
     labels, any_div = [], False
     for i, (lab, g) in enumerate(groups):
         bad = (g["status"] == "diverged").to_numpy() if "status" in g else np.zeros(len(g), bool)
@@ -400,8 +404,9 @@ def plot_r1_bars(df, stream_label: str, path: Path, metric: str = "r1"):
             ax.scatter(
                 np.full(bad.sum(), edge), np.full(bad.sum(), i), marker="x", s=30, color="C3", zorder=3
             )
-        labels.append(_wrap(lab, 70) + (f"  [diverged {bad.sum()}/{len(g)}]" if bad.any() else ""))
+        labels.append(_wrap(lab, 100) + (f"  [diverged {bad.sum()}/{len(g)}]" if bad.any() else ""))
     ax.set_yticks(range(len(groups)), labels, fontsize=7)
+    ax.set_ylim(-0.6, len(groups) - 0.4)
     ax.set_ylabel("method (sweep config)")
     if log:
         ax.set_xscale("log")
