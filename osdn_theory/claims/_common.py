@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 
-__all__ = ["generator", "np_rng", "random_inputs", "sub_seed", "worst"]
+__all__ = ["generator", "np_rng", "perturbed_draws", "random_inputs", "sub_seed", "worst"]
 
 F64 = torch.float64
 
@@ -74,3 +75,49 @@ def random_inputs(
         d = lo + (hi - lo) * torch.rand(B, T, H, K, generator=g, dtype=F64)
     alpha = 0.8 + 0.2 * torch.rand(B, T, H, generator=g, dtype=F64) if gated else None
     return q, k, v, beta, d, alpha
+
+
+@contextlib.contextmanager
+def perturbed_draws(rel: float, seed: int = 0):
+    """Multiply every floating draw of ``torch.randn``/``torch.rand``/``torch.randn_like``/``torch.rand_like``
+    made inside the block by ``1 + rel·u`` (``u`` uniform, from its own generator seeded by ``seed``).
+
+    This is how the verdict-invariance checks perturb a claim's inputs by a relative ``rel`` (e.g. 1e-15)
+    without touching the claim: every claim draws its inputs through these functions. ``rand`` draws are
+    perturbed downwards only (``1 − rel·u``, ``u ∈ [0, 1)``), so values stay in ``[0, 1)``. ``rel = 0`` is a
+    no-op. Not thread-safe (it patches the ``torch`` module for the duration of the block).
+    """
+    from .._validate import check_scalar
+
+    rel = check_scalar("rel", rel, 0.0, 1e-3)
+    if rel == 0.0:
+        yield
+        return
+    pg = torch.Generator()
+    pg.manual_seed(sub_seed(seed, 0xBAD))
+    originals = {name: getattr(torch, name) for name in ("randn", "rand", "randn_like", "rand_like")}
+
+    def _scale(x: torch.Tensor, symmetric: bool) -> torch.Tensor:
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            return x
+        u = originals["rand"](x.shape, generator=pg, dtype=torch.float64)
+        f = (1 + rel * (2 * u - 1)) if symmetric else (1 - rel * u)
+        return (x.double() * f).to(x.dtype)
+
+    def wrap(name: str, symmetric: bool):
+        fn = originals[name]
+
+        def patched(*args, **kwargs):
+            return _scale(fn(*args, **kwargs), symmetric)
+
+        return patched
+
+    try:
+        torch.randn = wrap("randn", True)
+        torch.rand = wrap("rand", False)
+        torch.randn_like = wrap("randn_like", True)
+        torch.rand_like = wrap("rand_like", False)
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(torch, name, fn)

@@ -283,17 +283,25 @@ def select(only: Iterable[str] | str | None = None) -> list[ClaimSpec]:
     return out
 
 
-def run_claim(spec: ClaimSpec, *, budget: str = "quick", seed: int = 0, catch: bool = False) -> ClaimResult:
+def run_claim(
+    spec: ClaimSpec, *, budget: str = "quick", seed: int = 0, catch: bool = False, perturb: float = 0.0
+) -> ClaimResult:
     """Run one claim at ``budget`` (quick|full) with ``seed``; time it and wrap its :class:`Outcome`.
 
     With ``catch=True`` an exception inside the claim is recorded as a failed result (verdict ``ERROR``)
-    instead of propagating, so a report run can continue.
+    instead of propagating, so a report run can continue. ``perturb`` multiplies every random input draw by
+    ``1 + perturb·u`` (:func:`~osdn_theory.claims._common.perturbed_draws`): a verdict must not change under
+    ``perturb = 1e-15``.
     """
+    from ._common import perturbed_draws
+
     size = spec.size(budget)
     seed = int(check_scalar("seed", seed, 0, None, integer=True))
+    perturb = check_scalar("perturb", perturb, 0.0, 1e-3)
     t0 = time.perf_counter()
     try:
-        out = spec.fn(size, seed)
+        with perturbed_draws(perturb, seed):
+            out = spec.fn(size, seed)
     except Exception as exc:  # noqa: BLE001 - recorded, re-raised unless catch
         if not catch:
             raise
