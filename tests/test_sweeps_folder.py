@@ -377,3 +377,45 @@ def test_diverging_memory_is_recorded_as_diverged(tmp_path):
     assert man["n_diverged"] == 1 and man["n_ok"] == 1
     s = run_sweep(f, out, executor="serial", progress=False, retry_failed=True)
     assert s.executed == 0  # diverged is a finished result, not a failure to retry
+
+
+@pytest.mark.slow
+def test_sigint_to_a_pool_sweep_leaves_no_workers_and_a_true_manifest(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group (the sweep and its pool workers)."""
+    import psutil
+
+    methods = [dict(SPIKE, s_max=x) for x in (1.2, 1.5, 1.8, 1.9)]
+    f = _toml(tmp_path / "s.toml", methods, seeds=(0, 1, 2), stream=dict(STREAM, T=1500, segment_len=500))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "osdn_theory.cli", "sweep", str(f), "--out", str(out), "--workers", "2"]
+    cmd += ["--batch-size", "1", "--no-progress"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    t0 = time.time()
+    while time.time() - t0 < 120 and not (
+        (out / RESULTS).exists() and (out / RESULTS).read_bytes().count(b"\n") >= 1
+    ):
+        time.sleep(0.01)
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "rerun the same command" in err
+    _, alive = psutil.wait_procs(kids, timeout=10)
+    assert not alive, f"pool workers outlived the interrupted sweep: {[p.pid for p in alive]}"
+    s = _manifest(out)["sessions"][-1]
+    assert s["state"] == "interrupted" and s["executed"] == (out / RESULTS).read_bytes().count(b"\n")
+
+
+def test_config_hashes_are_computed_once_per_run(tmp_path, monkeypatch):
+    """Stamping records with the spec hash must not rehash every run per record (that was quadratic)."""
+    import osdn_theory.sweeps.spec as spec_mod
+
+    f = _toml(tmp_path / "a.toml", [{"name": "deltanet"}, {"name": "token_local"}], seeds=list(range(6)))
+    spec = load_spec(f)
+    calls = []
+    real = spec_mod.config_hash
+    monkeypatch.setattr(spec_mod, "config_hash", lambda obj: calls.append(1) or real(obj))
+    run_sweep(spec, tmp_path / "out", executor="serial", progress=False)
+    assert len(calls) <= 40, f"{len(calls)} config hashes for a sweep of {len(spec.runs)} runs"
