@@ -2,6 +2,8 @@
 
 Run:  osdn sweep sweeps/shift_families.py --out results/shift_families --workers 2
 A Python sweep file defines a dict named SWEEP with the same structure as a TOML sweep file.
+DeltaNet without the s_max clip diverges on the key-norm-shift stream (s = β‖k‖² > 2): its 4 runs are
+recorded with status "diverged" (R1 > 1e6) and marked as such by `osdn plot`.
 """
 
 K = 8
