@@ -171,7 +171,7 @@ def _d_bwd_local_kernel(
     )
     r = tl.sum(uh * S_ex, 1)
     x0 = tl.sum(Ai * r[:, None], 0)
-    P = stages._mmf(tl.trans(Ai), uh, ACC)
+    P = tl.dot(tl.trans(Ai), uh, input_precision="ieee", out_dtype=ACC)
     stages._store_rows(p_out, P, t, rmask, K, ok, K)
     g0 = tl.sum(G, 0) - tl.sum((cs * x0)[:, None] * uh, 0)
     tl.store(g0_out + (i_c.to(tl.int64) * H + i_h) * K + ok, g0, mask=ok < K)
