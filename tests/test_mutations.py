@@ -4,7 +4,7 @@
 targets FAIL (ERROR only where the mutant says why an exception from the library's own checks is a
 legitimate detection); (c) a mutant's patches are undone on exit, also after an exception; (d) ``osdn
 verify --mutants`` prints the kill matrix, writes ``mutants.json`` / ``mutants.md`` and exits 1 on a
-survivor. Each mutant runs only against its declared targets, cheapest first, and stops at the first kill.
+survivor. Each mutant runs only against its declared targets, in declared order, and stops at the first kill.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from osdn_theory import mutants as mut
-from osdn_theory.claims._registry import run_claim, select
+from osdn_theory.claims._registry import get_claim, run_claim, select
 from osdn_theory.cli import app
 
 runner = CliRunner()
@@ -26,18 +26,7 @@ KILLABLE = [m for m in mut.MUTANTS.values() if m.unkillable is None]
 
 #: Mutants that cannot be killed yet because the claim that should catch them is still being reworked
 #: (temporary: strict xfail, so that the mark must go once the claim kills the mutant).
-_C7_REWORK = (
-    "C7-batch fails at seed 0 without any mutant while C7 is being reworked, so its FAIL under this mutant is "
-    "not a kill yet"
-)
-PENDING: dict[str, str] = {
-    "osgm-adagrad-sign": _C7_REWORK,
-    "osgm-no-learning": _C7_REWORK,
-    "tail-condition-dropped": (
-        "the C7-neg-* control rejected only by the tail condition is still being written "
-        "(C7-neg-near-diagonal fails at seed 0 without any mutant)"
-    ),
-}
+PENDING: dict[str, str] = {}
 
 
 def _targets(m: mut.Mutant) -> list[str]:
@@ -78,7 +67,7 @@ def _param(m: mut.Mutant):
 def test_mutant_is_killed(mutant, baseline):
     seen = {}
     with mutant.applied():
-        for spec in select(_targets(mutant)):
+        for spec in [get_claim(lab) for lab in _targets(mutant)]:  # declared order: cheap claims first
             r = run_claim(spec, catch=True)
             seen[spec.label] = r.error or r.verdict
             killed = r.verdict == "FAIL" or (r.verdict == "ERROR" and mutant.error_ok is not None)
