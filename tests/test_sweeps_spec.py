@@ -180,6 +180,7 @@ def test_the_module_docstring_example_parses():
     """The TOML example in ``osdn_theory.sweeps.spec``'s docstring is a valid sweep (it used keys the method
     registry rejects)."""
     import textwrap
+
     import tomllib
 
     import osdn_theory.sweeps.spec as spec_mod

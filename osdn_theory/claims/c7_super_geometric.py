@@ -145,7 +145,8 @@ _JUDGED = (
     statement=(
         "on a realizable fixed set with diagonal Hessian KᵀK, right-preconditioned GD with diag(p) learned by "
         "OSGM ratio feedback (AdaGrad, null steps) has window geometric means of ρ_j falling ≥ 100× overall "
-        f"and ≥ 10× over the second half (super-geometric); {_JUDGED}: PASS iff its lower end ≥ {SG_REQUIRED}"
+        f"and ≥ 10× over the second half (super-geometric); {_JUDGED}: PASS iff its lower end ≥ {SG_REQUIRED} "
+        "and F never increases (null steps)"
     ),
     assumptions=[
         "realizable set V = K S*ᵀ",
@@ -159,11 +160,13 @@ _JUDGED = (
 def c7_batch(size: Size, seed: int) -> Outcome:
     runs = _batch_runs(size, seed, 0)
     v = _judge(runs)
+    # The null step makes F non-increasing (ρ_j ≤ 1): a run where F grows is a broken solver, not a miss.
+    monotone = all(bool(np.all(r.rho <= 1.0)) for r, _ in runs)
     return Outcome(
         measured=v.fraction,
         bound=SG_REQUIRED,
-        passed=v.passed,
-        evidence=dict(_setup(size), **_family_evidence(runs)),
+        passed=bool(v.passed and monotone),
+        evidence=dict(_setup(size), **_family_evidence(runs), F_non_increasing=monotone),
         series=_series(runs),
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ._registry import _jsonable, labels, run_claim, select
-from .report import format_number, summary, write_report
+from .report import format_number, statistic_text, summary, write_report
 
 
 def _parse_only(only: str | None) -> list[str] | None:
@@ -27,13 +27,18 @@ def _print_table(results) -> None:
 
     style = {"PASS": "green", "FAIL": "bold red", "ERROR": "bold red", "measured": "cyan"}
     table = Table(title="OSDN theory claims", show_lines=False)
-    for col in ("claim", "statement", "measured", "bound", "verdict"):
+    for col in ("claim", "statement", "measured", "bound", "statistic", "verdict"):
         table.add_column(col, overflow="fold")
     for r in results:
         label = r.label + (" (neg. control)" if r.negative_control else "")
         verdict = f"[{style[r.verdict]}]{r.verdict}[/]"
         table.add_row(
-            escape(label), escape(r.statement), format_number(r.measured), format_number(r.bound), verdict
+            escape(label),
+            escape(r.statement),
+            format_number(r.measured),
+            format_number(r.bound),
+            escape(statistic_text(r)),
+            verdict,
         )
     Console(width=160).print(table)
 

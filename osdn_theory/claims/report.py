@@ -88,7 +88,8 @@ def write_figures(results: Sequence[ClaimResult], out: Path) -> list[str]:
 
     by = {r.label: r for r in results if r.error is None}
     written: list[str] = []
-    if any(lab in by for lab in ("C7", "C7-batch", "C7-neg")):
+    c7_batch_like = ("C7-batch", "C7-neg", "C7-neg-near-diagonal", "C7-neg-box", "C7-neg-nolearn")
+    if any(lab in by for lab in ("C7", *c7_batch_like)):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         ax = axes[0]
         if "C7" in by:
@@ -103,10 +104,13 @@ def write_figures(results: Sequence[ClaimResult], out: Path) -> list[str]:
         for lab, name in (
             ("C7-batch", "diagonal Hessian (P* in class)"),
             ("C7-neg", "rotated Hessian (control)"),
+            ("C7-neg-near-diagonal", "rotation θ = 1e-3 (control)"),
+            ("C7-neg-box", "box excluding P* (control)"),
+            ("C7-neg-nolearn", "no learning (control)"),
         ):
-            if lab in by:
+            if lab in by and "log10_F_seed0" in by[lab].series:
                 ax.plot(by[lab].series["log10_F_seed0"], label=f"{lab}: {name}")
-        seeds = sorted({by[lab].seed for lab in ("C7-batch", "C7-neg") if lab in by})
+        seeds = sorted({by[lab].seed for lab in c7_batch_like if lab in by})
         ax.set_title(f"C7 SG-batch: OSGM diagonal preconditioning, seed {seeds}, realisation 0")
         ax.set_xlabel("iteration j")
         ax.set_ylabel("log10 (F_j / F_0)  [dimensionless]")
@@ -130,6 +134,27 @@ def write_figures(results: Sequence[ClaimResult], out: Path) -> list[str]:
         plt.close(fig)
         written.append("fig_C4_contraction.png")
     return written
+
+
+def _fraction_text(v: Any) -> str | None:
+    if isinstance(v, dict) and {"k", "n", "low", "high", "required"} <= set(v):
+        return f"{v['k']}/{v['n']} [{v['low']:.2f}, {v['high']:.2f}] vs {v['required']:.2f}"
+    return None
+
+
+def statistic_text(r: ClaimResult) -> str:
+    """The pass-fraction statistic behind a verdict, ``k/n [low, high] vs required`` (95 % Clopper–Pearson), for
+    claims judged over many realisations; ``—`` for the others. Several families are joined by ``;``."""
+    ev = r.evidence or {}
+    own = _fraction_text(ev.get("verdict"))
+    if own is not None:
+        return own
+    per = ev.get("per_angle") or ev.get("families")
+    if isinstance(per, dict):
+        parts = [f"{k}: {t}" for k, f in per.items() if (t := _fraction_text(f.get("verdict"))) is not None]
+        if parts:
+            return "; ".join(parts)
+    return "—"
 
 
 def _md_escape(s: str) -> str:
@@ -191,14 +216,18 @@ def write_report(
         "",
         "A negative control removes an assumption on purpose; PASS there means the check failed as predicted.",
         "",
-        "| claim | statement | comparison | measured | bound | verdict | time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "Claims judged over many realisations show their statistic: k of n realisations passed, the 95 % "
+        "Clopper–Pearson interval, and the pre-registered fraction (PASS iff the lower end clears it; a negative "
+        "control behaves as predicted iff the upper end is below it).",
+        "",
+        "| claim | statement | comparison | measured | bound | statistic | verdict | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         tag = " (negative control)" if r.negative_control else ""
         lines.append(
             f"| {r.label}{tag} | {_md_escape(r.statement)} | {r.comparison} | {format_number(r.measured)} | "
-            f"{format_number(r.bound)} | **{r.verdict}** | {r.duration_s:.2f} |"
+            f"{format_number(r.bound)} | {_md_escape(statistic_text(r))} | **{r.verdict}** | {r.duration_s:.2f} |"
         )
     lines.append("")
     for f in figs:
