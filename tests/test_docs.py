@@ -23,7 +23,8 @@ def test_claims_table_names_existing_files_and_labels():
     assert len(rows) >= 9
     registered = set(labels())
     named_labels: set[str] = set()
-    for label_cell, _statement, sym, num, tests in rows:
+    for label_cell, _statement, sym, num, tests, verdict in rows:
+        assert verdict, f"{label_cell}: the claims table must state the verdict statistic"
         named_labels.update(x.strip() for x in label_cell.split(","))
         for f in re.findall(r"`([\w./-]+\.py)`", sym):
             assert (ROOT / "proofs_check" / f).is_file(), (
