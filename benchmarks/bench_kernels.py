@@ -1,10 +1,13 @@
 """Benchmark ``chunk_osdn`` against flash-linear-attention on one GPU (bf16, median of ``do_bench``).
 
-For each shape (B, T, H, D) it times: our forward with a given ``d``, with the ``ratio`` d rule, and with
-``d = None``; our forward+backward (given ``d`` and ``d = None``); fla's ``chunk_delta_rule`` forward and
-forward+backward; fla's ``chunk_precond_gated_delta_rule`` forward; a device-to-device copy of the bytes
-our forward must read and write (q, k, v, d, β in; o out); and the peak memory of forward+backward above
-the inputs. Every op runs once per shape before any timing (Triton compiles our kernels; fla autotunes its
+For each shape (B, T, H, D) it times, **first the call as users write it** (defaults: ``validate=True``,
+whose value checks run inside the kernels without a host synchronisation), then the same without checks
+(``validate=False``) and with ``validate="sync"``: our forward with a given ``d``, with the ``ratio`` d rule
+and with ``d = None``; our forward+backward (given ``d``, the d rule with gradients through it, ``d = None``);
+the d rule alone, forward and forward+backward; fla's ``chunk_delta_rule`` forward and forward+backward;
+optionally fla's ``chunk_precond_gated_delta_rule`` forward; a device-to-device copy of the bytes our forward
+must read and write (q, k, v, d, β in; o out); and the peak memory of forward+backward above the inputs.
+Derived per shape: ratios to fla, TFLOP/s by the 4·B·T·H·D² convention, and time over the copy. Every op runs once per shape before any timing (Triton compiles our kernels; fla autotunes its
 kernels for the shape's ``H, K, V``), so the timings never include compilation or autotuning. After each
 shape the JSON and markdown files are rewritten (a run cut short keeps the shapes it finished) and a table
 of times and ratios to fla ``chunk_delta_rule`` is printed.
@@ -82,25 +85,36 @@ def _fwd_bwd(fwd, x, names):
     return run
 
 
+def _tflops(B, T, H, D, ms):
+    """TFLOP/s by the convention 4·B·T·H·D² (two D×D products per token and head, as quoted for linear attention)."""
+    return 4 * B * T * H * D * D / (ms * 1e-3) / 1e12
+
+
 def bench_shape(B, T, H, D, stages_breakdown=False):
     from fla.ops.delta_rule import chunk_delta_rule
 
-    from osdn_theory.kernels import DRule, chunk_osdn
+    from osdn_theory.kernels import DRule, check_values, chunk_osdn, d_ratio_scan
 
     x = _inputs(B, T, H, D)
     res = {"shape": [B, T, H, D]}
     rule = DRule(c=0.5)
 
     def ours(xs, d=True, **kw):
-        return chunk_osdn(
-            xs["q"], xs["k"], xs["v"], xs["beta"], xs["d"] if d else None, validate=False, **kw
-        )[0]
+        """Our forward as a user calls it: defaults (validate=True) unless ``kw`` says otherwise."""
+        return chunk_osdn(xs["q"], xs["k"], xs["v"], xs["beta"], xs["d"] if d else None, **kw)[0]
 
     def fla(xs):
         return chunk_delta_rule(xs["q"], xs["k"], xs["v"], xs["beta"])[0]
 
-    fb_ours = _fwd_bwd(ours, x, ["q", "k", "v", "beta", "d"])
-    fb_ours_none = _fwd_bwd(lambda xs: ours(xs, d=False), x, ["q", "k", "v", "beta"])
+    def rule_fb():
+        k = x["k"].detach().requires_grad_(True)
+        b = x["beta"].detach().requires_grad_(True)
+        d_ratio_scan(k, b, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=32).backward(x["d"])
+
+    fb_default = _fwd_bwd(ours, x, ["q", "k", "v", "beta", "d"])
+    fb_ours = _fwd_bwd(lambda xs: ours(xs, validate=False), x, ["q", "k", "v", "beta", "d"])
+    fb_ours_none = _fwd_bwd(lambda xs: ours(xs, d=False, validate=False), x, ["q", "k", "v", "beta"])
+    fb_drule = _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=rule), x, ["q", "k", "v", "beta"])
     fb_fla = _fwd_bwd(fla, x, ["q", "k", "v", "beta"])
     t0 = time.perf_counter()
     _warm(lambda: fla(x), fb_fla)
@@ -108,25 +122,37 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     t0 = time.perf_counter()
     _warm(
         lambda: ours(x),
+        lambda: ours(x, validate=False),
         lambda: ours(x, d=False, d_rule=rule),
-        lambda: ours(x, d=False),
+        lambda: ours(x, d=False, validate=False),
+        lambda: ours(x, validate="sync"),
+        fb_default,
         fb_ours,
         fb_ours_none,
+        fb_drule,
+        rule_fb,
     )
     res["warm_ours_s"] = time.perf_counter() - t0
-    res["ours_fwd_d"] = _bench(lambda: ours(x))
-    res["ours_fwd_drule"] = _bench(lambda: ours(x, d=False, d_rule=rule))
-    res["ours_fwd_none"] = _bench(lambda: ours(x, d=False))
-    res["ours_fwd_d_validated"] = _bench(
-        lambda: chunk_osdn(x["q"], x["k"], x["v"], x["beta"], x["d"], validate=True)[0]
-    )
+    # the default call first: it is the call users write
+    res["ours_fwd_d_default"] = _bench(lambda: ours(x))
+    res["ours_fwd_d"] = _bench(lambda: ours(x, validate=False))
+    res["ours_fwd_drule_default"] = _bench(lambda: ours(x, d=False, d_rule=rule))
+    res["ours_fwd_drule"] = _bench(lambda: ours(x, d=False, d_rule=rule, validate=False))
+    res["ours_fwd_none"] = _bench(lambda: ours(x, d=False, validate=False))
+    res["ours_fwd_d_sync"] = _bench(lambda: ours(x, validate="sync"))
     res["fla_fwd"] = _bench(lambda: fla(x))
     from osdn_theory.tolerances import rel_err
 
     res["rel_diff_out_vs_fla_delta"] = rel_err(ours(x, d=False), fla(x))
+    res["ours_fwdbwd_d_default"] = _bench(fb_default)
     res["ours_fwdbwd_d"] = _bench(fb_ours)
+    res["ours_fwdbwd_drule_default"] = _bench(fb_drule)
     res["ours_fwdbwd_none"] = _bench(fb_ours_none)
     res["fla_fwdbwd"] = _bench(fb_fla)
+    res["drule_alone_fwd"] = _bench(
+        lambda: d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4, chunk_size=32)
+    )
+    res["drule_alone_fwdbwd"] = _bench(rule_fb)
     res["fla_precond_fwd"] = None
     nbytes = (
         sum(x[n].numel() * x[n].element_size() for n in ("q", "k", "v", "d", "beta")) + x["v"].numel() * 2
@@ -137,7 +163,40 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     res["copy_bytes_moved"] = int(2 * (nbytes // 2))
     res["peak_ours_fwdbwd_d"] = _peak(fb_ours)
     res["peak_ours_fwdbwd_none"] = _peak(fb_ours_none)
+    res["peak_ours_fwdbwd_drule"] = _peak(fb_drule)
     res["peak_fla_fwdbwd"] = _peak(fb_fla)
+    try:  # every call above had valid inputs: a flag here would be a false alarm of the device-side checks
+        check_values()
+        res["value_checks"] = "no flag raised"
+    except ValueError as e:
+        res["value_checks"] = f"FALSE ALARM: {e}"
+    f, fb = res["fla_fwd"], res["fla_fwdbwd"]
+    res["derived"] = {
+        "default_over_unchecked_fwd": res["ours_fwd_d_default"] / res["ours_fwd_d"],
+        "default_over_unchecked_fwdbwd": res["ours_fwdbwd_d_default"] / res["ours_fwdbwd_d"],
+        "ratio_fla": {
+            n: res[n] / f
+            for n in ("ours_fwd_d_default", "ours_fwd_d", "ours_fwd_drule_default", "ours_fwd_drule")
+            + ("ours_fwd_none", "ours_fwd_d_sync")
+        }
+        | {
+            n: res[n] / fb
+            for n in (
+                "ours_fwdbwd_d_default",
+                "ours_fwdbwd_d",
+                "ours_fwdbwd_drule_default",
+                "ours_fwdbwd_none",
+            )
+        },
+        "tflops_fwd": {
+            n: _tflops(B, T, H, D, res[n])
+            for n in ("ours_fwd_d_default", "ours_fwd_d", "ours_fwd_drule_default", "fla_fwd")
+        },
+        "ratio_to_copy_fwd": {
+            n: res[n] / res["copy_same_bytes"]
+            for n in ("ours_fwd_d_default", "ours_fwd_d", "ours_fwd_drule_default", "fla_fwd")
+        },
+    }
     if stages_breakdown:
         res["stages"], res["resources_regs_spills"] = _stage_times(x)
     return res
@@ -228,28 +287,58 @@ def default_out(stem, meta):
 def _markdown(meta, rows):
     lines = [
         f"Card: {meta['card']}; torch {meta['torch']}, triton {meta['triton']}, fla-core {meta['fla-core']}; "
-        f"{meta['date_utc']} UTC. bf16, median ms of `triton.testing.do_bench`; ratio = time / fla "
-        "`chunk_delta_rule` (same op kind) in the same run.",
+        f"{meta['date_utc']} UTC. bf16, median ms of `triton.testing.do_bench`; (ratio) = time / fla "
+        "`chunk_delta_rule` (forward, or forward+backward) in the same run. *default* = the call as users write "
+        "it (`validate=True`); *unchecked* = `validate=False`.",
         "",
-        "| B, T, H, D | ours fwd (d) | ours fwd (d rule) | ours fwd (d=None) | fla delta fwd | fla precond fwd "
-        "| ours fwd+bwd (d) | ours fwd+bwd (None) | fla delta fwd+bwd | copy floor | peak MiB ours/fla |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| B, T, H, D | fwd d, **default** | fwd d, unchecked | default / unchecked | fwd d rule, default "
+        "| fwd d rule, unchecked | fwd d=None | fwd d, `validate='sync'` | fla fwd "
+        "| fwd+bwd d, default | fwd+bwd d, unchecked | fwd+bwd d rule, default | fla fwd+bwd "
+        "| d rule alone fwd / fwd+bwd | copy floor | peak MiB ours (d, d rule) / fla |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def c(r, n, ref):
+        return f"{r[n]:.3f} ({r[n] / ref:.2f}×)"
+
     for r in rows:
         f, fb = r["fla_fwd"], r["fla_fwdbwd"]
-        pre = r.get("fla_precond_fwd")
         lines.append(
-            f"| {', '.join(map(str, r['shape']))} | {r['ours_fwd_d']:.3f} ({r['ours_fwd_d'] / f:.2f}×) "
-            f"| {r['ours_fwd_drule']:.3f} ({r['ours_fwd_drule'] / f:.2f}×) "
-            f"| {r['ours_fwd_none']:.3f} ({r['ours_fwd_none'] / f:.2f}×) | {f:.3f} "
-            f"| {'—' if pre is None else f'{pre:.3f} ({pre / f:.2f}×)'} "
-            f"| {r['ours_fwdbwd_d']:.3f} ({r['ours_fwdbwd_d'] / fb:.2f}×) "
-            f"| {r['ours_fwdbwd_none']:.3f} ({r['ours_fwdbwd_none'] / fb:.2f}×) | {fb:.3f} "
-            f"| {r['copy_same_bytes']:.3f} "
-            f"| {r['peak_ours_fwdbwd_d'] / 2**20:.0f} / {r['peak_fla_fwdbwd'] / 2**20:.0f} "
-            f"({r['peak_ours_fwdbwd_d'] / r['peak_fla_fwdbwd']:.2f}×) |"
+            f"| {', '.join(map(str, r['shape']))} | **{c(r, 'ours_fwd_d_default', f)}** | {c(r, 'ours_fwd_d', f)} "
+            f"| {r['ours_fwd_d_default'] / r['ours_fwd_d']:.3f} "
+            f"| {c(r, 'ours_fwd_drule_default', f)} | {c(r, 'ours_fwd_drule', f)} | {c(r, 'ours_fwd_none', f)} "
+            f"| {c(r, 'ours_fwd_d_sync', f)} | {f:.3f} "
+            f"| {c(r, 'ours_fwdbwd_d_default', fb)} | {c(r, 'ours_fwdbwd_d', fb)} "
+            f"| {c(r, 'ours_fwdbwd_drule_default', fb)} | {fb:.3f} "
+            f"| {r['drule_alone_fwd']:.3f} / {r['drule_alone_fwdbwd']:.3f} | {r['copy_same_bytes']:.3f} "
+            f"| {r['peak_ours_fwdbwd_d'] / 2**20:.0f}, {r['peak_ours_fwdbwd_drule'] / 2**20:.0f} "
+            f"/ {r['peak_fla_fwdbwd'] / 2**20:.0f} |"
         )
+    lines += [
+        "",
+        "TFLOP/s of the forward (4·B·T·H·D² convention) and time over the same-bytes copy:",
+        "",
+        "| B, T, H, D | default (d) | unchecked (d) | default (d rule) | fla | × copy: default / unchecked / fla |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
+        tf, cp = r["derived"]["tflops_fwd"], r["derived"]["ratio_to_copy_fwd"]
+        lines.append(
+            f"| {', '.join(map(str, r['shape']))} | {tf['ours_fwd_d_default']:.1f} | {tf['ours_fwd_d']:.1f} "
+            f"| {tf['ours_fwd_drule_default']:.1f} | {tf['fla_fwd']:.1f} "
+            f"| {cp['ours_fwd_d_default']:.1f} / {cp['ours_fwd_d']:.1f} / {cp['fla_fwd']:.1f} |"
+        )
+    lines += [
+        "",
+        "Value checks after the timed calls: "
+        + "; ".join(f"{r['shape']}: {r['value_checks']}" for r in rows),
+    ]
+    for r in rows:
+        if r.get("fla_precond_fwd") is not None:
+            lines += [
+                "",
+                f"fla `chunk_precond_gated_delta_rule` fwd at {r['shape']}: {r['fla_precond_fwd']:.3f} ms.",
+            ]
         if "stages" in r:
             st = ", ".join(f"{n} {t:.3f}" for n, t in r["stages"].items())
             lines += ["", f"Stage times at {', '.join(map(str, r['shape']))} (ms, given d): {st}."]
@@ -279,9 +368,10 @@ def main():
     ap.add_argument("--stages", action="store_true", help="also time each stage at the first shape")
     ap.add_argument("--shapes", type=str, default=None, help="e.g. '4,4096,16,128;8,2048,16,64'")
     ap.add_argument(
-        "--precond-all",
-        action="store_true",
-        help="time fla's precond op at every shape (default: first, at the end)",
+        "--precond",
+        choices=["none", "first", "all"],
+        default="none",
+        help="time fla's precond op (long autotuning) at no shape (default), the first, or every shape",
     )
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -308,7 +398,7 @@ def main():
         print(write(), flush=True)
     # fla's preconditioned op last (its autotuning is long): the four main shapes come first
     for i, s in enumerate(shapes):
-        if a.precond_all or i == 0:
+        if a.precond == "all" or (a.precond == "first" and i == 0):
             rows[i].update(bench_precond(*s))
             print(write(), flush=True)
 
