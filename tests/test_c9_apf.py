@@ -92,6 +92,18 @@ def test_a_failed_sweep_run_raises(monkeypatch):
         c9.shift_recoveries(_size(), 0, "apf")
 
 
+def test_a_diverged_sweep_run_raises_with_its_reason(monkeypatch):
+    def diverging(runs):
+        return [
+            dict(evaluate_batch(runs)[0], status="diverged", diverged="memory diverged: R1 = 1e9")
+            for _ in runs
+        ]
+
+    monkeypatch.setattr(c9, "evaluate_batch", diverging)
+    with pytest.raises(RuntimeError, match="status 'diverged': memory diverged"):
+        c9.shift_recoveries(_size(), 0, "apf")
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

@@ -112,7 +112,8 @@ def shift_recoveries(size: Size, seed: int, method: str) -> dict[str, Any]:
     for batch in plan_batches(spec.runs, bs):
         for rec in evaluate_batch([r.to_dict() for r in batch]):
             if rec["status"] != "ok":
-                raise RuntimeError(f"C9 run {rec['label']} failed: {rec.get('error')}")
+                why = rec.get("error") or rec.get("diverged") or "no reason recorded"
+                raise RuntimeError(f"C9 run {rec['label']} has status {rec['status']!r}: {why}")
             records[rec["config"]["seed"]] = rec
     times, triggers, d_err = [], [], []
     for s in seeds:
