@@ -3,7 +3,7 @@
 Float64 reference solvers: :func:`osdn_recurrent` (token by token) and :func:`osdn_chunkwise` (UT/WY chunk
 form). The online preconditioner: :func:`d_scan` (state-free rules) and :func:`osdn_adaptive` (all rules,
 jointly with the memory). Submodules: ``schedules``, ``apf``, ``comparators``, ``streams``, ``metrics``,
-``claims`` (the C1–C8 registry behind ``osdn verify``), ``sweeps``, ``kernels`` (Triton; import it after
+``claims`` (the C1–C9 registry behind ``osdn verify``), ``sweeps``, ``kernels`` (Triton; import it after
 setting ``TRITON_INTERPRET=1`` to run on CPU). The mathematical contract is ``docs/theory.md``.
 """
 

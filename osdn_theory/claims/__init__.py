@@ -1,4 +1,4 @@
-"""Claims registry (C1–C8 and their negative controls): each claim returns a :class:`ClaimResult`.
+"""Claims registry (C1–C9 and their negative controls): each claim returns a :class:`ClaimResult`.
 
 >>> from osdn_theory.claims import run_claims
 >>> results = run_claims("C1,C4", budget="quick", seed=0)   # doctest: +SKIP

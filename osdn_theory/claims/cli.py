@@ -181,7 +181,7 @@ def register(app: typer.Typer) -> None:
             help="With --mutants: run each mutant only against the claims it declares as targets (fast).",
         ),
     ) -> None:
-        """Check every OSDN theory claim (C1–C8, negative controls, recall measurement) and write a report.
+        """Check every OSDN theory claim (C1–C9, negative controls, recall measurement) and write a report.
 
         Exits with status 1 if any pass/fail claim fails or errors; measurements never fail the run. With
         --mutants, exits with status 1 if a claim fails without any mutant or a killable mutant survives.
