@@ -65,7 +65,7 @@ class _ChunkOSDN(torch.autograd.Function):
     def forward(ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state, flag):
         cu, offs, bounds, NC = tables
         kt, c, g, ai = stages.gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag)
-        w, u = stages.wy_factors(k, v, beta, g, ai, bounds, C, flag=flag)
+        w, u = stages.wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, d=d)
         h, vnew, ht = stages.state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state)
         del w, u
         o = stages.output(q, kt, vnew, h, g, bounds, scale, C, flag=flag)

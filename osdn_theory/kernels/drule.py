@@ -263,8 +263,8 @@ def _d_prep_kernel(
     kk = tl.load(k + orow[:, None] * K + ok[None, :], mask=m, other=0.0).to(ACC)
     if CHECK:
         bchk = tl.load(beta + orow, mask=rm, other=1.0).to(ACC)
-        code = stages._nonfinite(kk, m, stages.BAD_K)
-        code |= tl.where(rm & ~((bchk > 0) & (bchk <= 1)), stages.BAD_BETA, 0)[:, None]
+        code = stages._or_all(stages._nonfinite(kk, m, stages.BAD_K))
+        code |= tl.reduce(tl.where(rm & ~((bchk > 0) & (bchk <= 1)), stages.BAD_BETA, 0), 0, stages._or)
         stages._flag(flag, code)
     u = kk * kk
     un = tl.sqrt(tl.sum(u * u, 1))

@@ -145,9 +145,14 @@ def _or(a, b):
 
 
 @triton.jit
-def _flag(flag, code):
-    """OR all entries of the int32 tile ``code [R, S]`` into ``*flag`` (one atomic, issued only when non-zero)."""
-    bits = tl.reduce(tl.reduce(code, 1, _or), 0, _or)
+def _or_all(code):
+    """OR of all entries of the int32 tile ``code [R, S]`` (a scalar)."""
+    return tl.reduce(tl.reduce(code, 1, _or), 0, _or)
+
+
+@triton.jit
+def _flag(flag, bits):
+    """OR the scalar ``bits`` into ``*flag`` (one atomic, issued only when non-zero)."""
     tl.atomic_or(flag, bits, mask=bits != 0)
 
 
@@ -213,30 +218,27 @@ def _unit_lower_inverse16(L, ACC: tl.constexpr, PREC: tl.constexpr = "ieee", NEW
 
 @triton.jit
 def _keys16(
-    k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, sb, g_carry, i_h, code,
+    k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, sb, g_carry, i_h, flag,
     H, K, s_max,
     BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr, ACC: tl.constexpr,
     CHECK: tl.constexpr,
 ):  # fmt: skip
     """Rows ``16·sb … 16·sb + 15`` of a chunk: read key, write key ``c·d⊙k`` (stored), β and the in-chunk
     cumulative log-decay ``g`` (stored; continues from ``g_carry``, the value at the previous row). With
-    ``CHECK`` the value-check bits of ``k, d, β, log α`` are ORed into the int32 tile ``code [16, BK]``."""
+    ``CHECK`` the value-check bit of ``log α`` of these rows goes straight to ``*flag``. ``k``, ``β`` and ``d``
+    are checked by stage 2, which has registers to spare: stage 1 is at 255 registers per thread at K = 128,
+    and checking them here made it spill (read offline from ptxas: 1.9 KB per thread with an int32 tile kept
+    live across the four row blocks, 52–92 bytes with a scalar or per-block flags), and with the spills the
+    default call was 1.8–2.0× the unchecked one in H200 run 4."""
     o16 = sb * 16 + tl.arange(0, 16)
     ok = tl.arange(0, BK)
     rmask = o16 < nv
-    m = rmask[:, None] & (ok[None, :] < K)
     t = (t0 + o16) * H + i_h
     b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
     kk = _rows(k, t, rmask, K, ok, K, ACC)
     kt = kk
-    if CHECK:
-        code |= _nonfinite(kk, m, BAD_K)
-        code |= tl.where(rmask & ~((b > 0) & (b <= 1)), BAD_BETA, 0)[:, None]
     if HAS_D:
-        dd = _rows(d, t, rmask, K, ok, K, ACC)
-        if CHECK:
-            code |= tl.where(m & ~((dd > 0) & (dd < float("inf"))), BAD_D, 0)
-        kt = kk * dd
+        kt = kk * _rows(d, t, rmask, K, ok, K, ACC)
     if CLIP:
         s_raw = b * tl.sum(kk * kt, 1)
         c = tl.where(s_raw > s_max, s_max / tl.where(s_raw > s_max, s_raw, 1.0), 1.0)
@@ -249,11 +251,13 @@ def _keys16(
     if GATED:
         la = tl.load(log_alpha + t, mask=rmask, other=0.0).to(ACC)
         if CHECK:  # α ∈ (0, 1] ⇔ log α ∈ (−inf, 0]
-            code |= tl.where(rmask & ~((la <= 0) & (la > -float("inf"))), BAD_ALPHA, 0)[:, None]
+            _flag(
+                flag, tl.reduce(tl.where(rmask & ~((la <= 0) & (la > -float("inf"))), BAD_ALPHA, 0), 0, _or)
+            )
         g = g_carry + tl.cumsum(la, 0)
         tl.store(g_out + t, g.to(g_out.dtype.element_ty), mask=rmask)
         g_carry = tl.sum(tl.where(tl.arange(0, 16) == 15, g, 0.0), 0)
-    return kk.to(kt_out.dtype.element_ty), kt, b, g, g_carry, code  # both in the input dtype (exact for kk)
+    return kk.to(kt_out.dtype.element_ty), kt, b, g, g_carry  # both in the input dtype (exact for kk)
 
 
 @triton.jit
@@ -288,35 +292,32 @@ def _gram_solve_kernel(
     o16 = tl.arange(0, 16)
     Z = tl.zeros([16, 16], dtype=ACC)
     gz = tl.sum(tl.zeros([16], dtype=ACC), 0)
-    code = tl.zeros([16, BK], dtype=tl.int32)
     # Each Gram block is formed as soon as its two key blocks are loaded, so that only the earlier write keys
     # stay live (not all four key blocks of both kinds).
-    kk0, kt0, b0, g0, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, code, H, K, s_max,
+    kk0, kt0, b0, g0, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, flag, H, K, s_max,
                                    BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
     if SOLVE:
         L00 = _lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE)
     if NB >= 2:
-        kk1, kt1, b1, g1, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, code, H, K,
+        kk1, kt1, b1, g1, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, flag, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L11 = _lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE)
             L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
     if NB >= 4:
-        kk2, kt2, b2, g2, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, code, H, K,
+        kk2, kt2, b2, g2, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, flag, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L22 = _lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE)
             L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
             L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
-        kk3, kt3, b3, g3, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, code, H, K,
+        kk3, kt3, b3, g3, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, flag, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L33 = _lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE)
             L30 = _lblock(kk3, kt0, b3, g3, g0, False, GATED, DT, ACC, IEEE)
             L31 = _lblock(kk3, kt1, b3, g3, g1, False, GATED, DT, ACC, IEEE)
             L32 = _lblock(kk3, kt2, b3, g3, g2, False, GATED, DT, ACC, IEEE)
-    if CHECK:
-        _flag(flag, code)
     if SOLVE:
         X00 = _unit_lower_inverse16(L00, ACC, PREC, NEWTON)
         t = (t0 + o16) * H + i_h
@@ -364,8 +365,8 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, flag=None):
     """Stage 1. ``k, d: [N, H, K]``, ``beta, log_alpha: [N, H]``, ``bounds: [NC, 2]`` int32 (chunk start
     token, end of its sequence). Returns ``(kt [N,H,K], c [N,H] fp32 or None, g [N,H] fp32 or None,
     Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. With ``flag`` (an int32 ``[1]`` tensor) the
-    values of ``k`` (finite), ``β ∈ (0, 1]``, ``d`` (finite, > 0) and ``log α ∈ (−inf, 0]`` are checked as they
-    are loaded and the bits :data:`BAD_K` … :data:`BAD_ALPHA` are ORed into it."""
+    values of ``log α ∈ (−inf, 0]`` are checked as they are loaded (:data:`BAD_ALPHA`; the other inputs are
+    checked by :func:`wy_factors`)."""
     N, H, K = k.shape
     NC = bounds.shape[0]
     f = wide_dtype(k.dtype)
@@ -399,10 +400,10 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, flag=None):
 
 @triton.jit
 def _wy_kernel(
-    k, v, beta, g, ai, w_out, u_out, bounds, flag,
+    k, v, beta, g, ai, w_out, u_out, bounds, flag, d,
     H, K, V,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
-    ACC: tl.constexpr, IEEE: tl.constexpr, CHECK: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr, CHECK: tl.constexpr, HAS_D: tl.constexpr,
 ):  # fmt: skip
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
@@ -412,29 +413,38 @@ def _wy_kernel(
     rmask = oc < nv
     t = (t0 + oc) * H + i_h
     b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
+    code = tl.sum(tl.zeros([16], dtype=tl.int32), 0)  # scalar 0
+    if CHECK:
+        code |= tl.reduce(tl.where(rmask & ~((b > 0) & (b <= 1)), BAD_BETA, 0), 0, _or)
     Tm = _rows(ai, t, rmask, C, oc, C, ACC) * b[None, :]  # T = A⁻¹ diag(β)
     if GATED:
         eg = tl.exp(tl.load(g + t, mask=rmask, other=0.0).to(ACC))
     for i_k in range(tl.cdiv(K, BK)):
         ok = i_k * BK + tl.arange(0, BK)
         kk = _rows(k, t, rmask, K, ok, K, DT)  # dot operands stay in the input dtype
+        if CHECK:
+            mk = rmask[:, None] & (ok[None, :] < K)
+            code |= _or_all(_nonfinite(kk.to(ACC), mk, BAD_K))
+            if HAS_D:  # one more read of d (stage 1 has no registers left for its check)
+                dd = _rows(d, t, rmask, K, ok, K, ACC)
+                code |= _or_all(tl.where(mk & ~((dd > 0) & (dd < float("inf"))), BAD_D, 0))
         if GATED:
             kk = kk.to(ACC) * eg[:, None]
         _store_rows(w_out, _mm(Tm, kk, DT, ACC, IEEE), t, rmask, K, ok, K)
-    code = tl.zeros([C, BV], dtype=tl.int32)
     for i_v in range(tl.cdiv(V, BV)):
         ov = i_v * BV + tl.arange(0, BV)
         vv = _rows(v, t, rmask, V, ov, V, DT)
         if CHECK:
-            code |= _nonfinite(vv.to(ACC), rmask[:, None] & (ov[None, :] < V), BAD_V)
+            code |= _or_all(_nonfinite(vv.to(ACC), rmask[:, None] & (ov[None, :] < V), BAD_V))
         _store_rows(u_out, _mm(Tm, vv, DT, ACC, IEEE), t, rmask, V, ov, V)
     if CHECK:
         _flag(flag, code)
 
 
-def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None):
+def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None, d=None):
     """Stage 2. Returns ``W: [N, H, K]`` and ``Ũ: [N, H, V]`` (in ``inter_dtype``, default the input dtype).
-    With ``flag``, non-finite ``v`` sets :data:`BAD_V` in it."""
+    With ``flag``, non-finite ``k`` or ``v``, ``β ∉ (0, 1]`` and (given ``d``) ``d`` not finite and positive
+    set :data:`BAD_K`, :data:`BAD_V`, :data:`BAD_BETA`, :data:`BAD_D` in it (as they are loaded)."""
     N, H, K = k.shape
     V = v.shape[-1]
     dt = inter_dtype or k.dtype
@@ -449,7 +459,8 @@ def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None):
     )
     _c = _wy_kernel[(bounds.shape[0], H)](
         k, v, beta, g if g is not None else beta, ai, w, u, bounds, flag if flag is not None else bounds,
-        H, K, V, C=C, GATED=g is not None, CHECK=flag is not None, **cfg,
+        d if d is not None else k, H, K, V, C=C, GATED=g is not None, CHECK=flag is not None,
+        HAS_D=d is not None and flag is not None, **cfg,
     )  # fmt: skip
     _record("wy", _c)
     return w, u
@@ -591,7 +602,7 @@ def _output_kernel(
     t, rmask, ok, qq, P, gg = _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K, C, BK, GATED, ACC, IEEE)
     if CHECK:
         if i_v == 0:
-            _flag(flag, _nonfinite(qq.to(ACC), rmask[:, None] & (ok[None, :] < K), BAD_Q))
+            _flag(flag, _or_all(_nonfinite(qq.to(ACC), rmask[:, None] & (ok[None, :] < K), BAD_Q)))
     if GATED:
         qq = (qq.to(ACC) * tl.exp(gg)[:, None]).to(DT)
     kv = (ok[:, None] < K) & (ov[None, :] < V)
