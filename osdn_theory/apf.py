@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import torch
 
 from ._validate import _desc, check_scalar
-from .schedules import Serializable, _from_dict_any, _register
+from .registry import Serializable, build, register
 
 __all__ = [
     "APF",
@@ -90,6 +90,8 @@ def _check_ema(name: str, x: Any) -> float:
 class Prior(Serializable):
     """A prior preconditioner ``d^{prior}_t`` built from keys and write strengths of tokens ``≤ t``."""
 
+    kind: ClassVar[str] = "prior"
+
     def init(self, B: int, H: int, K: int, dtype: torch.dtype, device) -> dict:
         return {}
 
@@ -98,7 +100,7 @@ class Prior(Serializable):
         raise NotImplementedError
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class OnesPrior(Prior):
     """``d^{prior} = 1``: forgetting pulls back to DeltaNet."""
@@ -109,7 +111,7 @@ class OnesPrior(Prior):
         return torch.ones_like(u)
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class CalibratedScalarPrior(Prior):
     """``d^{prior}_t = c / (β_t · max(EMA_t‖k‖², eps)) · 1``: a scalar that makes ``s ≈ c`` on average.
@@ -135,7 +137,7 @@ class CalibratedScalarPrior(Prior):
         return (self.c / (beta * m))[..., None].expand_as(u).clone()
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class RunningJacobiPrior(Prior):
     """``d^{prior}_t = c / max(EMA_t(u), eps)`` per feature, ``u = k ⊙ k`` (running diagonal right-Newton).
@@ -168,6 +170,8 @@ class RunningJacobiPrior(Prior):
 class Rate(Serializable):
     """A forgetting rate ``λ_t ∈ [0, 1]`` and trigger flags, per ``(b, h)``."""
 
+    kind: ClassVar[str] = "rate"
+
     #: whether λ_t depends on d (then the gate is not affine in d and the d-scan is sequential in d)
     depends_on_d: ClassVar[bool] = False
 
@@ -188,7 +192,7 @@ def _no_fire(r: torch.Tensor) -> torch.Tensor:
     return torch.zeros(r.shape, dtype=torch.bool, device=r.device)
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class NoForgetting(Rate):
     """``λ_t = 0`` (no forgetting)."""
@@ -199,7 +203,7 @@ class NoForgetting(Rate):
         return torch.zeros_like(r), _no_fire(r)
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class ConstantForgetting(Rate):
     """``λ_t = lam`` for every token, ``lam ∈ [0, 1]`` (``lam = 1`` resets to the prior every token)."""
@@ -258,7 +262,7 @@ class Trigger(Rate):
         return torch.where(fired, self.lam, 0.0).to(r.dtype), fired
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class SpikeTrigger(Trigger):
     """Calibration-spike trigger: fires when ``(EMA^fast + eps) / (EMA^slow + eps)`` of ``(1 − s_t)²`` crosses ``tau``.
@@ -281,7 +285,7 @@ class SpikeTrigger(Trigger):
         return (state["f"].update(r) + self.eps) / (state["s"].update(r) + self.eps)
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class NoveltyTrigger(Trigger):
     """Key-novelty trigger: fires when ``‖EMA^fast(u) − EMA^slow(u)‖₁ / (‖EMA^slow(u)‖₁ + eps)`` crosses ``tau``.
@@ -304,7 +308,7 @@ class NoveltyTrigger(Trigger):
         return (f - s).abs().sum(-1) / (s.abs().sum(-1) + self.eps)
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class DecayAfterTrigger(Rate):
     """``λ_t = lam0 · 2^{−(t − t*)/half_life}`` where ``t*`` is the last firing of ``trigger`` (per ``(b, h)``).
@@ -329,7 +333,7 @@ class DecayAfterTrigger(Rate):
         )
         trig = self.trigger
         if isinstance(trig, Mapping):
-            trig = _from_dict_any(trig, "trigger", Trigger)
+            trig = build(trig, "trigger", Trigger)
         if trig is not None and not isinstance(trig, Trigger):
             raise ValueError(
                 f"trigger: expected a SpikeTrigger, a NoveltyTrigger or None, got {_desc(self.trigger)}"
@@ -359,7 +363,7 @@ class DecayAfterTrigger(Rate):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class APF(Serializable):
     """Adaptive Preconditioner Forgetting: ``d_{t+1} = (1 − λ_t) d^{upd}_{t+1} + λ_t d^{prior}_t``.
@@ -371,6 +375,8 @@ class APF(Serializable):
             there (the update of token ``t`` uses step 1; AdaGrad's accumulator is cleared first).
     """
 
+    kind: ClassVar[str] = "apf"
+
     name: ClassVar[str] = "apf"
     prior: Prior = dataclasses.field(default_factory=OnesPrior)
     rate: Rate = dataclasses.field(default_factory=NoForgetting)
@@ -379,11 +385,11 @@ class APF(Serializable):
     def __post_init__(self):
         prior, rate = self.prior, self.rate
         if isinstance(prior, Mapping):
-            prior = _from_dict_any(prior, "prior", Prior)
+            prior = build(prior, "prior", Prior)
         if not isinstance(prior, Prior):
             raise ValueError(f"prior: expected an APF prior (e.g. OnesPrior()), got {_desc(self.prior)}")
         if isinstance(rate, Mapping):
-            rate = _from_dict_any(rate, "rate", Rate)
+            rate = build(rate, "rate", Rate)
         if not isinstance(rate, Rate):
             raise ValueError(f"rate: expected an APF rate rule (e.g. NoForgetting()), got {_desc(self.rate)}")
         if not isinstance(self.restart_clock, bool):
@@ -401,7 +407,7 @@ class APF(Serializable):
         """Inverse of :meth:`to_dict` (the ``name`` key may be omitted)."""
         if isinstance(d, Mapping) and "name" not in d:
             d = {"name": cls.name, **d}
-        return _from_dict_any(d, "d", APF)
+        return build(d, "d", APF)
 
 
 def as_apf(x: Any, argname: str = "apf") -> APF | None:
@@ -409,7 +415,7 @@ def as_apf(x: Any, argname: str = "apf") -> APF | None:
     if x is None or isinstance(x, APF):
         return x
     if isinstance(x, Mapping):  # errors name ``argname`` (not the generic ``d`` of APF.from_dict)
-        return _from_dict_any(x if "name" in x else {"name": APF.name, **x}, argname, APF)
+        return build(x if "name" in x else {"name": APF.name, **x}, argname, APF)
     raise ValueError(f"{argname}: expected None, an APF or its dictionary, got {_desc(x)}")
 
 
@@ -422,7 +428,7 @@ def to_dict(obj: APF | Prior | Rate) -> dict[str, Any]:
 
 def from_dict(d: Mapping[str, Any]) -> APF | Prior | Rate:
     """Inverse of :func:`to_dict` for APF gates, priors and rate rules (dispatch on ``d["name"]``)."""
-    out = _from_dict_any(d, "d")
+    out = build(d, "d")
     if not isinstance(out, APF | Prior | Rate):
         raise ValueError(f"d: expected the name of an APF gate, prior or rate rule, got {d['name']!r}")
     return out

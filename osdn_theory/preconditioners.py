@@ -29,6 +29,9 @@ batched over B and H) and any OSDN solver then runs with ``d``. With a step ``η
 — a delta rule on ``d`` with key ``u_t``, target ``1/β_t`` and strength ``2η_t β_t²``
 (:func:`ratio_scan_as_delta_rule` computes it with :func:`osdn_theory.recurrences.osdn_recurrent`).
 
+Every feedback rule is a registered :class:`FeedbackRule` (``rule="ratio"`` names one); a user's state-free
+rule, registered with :func:`osdn_theory.register`, runs wherever the built-ins do (``docs/extending.md``).
+
 Step rules (serialisable, :func:`to_dict` / :func:`from_dict`):
 
 * :class:`ScheduledStep` — ``η_t = schedule(t)`` (a :mod:`osdn_theory.schedules` schedule).
@@ -74,7 +77,8 @@ from ._validate import (
 )
 from .apf import APF, as_apf
 from .recurrences import Diagnostics, _write_key, osdn_recurrent, prepare_inputs
-from .schedules import Schedule, Serializable, _from_dict_any, _register, as_schedule
+from .registry import Serializable, build, lookup, names, register
+from .schedules import Schedule, as_schedule
 
 __all__ = [
     "RULES",
@@ -82,6 +86,13 @@ __all__ = [
     "POSITIVITY",
     "DEFAULT_D_MIN",
     "StepRule",
+    "FeedbackRule",
+    "RatioRule",
+    "HyperRule",
+    "RawRule",
+    "NextRule",
+    "as_feedback_rule",
+    "feedback_rules",
     "ScheduledStep",
     "NormalizedStep",
     "AdaGradStep",
@@ -97,7 +108,9 @@ __all__ = [
     "osdn_adaptive",
 ]
 
+#: The built-in feedback rules (every registered name is accepted: :func:`feedback_rules`).
 RULES = ("ratio", "hyper", "raw", "next")
+#: The built-in state-free rules (a registered rule declares ``state_free``).
 STATE_FREE_RULES = ("ratio", "hyper")
 POSITIVITY = ("floor", "none")
 
@@ -111,10 +124,21 @@ DEFAULT_D_MIN = 1e-6
 
 
 class StepRule(Serializable):
-    """How the step ``η_t`` of the d-update is chosen; ``η_t`` is ``[B, H]`` (or ``[B, H, K]`` per feature)."""
+    """How the step ``η_t`` of the d-update is chosen; ``η_t`` is ``[B, H]`` (or ``[B, H, K]`` per feature).
+
+    A new step rule is a frozen dataclass subclassing this one, with a ``name`` and :meth:`eta` (and
+    :meth:`init` / :meth:`restart` if it keeps state), registered with :func:`osdn_theory.register`. It
+    declares the shape of its step: ``per_feature = True`` (a class attribute or a property) means ``η_t`` is
+    ``[B, H, K]``, otherwise ``[B, H]``; :attr:`DScan.step` is sized by it.
+    """
+
+    kind: ClassVar[str] = "step_rule"
 
     #: whether η_t depends on d through past gradients (then the update is not affine in d)
     depends_on_d: ClassVar[bool] = False
+
+    #: whether η_t has one entry per feature (``[B, H, K]``) rather than one per head (``[B, H]``)
+    per_feature: ClassVar[bool] = False
 
     def init(self, B: int, H: int, K: int, dtype: torch.dtype, device) -> dict:
         return {}
@@ -127,7 +151,7 @@ class StepRule(Serializable):
         raise NotImplementedError
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class ScheduledStep(StepRule):
     """``η_t = schedule(t)``, ``t`` the 1-based token index (restarted by an APF trigger if asked).
@@ -150,7 +174,7 @@ class ScheduledStep(StepRule):
         return eta
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class NormalizedStep(StepRule):
     """``η_t = c / L_t`` (null step where ``L_t = 0``), ``c ∈ (0, 2)``; ratio: ``η_t = c / (2 β_t² ‖u_t‖²)``.
@@ -168,7 +192,7 @@ class NormalizedStep(StepRule):
         return torch.where(L > 0, self.c / torch.where(L > 0, L, 1.0), 0.0)
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class AdaGradStep(StepRule):
     """AdaGrad on the feedback gradient: ``G_t = G_{t−1} + g_t ⊙ g_t``, ``η_t = eta0 / √(G_t + eps)``.
@@ -182,6 +206,10 @@ class AdaGradStep(StepRule):
     eta0: float
     eps: float = 1e-20
     diagonal: bool = True
+
+    @property
+    def per_feature(self) -> bool:  # type: ignore[override]
+        return self.diagonal
 
     def __post_init__(self):
         object.__setattr__(self, "eta0", check_scalar("eta0", self.eta0, 0.0, None, lo_open=True))
@@ -205,14 +233,14 @@ def as_step_rule(x: Any, argname: str = "step") -> StepRule:
     if isinstance(x, StepRule):
         return x
     if isinstance(x, Mapping):
-        return _from_dict_any(x, argname, StepRule)
+        return build(x, argname, StepRule)
     if isinstance(x, Schedule) or (
         isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
     ):
         return ScheduledStep(as_schedule(x, argname))
     raise ValueError(
-        f"{argname}: expected a StepRule (ScheduledStep, NormalizedStep, AdaGradStep), its dictionary, "
-        f"a schedule or a number, got {_desc(x)}"
+        f"{argname}: expected a StepRule (ScheduledStep, NormalizedStep, AdaGradStep or a registered one), "
+        f"its dictionary, a schedule or a number, got {_desc(x)}"
     )
 
 
@@ -225,7 +253,141 @@ def to_dict(rule: StepRule) -> dict[str, Any]:
 
 def from_dict(d: Mapping[str, Any]) -> StepRule:
     """Inverse of :func:`to_dict` (dispatch on ``d["name"]``: scheduled, normalized, adagrad)."""
-    return _from_dict_any(d, "d", StepRule)
+    return build(d, "d", StepRule)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Feedback rules
+# ---------------------------------------------------------------------------------------------------------
+
+
+class FeedbackRule(Serializable):
+    """The protocol of a feedback rule: what the d-update descends, token by token (``docs/extending.md``).
+
+    A feedback rule is a frozen dataclass subclassing this class, with a ``name`` (how ``rule=`` and sweep files
+    refer to it) and :meth:`feedback`, registered with :func:`osdn_theory.register`. Its fields are its
+    parameters (``rule = {name = "my_rule", b2 = 0.99}`` in a sweep file; a bare name builds it with its
+    defaults). It then runs in :func:`d_scan`, :func:`osdn_adaptive`, the sweep method ``osdn`` and
+    ``osdn verify --plugin FILE --method NAME`` exactly like ``ratio`` and ``hyper``.
+
+    Per token ``t`` (shapes per ``(b, h)``; ``u = k_t ⊙ k_t: [B, H, K]``, ``beta: [B, H]``, ``d = d_t: [B, H, K]``)
+    :meth:`feedback` returns ``(g, L, f)``:
+
+    * ``g: [B, H, K]`` — the gradient (or any descent direction) of the rule's feedback at ``d_t``; the step rule
+      scales it: ``d_{t+1} = d_t − η_t g`` (then the APF gate and the positivity floor);
+    * ``L: [B, H]`` — its curvature ``L_t ≥ 0`` along ``g`` (:class:`NormalizedStep` takes ``η_t = c / L_t``;
+      ``L_t = 0`` gives a null step);
+    * ``f: [B, H]`` — the rule's own feedback value ``f_t(d_t)``, recorded in :attr:`DScan.rule_feedback`.
+
+    The framework records the write gain ``s_t = β_t u_tᵀ d_t`` and the calibration loss ``(1 − s_t)²`` itself.
+    A rule with memory (moments, counters) keeps it in the dictionary :meth:`init` returns, updated in place
+    by :meth:`feedback`; :meth:`restart` clears it where an APF trigger fires with ``restart_clock``.
+
+    Class attributes: ``state_free`` (``True``: the rule sees keys only, so ``d`` is scanned before the memory;
+    the state-dependent ``raw`` and ``next`` are built into :func:`osdn_adaptive` and a registered rule must be
+    state-free) and ``affine`` (``True`` only when ``g`` is affine in ``d``, ``L`` does not depend on ``d`` and
+    no state carries ``d`` forward; then :attr:`DScan.affine` can be true).
+    """
+
+    kind: ClassVar[str] = "feedback_rule"
+    state_free: ClassVar[bool] = True
+    affine: ClassVar[bool] = False
+
+    def init(self, B: int, H: int, K: int, dtype: torch.dtype, device) -> dict:
+        """The rule's state for a batch of ``B × H`` streams with ``K`` features (default: none)."""
+        return {}
+
+    def restart(self, state: dict, mask: torch.Tensor) -> None:
+        """Forget the state where ``mask: bool [B, H]`` (an APF trigger fired with ``restart_clock``)."""
+
+    def feedback(
+        self, state: dict, u: torch.Tensor, beta: torch.Tensor, d: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(g [B, H, K], L [B, H], f [B, H])`` at ``d = d_t`` for the token with ``u = k ⊙ k`` and ``beta``."""
+        raise NotImplementedError
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RatioRule(FeedbackRule):
+    """``f_t(d) = (1 − s_t(d))²``, ``g_t = −2 β_t (1 − s_t) u_t``, ``L_t = 2β_t²‖u_t‖²`` (module docstring)."""
+
+    name: ClassVar[str] = "ratio"
+    affine: ClassVar[bool] = True
+
+    def feedback(self, state, u, beta, d):
+        g, L, _, _, f = _state_free_grad(self.name, u, beta, d)
+        return g, L, f
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class HyperRule(FeedbackRule):
+    """OSGM hypergradient ``f_t(d) = ((1 − s_t)² − 1)/(2‖k_t‖²)``, ``g_t = −β_t (1 − s_t) u_t / ‖k_t‖²``."""
+
+    name: ClassVar[str] = "hyper"
+    affine: ClassVar[bool] = True
+
+    def feedback(self, state, u, beta, d):
+        g, L, _, _, f = _state_free_grad(self.name, u, beta, d)
+        return g, L, f
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RawRule(FeedbackRule):
+    """``f_t(d) = ½‖r⁺_t(d)‖²`` (state-dependent: runs jointly with the memory in :func:`osdn_adaptive`)."""
+
+    name: ClassVar[str] = "raw"
+    state_free: ClassVar[bool] = False
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class NextRule(FeedbackRule):
+    """``f_t(d) = ½‖e_{t+1}(d)‖²`` (state-dependent: runs jointly with the memory in :func:`osdn_adaptive`)."""
+
+    name: ClassVar[str] = "next"
+    state_free: ClassVar[bool] = False
+
+
+_BUILTIN_STATE_FREE = (RatioRule, HyperRule)
+_BUILTIN_JOINT = (RawRule, NextRule)
+
+
+def feedback_rules() -> list[str]:
+    """The names ``rule=`` accepts: the built-ins and every registered feedback rule."""
+    return names("feedback_rule")
+
+
+def as_feedback_rule(x: Any, argname: str = "rule") -> FeedbackRule:
+    """A :class:`FeedbackRule` from a rule, a registered name (built with its defaults) or its dictionary."""
+    if isinstance(x, type) and issubclass(x, FeedbackRule):
+        x = x.name
+    if isinstance(x, str):
+        cls = lookup("feedback_rule", x, argname)
+        try:
+            rule = cls()
+        except TypeError:
+            raise ValueError(
+                f"{argname}: feedback rule {x!r} has parameters without defaults; give its dictionary, "
+                f"{{'name': {x!r}, ...}}"
+            ) from None
+    elif isinstance(x, Mapping):
+        rule = build(x, argname, FeedbackRule)
+    elif isinstance(x, FeedbackRule):
+        rule = x
+    else:
+        raise ValueError(
+            f"{argname}: expected a feedback rule name {feedback_rules()}, a FeedbackRule or its dictionary, "
+            f"got {_desc(x)}"
+        )
+    if not rule.state_free and not isinstance(rule, _BUILTIN_JOINT):
+        raise ValueError(
+            f"{argname}: feedback rule {rule.name!r} declares state_free = False; only the built-in 'raw' and "
+            "'next' run jointly with the memory, a registered rule must be state-free"
+        )
+    return rule
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -371,6 +533,13 @@ class _Update:
             lam = torch.zeros_like(r)
             fired = torch.zeros(r.shape, dtype=torch.bool, device=r.device)
         eta = self.step_rule.eta(self.step_state, self.clock, g, L)
+        want = tuple(g.shape) if self.step_rule.per_feature else tuple(g.shape[:-1])
+        if not isinstance(eta, torch.Tensor) or tuple(eta.shape) != want:
+            raise ValueError(
+                f"step: step rule {self.step_rule.name!r} returned η of "
+                f"{_desc(eta) if not isinstance(eta, torch.Tensor) else 'shape ' + str(list(eta.shape))}, "
+                f"expected shape {list(want)} ({'[B, H, K]: per_feature = True' if self.step_rule.per_feature else '[B, H]: per_feature = False'})"
+            )
         d_new = d - (eta if eta.ndim == g.ndim else eta[..., None]) * g
         if self.apf is not None:
             prior = self.apf.prior.update(self.prior_state, u, beta)
@@ -405,9 +574,27 @@ def _state_free_grad(rule: str, u, beta, d):
     return g, L, s, r, f
 
 
+def _rule_feedback(fb: FeedbackRule, state, u, beta, d):
+    """A registered rule's ``(g, L, s, r, f)``, each output checked against the protocol (errors name ``rule``)."""
+    out = fb.feedback(state, u, beta, d)
+    if not isinstance(out, tuple | list) or len(out) != 3:
+        raise ValueError(f"rule: feedback rule {fb.name!r}: feedback() must return (g, L, f), got {_desc(out)}")
+    g, L, f = out
+    for what, x, shape, lay in (("g", g, d.shape, "[B, H, K]"), ("L", L, beta.shape, "[B, H]"), ("f", f, beta.shape, "[B, H]")):
+        if not isinstance(x, torch.Tensor) or x.shape != shape:
+            got = f"shape {list(x.shape)}" if isinstance(x, torch.Tensor) else _desc(x)
+            raise ValueError(
+                f"rule: feedback rule {fb.name!r} returned {what} of {got}, expected shape {list(shape)} {lay}"
+            )
+    if bool((L < 0).any()):
+        raise ValueError(f"rule: feedback rule {fb.name!r} returned a negative curvature L (min {float(L.min()):.6g})")
+    s = beta * (u * d).sum(-1)
+    return g.to(d.dtype), L.to(d.dtype), s, (1.0 - s) ** 2, f.to(d.dtype)
+
+
 def _alloc(B, T, H, K, step_rule, apf, dtype, device):
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)
-    step_shape = (B, T, H, K) if isinstance(step_rule, AdaGradStep) and step_rule.diagonal else (B, T, H)
+    step_shape = (B, T, H, K) if step_rule.per_feature else (B, T, H)
     return dict(
         d=e(B, T, H, K),
         feedback=e(B, T, H),
@@ -452,14 +639,15 @@ def _check_run(buf, d_final, strict: bool) -> None:
         )
 
 
-def _finish(buf, d_final, rule, step_rule, apf) -> DScan:
+def _finish(buf, d_final, rule: FeedbackRule, step_rule, apf) -> DScan:
     affine = (
-        rule in STATE_FREE_RULES
+        rule.state_free
+        and rule.affine
         and not step_rule.depends_on_d
         and (apf is None or not apf.depends_on_d)
         and not bool(buf["floor_active"].any())
     )
-    return DScan(d_final=d_final, rule=rule, affine=affine, **buf)
+    return DScan(d_final=d_final, rule=rule.name, affine=affine, **buf)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -513,7 +701,7 @@ def d_scan(
     k,
     beta,
     *,
-    rule: str = "ratio",
+    rule: str | FeedbackRule | Mapping = "ratio",
     step: StepRule | Schedule | float | Mapping = NormalizedStep(0.5),
     d_init: float | torch.Tensor = 1.0,
     d_min: float | None = None,
@@ -532,8 +720,8 @@ def d_scan(
     Args:
         k: keys of shape ``[B, T, H, K]`` (not normalized here).
         beta: write strengths of shape ``[B, T, H]`` in (0, 1].
-        rule: ``"ratio"`` (default) or ``"hyper"``; the state-dependent ``"raw"``/``"next"`` need
-            :func:`osdn_adaptive`.
+        rule: ``"ratio"`` (default), ``"hyper"`` or any registered state-free :class:`FeedbackRule` (its name,
+            the rule, or its dictionary); the state-dependent ``"raw"``/``"next"`` need :func:`osdn_adaptive`.
         step: a :class:`StepRule` (default ``NormalizedStep(0.5)``), its dictionary, or a schedule / number
             (→ :class:`ScheduledStep`).
         d_init: ``d_1 > 0``: a number (default 1.0, DeltaNet), or a tensor ``[K]``, ``[H, K]`` or ``[B, H, K]``.
@@ -547,10 +735,10 @@ def d_scan(
     Returns:
         :class:`DScan` (``d: [B, T, H, K]``, feedback, steps, APF rates, triggers, labels).
     """
-    check_choice("rule", rule, RULES)
-    if rule not in STATE_FREE_RULES:
+    fb = as_feedback_rule(rule)
+    if not fb.state_free:
         raise ValueError(
-            f"rule: expected a state-free rule {list(STATE_FREE_RULES)} for d_scan, got {rule!r}; "
+            f"rule: expected a state-free rule (e.g. {list(STATE_FREE_RULES)}) for d_scan, got {fb.name!r}; "
             "the state-dependent rules run jointly with the memory in osdn_adaptive"
         )
     step_rule = as_step_rule(step)
@@ -563,15 +751,23 @@ def d_scan(
     u = k * k
     upd = _Update(step_rule, apf, floor, B, H, K, dt, dev)
     buf = _alloc(B, T, H, K, step_rule, apf, dt, dev)
+    builtin = type(fb) in _BUILTIN_STATE_FREE
+    fb_state = None if builtin else fb.init(B, H, K, dt, dev)
+    restart = apf is not None and apf.restart_clock and not builtin
     for t in range(T):
         u_t, b_t = u[:, t], beta[:, t]
         buf["d"][:, t] = d
-        g, L, s, r, f = _state_free_grad(rule, u_t, b_t, d)
+        if builtin:  # looked up at call time: the mutation suite patches _state_free_grad
+            g, L, s, r, f = _state_free_grad(fb.name, u_t, b_t, d)
+        else:
+            g, L, s, r, f = _rule_feedback(fb, fb_state, u_t, b_t, d)
         buf["write_gain"][:, t], buf["feedback"][:, t], buf["rule_feedback"][:, t] = s, r, f
         d, *rest = upd(t + 1, d, g, L, u_t, b_t, r)
         _record(buf, t, *rest)
+        if restart and bool(rest[2].any()):
+            fb.restart(fb_state, rest[2])
     _check_run(buf, d, strict=False)
-    return _finish(buf, d, rule, step_rule, apf)
+    return _finish(buf, d, fb, step_rule, apf)
 
 
 def ratio_scan_as_delta_rule(
@@ -632,7 +828,7 @@ def osdn_adaptive(
     v,
     beta,
     *,
-    rule: str = "ratio",
+    rule: str | FeedbackRule | Mapping = "ratio",
     step: StepRule | Schedule | float | Mapping = NormalizedStep(0.5),
     d_init: float | torch.Tensor = 1.0,
     d_min: float | None = None,
@@ -659,7 +855,8 @@ def osdn_adaptive(
         k: read/erase keys of shape ``[B, T, H, K]``.
         v: values of shape ``[B, T, H, V]``.
         beta: write strengths of shape ``[B, T, H]`` in (0, 1].
-        rule: ``"ratio"`` (default), ``"hyper"``, ``"raw"`` or ``"next"`` (module docstring).
+        rule: ``"ratio"`` (default), ``"hyper"``, ``"raw"`` or ``"next"`` (module docstring), or any registered
+            state-free :class:`FeedbackRule` (name, rule or dictionary; it runs through :func:`d_scan`).
         step, d_init, d_min, apf: as in :func:`d_scan`.
         positivity: ``"floor"`` (default) or ``"none"`` (raise ``ValueError`` at the first ``d ≤ 0``).
         alpha: optional decay ``[B, T, H]`` in (0, 1] (gated OSDN).
@@ -672,16 +869,16 @@ def osdn_adaptive(
     Returns:
         :class:`AdaptiveResult` with ``o``, ``final_state``, ``d``, ``diagnostics``, ``feedback``, ``scan``.
     """
-    check_choice("rule", rule, RULES)
+    fb = as_feedback_rule(rule)
     check_bool("output_final_state", output_final_state)
     x = prepare_inputs(
         q, k, v, beta, None, alpha=alpha, scale=scale, initial_state=initial_state, s_max=s_max, dtype=dtype
     )
-    if rule in STATE_FREE_RULES:
+    if fb.state_free:
         scan = d_scan(
             x.k,
             x.beta,
-            rule=rule,
+            rule=fb,
             step=step,
             d_init=d_init,
             d_min=d_min,
@@ -710,11 +907,12 @@ def osdn_adaptive(
     step_rule = as_step_rule(step)
     apf = as_apf(apf)
     floor = _positivity(positivity, d_min)
-    return _joint(x, rule, step_rule, apf, floor, d_init, output_final_state)
+    return _joint(x, fb, step_rule, apf, floor, d_init, output_final_state)
 
 
 def _joint(x, rule, step_rule, apf, floor, d_init, output_final_state) -> AdaptiveResult:
     """Token-by-token OSDN with a state-dependent d-update (``raw`` or ``next``)."""
+    fb, rule = rule, rule.name
     B, T, H, K, V = x.shape
     dt, dev = x.k.dtype, x.k.device
     d = _d_init(d_init, B, H, K, dt, dev)
@@ -771,6 +969,6 @@ def _joint(x, rule, step_rule, apf, floor, d_init, output_final_state) -> Adapti
         if buf["prior"] is not None:
             buf["prior"][:, T - 1] = float("nan")
     _check_run(buf, d, strict=floor is None)
-    scan = _finish(buf, d, rule, step_rule, apf)
+    scan = _finish(buf, d, fb, step_rule, apf)
     final = M if output_final_state else None
     return AdaptiveResult(o, final, Diagnostics(e_pre, r_post, s_eff, clip), scan)

@@ -15,9 +15,9 @@ write ``{name = "inverse_sqrt", value = 0.5}``::
     to_dict(inverse_sqrt(0.5))          # {"name": "inverse_sqrt", "value": 0.5, "offset": 0.0}
     from_dict({"name": "inverse_sqrt", "value": 0.5}) == inverse_sqrt(0.5)
 
-The same dictionary machinery (a registry keyed by ``name``) serialises the step rules of
-:mod:`osdn_theory.preconditioners` and the forgetting gates of :mod:`osdn_theory.apf`; names are unique
-across the three modules. Dictionaries contain only numbers, booleans, strings, lists and nested
+The same dictionary machinery (the package registry, :mod:`osdn_theory.registry`, keyed by ``name``)
+serialises the step and feedback rules of :mod:`osdn_theory.preconditioners` and the forgetting gates of
+:mod:`osdn_theory.apf`; names are unique across them. Dictionaries contain only numbers, booleans, strings, lists and nested
 dictionaries (``None`` fields are omitted), so they can be written to TOML or JSON as they are;
 :func:`config_to_dict` / :func:`config_from_dict` handle any of these objects (a sweep runner needs only them).
 """
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ._validate import _desc, check_scalar
+from .registry import Serializable, build, is_registered, names, register
 
 __all__ = [
     "Schedule",
@@ -54,95 +55,36 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------------------
-# Serialisation: one registry of named frozen dataclasses, shared with preconditioners.py and apf.py.
+# Serialisation: the package registry (osdn_theory.registry) holds every named configuration class.
 # ---------------------------------------------------------------------------------------------------------
-
-_REGISTRY: dict[str, type] = {}
 
 
 def _register(cls: type) -> type:
-    """Class decorator: record ``cls`` under its ``name`` class attribute (names are unique)."""
-    name = cls.name
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise RuntimeError(f"serialisable name {name!r} registered twice")  # programming error
-    _REGISTRY[name] = cls
-    return cls
-
-
-class Serializable:
-    """Base of every named, dictionary-serialisable configuration object (a frozen dataclass)."""
-
-    name: ClassVar[str] = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"name": ..., field: value, ...}``; nested objects become nested dictionaries, ``None`` is omitted."""
-        out: dict[str, Any] = {"name": self.name}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            val = _encode(getattr(self, f.name))
-            if val is not None:
-                out[f.name] = val
-        return out
-
-
-def _encode(x: Any) -> Any:
-    if isinstance(x, Serializable):
-        return x.to_dict()
-    if isinstance(x, tuple | list):
-        return [_encode(v) for v in x]
-    return x
-
-
-def _decode(x: Any, argname: str) -> Any:
-    """Nested dictionaries become objects; errors name the field ``argname`` they came from."""
-    if isinstance(x, Mapping) and "name" in x:
-        return _from_dict_any(x, argname)
-    if isinstance(x, list | tuple):
-        return [_decode(v, argname) for v in x]
-    return x
-
-
-def _load_all() -> None:
-    """Register the step rules and APF objects too (their modules import this one, so import them lazily)."""
-    from . import apf, preconditioners  # noqa: F401
+    """Class decorator kept for existing code: :func:`osdn_theory.registry.register`."""
+    return register(cls)
 
 
 def _from_dict_any(d: Any, argname: str, kind: type | None = None) -> Any:
-    if not isinstance(d, Mapping):
-        raise ValueError(f"{argname}: expected a dictionary with a 'name' key, got {_desc(d)}")
-    if "name" not in d:
-        raise ValueError(f"{argname}: expected a dictionary with a 'name' key, got keys {sorted(d)}")
-    name = d["name"]
-    _load_all()
-    cls = _REGISTRY.get(name)
-    if cls is None or (kind is not None and not issubclass(cls, kind)):
-        known = sorted(n for n, c in _REGISTRY.items() if kind is None or issubclass(c, kind))
-        raise ValueError(f"{argname}: expected 'name' to be one of {known}, got {name!r}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    extra = sorted(set(d) - fields - {"name"})
-    if extra:
-        raise ValueError(
-            f"{argname}: unknown keys {extra} for {name!r}; expected a subset of {sorted(fields)}"
-        )
-    kwargs = {key: _decode(val, key) for key, val in d.items() if key != "name"}
-    return cls(**kwargs)
+    """Kept for existing code: :func:`osdn_theory.registry.build`."""
+    return build(d, argname, kind)
 
 
 def config_to_dict(obj: Serializable) -> dict[str, Any]:
-    """Dictionary form of any registered configuration object: schedule, step rule, APF gate, prior or rate."""
-    if not isinstance(obj, Serializable) or type(obj).name not in _REGISTRY:
+    """Dictionary form of any registered configuration object: schedule, step rule, feedback rule, APF gate,
+    prior or rate."""
+    if not isinstance(obj, Serializable) or not is_registered(obj):
         raise ValueError(f"obj: expected a registered configuration object, got {_desc(obj)}")
     return obj.to_dict()
 
 
 def config_from_dict(d: Mapping[str, Any]) -> Any:
     """Inverse of :func:`config_to_dict`: build whatever registered object ``d["name"]`` names."""
-    return _from_dict_any(d, "d")
+    return build(d, "d")
 
 
 def registered_names() -> list[str]:
-    """Every name that :func:`config_from_dict` understands (schedules, step rules, APF objects)."""
-    _load_all()
-    return sorted(_REGISTRY)
+    """Every name that :func:`config_from_dict` understands (schedules, step and feedback rules, APF objects)."""
+    return names()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -174,6 +116,8 @@ def _out(x: torch.Tensor, scalar: bool) -> float | torch.Tensor:
 class Schedule(Serializable):
     """A pure function ``t ↦ value`` of the 1-based token index ``t`` (int, or integer tensor of any shape)."""
 
+    kind: ClassVar[str] = "schedule"
+
     def __call__(self, step: int | torch.Tensor) -> float | torch.Tensor:
         t, scalar = _steps(step)
         return _out(self._value(t), scalar)
@@ -182,7 +126,7 @@ class Schedule(Serializable):
         raise NotImplementedError
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class Constant(Schedule):
     """``value_t = value``."""
@@ -197,7 +141,7 @@ class Constant(Schedule):
         return torch.full_like(t, self.value)
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class InverseSqrt(Schedule):
     """``value_t = value / √(t + offset)``."""
@@ -214,7 +158,7 @@ class InverseSqrt(Schedule):
         return self.value / torch.sqrt(t + self.offset)
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class ExponentialDecay(Schedule):
     """``value_t = value · rate^p`` with ``p = (t − 1) / transition_steps`` (``⌊p⌋`` if ``staircase``).
@@ -268,7 +212,7 @@ def _check_boundaries(boundaries: Any, n: int | None = None) -> tuple[int, ...]:
     return out
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class PiecewiseConstant(Schedule):
     """``value_t = values[j]`` with ``j = #{i : boundaries[i] < t}``.
@@ -296,7 +240,7 @@ class PiecewiseConstant(Schedule):
         return torch.tensor(self.values, dtype=torch.float64)[idx]
 
 
-@_register
+@register
 @dataclasses.dataclass(frozen=True)
 class JoinSchedules(Schedule):
     """Sequence schedules, each restarting its own clock at 1 (formula in :func:`join_schedules`)."""
@@ -379,7 +323,7 @@ def as_schedule(x: Any, argname: str = "schedule") -> Schedule:
     if isinstance(x, Schedule):
         return x
     if isinstance(x, Mapping):
-        return _from_dict_any(x, argname, Schedule)
+        return build(x, argname, Schedule)
     if isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool):
         return Constant(x)
     if isinstance(x, Callable):
@@ -399,4 +343,4 @@ def to_dict(schedule: Schedule) -> dict[str, Any]:
 
 def from_dict(d: Mapping[str, Any]) -> Schedule:
     """Inverse of :func:`to_dict`: build the schedule named by ``d["name"]`` from the other keys."""
-    return _from_dict_any(d, "d", Schedule)
+    return build(d, "d", Schedule)

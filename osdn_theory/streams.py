@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ._validate import check_choice, check_scalar
+from .registry import lookup, names, register
 
 __all__ = [
     "StreamData",
@@ -33,6 +34,7 @@ __all__ = [
     "KeyNormShiftStream",
     "TeacherSwitchStream",
     "STREAMS",
+    "stream_families",
     "to_dict",
     "from_dict",
     "geometric_spectrum",
@@ -201,6 +203,7 @@ class _Stream:
     """Mixin: registry name and serialisation."""
 
     family: ClassVar[str] = ""
+    kind: ClassVar[str] = "stream"
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -632,6 +635,8 @@ class TeacherSwitchStream(_Stream):
 # registry
 
 
+#: The built-in stream families (a user's stream config registered with ``osdn_theory.register(cls,
+#: kind="stream")`` is accepted by :func:`from_dict` and sweep files too).
 STREAMS: dict[str, type] = {
     c.family: c
     for c in (
@@ -643,13 +648,22 @@ STREAMS: dict[str, type] = {
         TeacherSwitchStream,
     )
 }
+for _cls in STREAMS.values():
+    register(_cls)
+
+
+def stream_families() -> list[str]:
+    """Every registered stream family (the built-ins and the user's)."""
+    return names("stream")
 
 
 def to_dict(cfg) -> dict[str, Any]:
     """Plain-dict form of a stream config: ``{"family": name, **fields}`` (tuples become lists; TOML-safe)."""
-    if not dataclasses.is_dataclass(cfg) or type(cfg) not in STREAMS.values():
-        raise ValueError(f"cfg: expected a stream config ({sorted(STREAMS)}), got {type(cfg).__name__}")
-    out: dict[str, Any] = {"family": type(cfg).family}
+    fam = getattr(type(cfg), "family", None)
+    registered = fam in stream_families() and lookup("stream", fam) is type(cfg)
+    if not dataclasses.is_dataclass(cfg) or not registered:
+        raise ValueError(f"cfg: expected a stream config ({stream_families()}), got {type(cfg).__name__}")
+    out: dict[str, Any] = {"family": fam}
     for f in dataclasses.fields(cfg):
         val = getattr(cfg, f.name)
         if val is None:
@@ -669,8 +683,7 @@ def from_dict(d: dict) -> Any:
     fam = d.pop("family", None)
     if fam is None:
         fam = d.pop("name", None)
-    check_choice("family", fam, sorted(STREAMS))
-    cls = STREAMS[fam]
+    cls = lookup("stream", fam, "family")
     names = {f.name: f for f in dataclasses.fields(cls)}
     for key in d:
         if key not in names:

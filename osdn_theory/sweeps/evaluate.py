@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from ..chunkwise import osdn_chunkwise
 from ..recurrences import Diagnostics, osdn_recurrent, write_key
-from .registry import build_stream, method_builder
+from .registry import build_stream, get_method, method_builder
 from .spec import config_hash, method_label
 
 __all__ = [
@@ -187,17 +187,8 @@ def _segments(starts: list[int], T: int) -> list[tuple[int, int]]:
 
 
 def _preconditioner(m: dict, k: torch.Tensor, beta: torch.Tensor):
-    """``(d or None, triggers [B, H] or None)`` for DeltaNet, token-local Newton or the OSDN d-scan."""
-    if m["name"] == "deltanet":
-        return None, None
-    if m["name"] == "token_local":
-        from ..comparators import token_local_newton_d
-
-        return token_local_newton_d(k, beta), None
-    from ..preconditioners import d_scan
-
-    scan = d_scan(k, beta, **m["kwargs"])
-    return scan.d, scan.triggered.sum(1).to(torch.float64)
+    """``(d or None, triggers [B, H] or None)`` of the registered method (DeltaNet, token-local, OSDN, a user's)."""
+    return get_method(m["name"]).preconditioner(m["kwargs"], k, beta)
 
 
 def _memory(k, v, beta, d, s_max, segs, memory: str = "chunk"):
@@ -308,7 +299,7 @@ def evaluate_runs(run_dicts: list[dict], *, memory: str = "chunk") -> tuple[list
     nS = len(segs)
 
     trig = None
-    if m["name"] == "rls":
+    if get_method(m["name"]).full_matrix:  # the RLS comparator: its own full-matrix recurrence
         from ..comparators import rls
 
         _, _, diag = rls(k, k, v, **m["kwargs"], diagnostics=True, keep_states=True)
@@ -316,7 +307,9 @@ def evaluate_runs(run_dicts: list[dict], *, memory: str = "chunk") -> tuple[list
         s_raw = s
         ends = [diag.states[:, s1 - 1] for _, s1 in segs]
         diag_std = Diagnostics(diag.residual_pre, diag.residual_post, s, torch.ones_like(s))
+        d_diag = False
     else:
+        d_diag = True
         d, trig = _preconditioner(m, k, beta)
         _, s, c = write_key(k, beta, d, m["s_max"])
         s_raw = s / c  # the preconditioner's own calibration, before the safeguard clip
@@ -347,7 +340,7 @@ def evaluate_runs(run_dicts: list[dict], *, memory: str = "chunk") -> tuple[list
     d_err_end = torch.full((B, nS, H), float("nan"), dtype=torch.float64)
     rec = torch.full((B, nS, H), float("nan"), dtype=torch.float64)
     recovered = torch.zeros((B, nS, H), dtype=torch.bool)
-    has_dstar = x["a_seg"] is not None and m["name"] != "rls"
+    has_dstar = x["a_seg"] is not None and d_diag
     if has_dstar:
         dd = torch.ones_like(k) if d is None else d
         for j, (a, b) in enumerate(segs):

@@ -1,17 +1,13 @@
 """Names a sweep file may use: stream families and methods, each turned into a validated object.
 
+Both come from the package registry (:mod:`osdn_theory.registry`), so a stream config or a method a plugin
+registers is accepted exactly like the built-ins.
+
 Stream entries are ``{family = "<name>", <config fields>...}``; the fields are those of the stream config
-class in :mod:`osdn_theory.streams` (its ``from_dict``), e.g. ``{family = "piecewise", T = 512, K = 8}``.
+class (:mod:`osdn_theory.streams`, its ``from_dict``), e.g. ``{family = "piecewise", T = 512, K = 8}``.
 
-Method entries are ``{name = "<method>", ...}``:
-
-- ``deltanet``: ``d ≡ 1``. Optional ``s_max``.
-- ``osdn``: the state-free d-scan of :func:`osdn_theory.preconditioners.d_scan`, then the chunk form.
-  Keys: ``rule`` (``"ratio"``/``"hyper"``), ``step`` (a step-rule dictionary, e.g.
-  ``{name = "normalized", c = 0.5}``), ``d_init``, ``d_min``, ``apf`` (an APF dictionary, e.g.
-  ``{prior = {name = "ones"}, rate = {name = "constant_forgetting", lam = 0.01}}``), ``s_max``.
-- ``token_local``: token-local Newton ``d_t = 1/(β_t‖k_t‖²)`` (``s_t = 1``). Optional ``s_max``.
-- ``rls``: recursive least squares, the cumulative right-Newton comparator; ``gamma`` (forgetting), ``lam``.
+Method entries are ``{name = "<method>", ...}``; the built-ins (``deltanet``, ``osdn``, ``token_local``,
+``rls``) and their keys are listed in :mod:`osdn_theory.sweeps.methods`.
 """
 
 from __future__ import annotations
@@ -19,21 +15,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["METHOD_KEYS", "stream_config", "method_builder", "build_stream"]
+from ..registry import lookup, names
 
-#: allowed keys per method (besides ``name``)
-METHOD_KEYS: dict[str, tuple[str, ...]] = {
-    "deltanet": ("s_max",),
-    "osdn": ("rule", "step", "d_init", "d_min", "positivity", "apf", "s_max"),
-    "token_local": ("s_max",),
-    "rls": ("gamma", "lam"),
-}
+__all__ = ["METHOD_KEYS", "stream_config", "method_builder", "build_stream", "get_method"]
 
 
-def _families() -> list[str]:
-    from ..streams import STREAMS
+def _builtin_keys() -> dict[str, tuple[str, ...]]:
+    from .methods import DeltaNetMethod, OSDNMethod, RLSMethod, TokenLocalMethod
 
-    return sorted(STREAMS)
+    return {c.name: tuple(c.keys) for c in (DeltaNetMethod, OSDNMethod, TokenLocalMethod, RLSMethod)}
+
+
+#: allowed keys per built-in method (besides ``name``); a registered method declares its own ``keys``
+METHOD_KEYS: dict[str, tuple[str, ...]] = _builtin_keys()
 
 
 def stream_config(cfg: Mapping[str, Any]):
@@ -42,8 +36,9 @@ def stream_config(cfg: Mapping[str, Any]):
 
     if not isinstance(cfg, Mapping):
         raise ValueError(f"stream: expected a table with a 'family' key, got {cfg!r}")
-    if cfg.get("family") not in _families():
-        raise ValueError(f"family: expected one of {_families()}, got {cfg.get('family')!r}")
+    fams = names("stream")
+    if cfg.get("family") not in fams:
+        raise ValueError(f"family: expected one of {fams}, got {cfg.get('family')!r}")
     return from_dict(dict(cfg))
 
 
@@ -52,13 +47,10 @@ def build_stream(cfg: Mapping[str, Any], seed: int):
     return stream_config(cfg).build(seed)
 
 
-def _check_smax(m: Mapping) -> float | None:
-    s_max = m.get("s_max")
-    if s_max is None:
-        return None
-    if isinstance(s_max, bool) or not isinstance(s_max, int | float) or not 0 < s_max < 2:
-        raise ValueError(f"s_max: expected a number in (0, 2) or absent, got {s_max!r}")
-    return float(s_max)
+def get_method(name: Any, argname: str = "name"):
+    """The registered :class:`~osdn_theory.sweeps.methods.SweepMethod` named ``name`` (an instance)."""
+    obj = lookup("method", name, argname)
+    return obj() if isinstance(obj, type) else obj
 
 
 def method_builder(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,41 +58,14 @@ def method_builder(m: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(m, Mapping):
         raise ValueError(f"method: expected a table with a 'name' key, got {m!r}")
     name = m.get("name")
-    if name not in METHOD_KEYS:
-        raise ValueError(f"name: expected one of {sorted(METHOD_KEYS)}, got {name!r}")
-    extra = sorted(set(m) - set(METHOD_KEYS[name]) - {"name"})
+    meth = get_method(name)
+    keys = tuple(meth.keys)
+    extra = sorted(set(m) - set(keys) - {"name"})
     if extra:
-        raise ValueError(
-            f"{extra[0]}: unknown key for method {name!r}; expected some of {list(METHOD_KEYS[name])}"
-        )
-    out: dict[str, Any] = {"name": name, "s_max": None, "kwargs": {}}
-    if name in ("deltanet", "token_local"):
-        out["s_max"] = _check_smax(m)
-    elif name == "rls":
-        from .._validate import check_scalar
+        raise ValueError(f"{extra[0]}: unknown key for method {name!r}; expected some of {list(keys)}")
+    from .methods import check_s_max
 
-        out["kwargs"] = {
-            "gamma": check_scalar("gamma", m.get("gamma", 1.0), 0.0, 1.0, lo_open=True),
-            "lam": check_scalar("lam", m.get("lam", 1.0), 0.0, None, lo_open=True),
-        }
-    else:  # osdn
-        from ..apf import as_apf
-        from ..preconditioners import as_step_rule
-
-        out["s_max"] = _check_smax(m)
-        kw: dict[str, Any] = {"rule": m.get("rule", "ratio")}
-        if kw["rule"] not in ("ratio", "hyper"):
-            raise ValueError(f"rule: expected 'ratio' or 'hyper' (state-free rules), got {kw['rule']!r}")
-        if "step" in m:
-            kw["step"] = as_step_rule(m["step"])
-        from .._validate import check_choice, check_scalar
-
-        for key in ("d_init", "d_min"):
-            if key in m:
-                kw[key] = check_scalar(key, m[key], 0.0, None, lo_open=True)
-        if "positivity" in m:
-            kw["positivity"] = check_choice("positivity", m["positivity"], ("floor", "none"))
-        if m.get("apf") is not None:
-            kw["apf"] = as_apf(dict(m["apf"]), "apf")
-        out["kwargs"] = kw
-    return out
+    kwargs = meth.build(m)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"name: method {name!r}: build() must return a dict of keyword arguments, got {kwargs!r}")
+    return {"name": name, "s_max": check_s_max(m) if "s_max" in keys else None, "kwargs": kwargs}

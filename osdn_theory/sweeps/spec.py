@@ -73,7 +73,7 @@ DEFAULT_METRICS: dict[str, Any] = {
     "profile_after": 128,  # tokens after each shift kept in the profile
 }
 
-#: Method names a sweep may use; their parameters are checked by the evaluator's method builder.
+#: The built-in method names; a sweep may use any registered method (:mod:`osdn_theory.sweeps.methods`).
 METHOD_NAMES = ("deltanet", "osdn", "rls", "token_local")
 
 _TOP_KEYS = {"name", "description", "seeds", "metrics", "stream", "method", "grid", "run", "batch_size"}
@@ -310,10 +310,12 @@ def _check_stream(s: dict, where: str) -> None:
 
 
 def _check_method(m: dict, where: str) -> None:
-    name = m.get("name")
-    if name not in METHOD_NAMES:
-        raise ValueError(f"{where}.name: expected one of {list(METHOD_NAMES)}, got {name!r}")
+    from ..registry import names
     from .registry import method_builder
+
+    name = m.get("name")
+    if name not in names("method"):
+        raise ValueError(f"{where}.name: expected one of {names('method')}, got {name!r}")
 
     try:
         method_builder(m)
