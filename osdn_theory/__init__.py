@@ -19,8 +19,8 @@ from .preconditioners import (
     osdn_adaptive,
     ratio_scan_as_delta_rule,
 )
-from .registry import register
 from .recurrences import Diagnostics, delta_rule_recurrent, osdn_recurrent, prepare_inputs, write_key
+from .registry import register
 from .tolerances import rel_err, rtol
 
 __version__ = "0.1.0"

@@ -298,3 +298,90 @@ def c4_neg_jacobi(size: Size, seed: int) -> Outcome:
             seed=seed,
         ),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Method-generic forms (``osdn verify --method NAME``): the bound and the clip on the d a rule produced
+# ---------------------------------------------------------------------------------------------------------
+
+#: Problem sizes of the method-generic C4 claims (keys with feature variances over two decades and
+#: β ∈ (0.05, 1], so a rule's d spreads over a box and the write gains reach past 1).
+RULE_SIZES = dict(
+    quick=dict(B=4, T=128, H=2, K=8, V=6, s_max=(1.5, 1.95)),
+    full=dict(B=8, T=512, H=4, K=32, V=16, s_max=(1.5, 1.95)),
+)
+
+
+def _rule_run(size: Size, seed: int, rule, step):
+    """Anisotropic keys (variances over two decades), the rule's ``d`` scanned from them, and the memory."""
+    from ..preconditioners import d_scan
+
+    g = generator(seed, 44)
+    q, k, v, beta, _, _ = random_inputs(g, size.B, size.T, size.H, size.K, size.V, normalize=True, d_box=None)
+    k = k * torch.logspace(-0.5, 0.5, size.K, dtype=F64).sqrt()
+    scan = d_scan(k, beta, rule=rule, step=step)
+    return q, k, v, beta, scan
+
+
+def c4_rule_bound(size: Size, seed: int, rule="ratio", step=None) -> Outcome:
+    """C4-bound on the ``d`` a feedback rule produced: per token, with the box ``[min_i d_t,i, max_i d_t,i]``,
+    ``‖r⁺‖/‖e‖ ≤ max(|1 − β d_min‖k‖²|, |1 − β d_max‖k‖²|)``; where ``β d_max ‖k‖² < 2`` the write contracts."""
+    from ..preconditioners import NormalizedStep
+
+    q, k, v, beta, scan = _rule_run(size, seed, rule, NormalizedStep(0.5) if step is None else step)
+    d = scan.d
+    _, _, diag = osdn_recurrent(q, k, v, beta, d, diagnostics=True)
+    ratio = diag.residual_post.norm(dim=-1) / diag.residual_pre.norm(dim=-1)
+    kk = (k * k).sum(-1)
+    lo, hi = d.amin(-1), d.amax(-1)
+    bnd = torch.maximum((1 - beta * lo * kk).abs(), (1 - beta * hi * kk).abs())
+    rel = (ratio / bnd).max().item()
+    strict = beta * hi * kk < 2.0  # the assumption of a strict contraction, per token
+    contracting = bool((ratio[strict] < 1.0 + rtol(F64)).all()) if bool(strict.any()) else True
+    passed = rel <= 1.0 + rtol(F64) and contracting and bool(torch.isfinite(d).all())
+    return Outcome(
+        measured=rel,
+        bound=1.0 + rtol(F64),
+        passed=passed,
+        evidence=dict(
+            rule=scan.rule,
+            step=getattr(step, "to_dict", lambda: "normalized(c=0.5)")(),
+            max_ratio_over_bound=rel,
+            max_contraction=ratio.max().item(),
+            fraction_tokens_assumption_holds=strict.double().mean().item(),
+            max_contraction_where_assumption_holds=ratio[strict].max().item() if bool(strict.any()) else None,
+            d_range=[d.min().item(), d.max().item()],
+            max_write_gain=diag.write_gain.max().item(),
+            floor_active_fraction=scan.floor_active.double().mean().item(),
+            shape=[size.B, size.T, size.H, size.K, size.V],
+            dtype="float64",
+            seed=seed,
+        ),
+        series=dict(contraction=ratio.flatten().tolist(), bound_factor=bnd.flatten().tolist()),
+    )
+
+
+def c4_rule_clip(size: Size, seed: int, rule="ratio", step=None) -> Outcome:
+    """The clip guarantee on the rule's ``d`` (and on ``10 d``, so the clip acts): ``s ≤ s_max`` and
+    ``‖r⁺‖/‖e‖ ≤ max(1 − s, s_max − 1)`` for ``s_max`` in ``size.s_max``."""
+    from ..preconditioners import NormalizedStep
+
+    q, k, v, beta, scan = _rule_run(size, seed, rule, NormalizedStep(0.5) if step is None else step)
+    clip, worst_all = {}, 0.0
+    for scale in (1.0, 10.0):
+        for s_max in size.s_max:
+            _, _, dc = osdn_recurrent(q, k, v, beta, scale * scan.d, s_max=s_max, diagnostics=True)
+            rc = dc.residual_post.norm(dim=-1) / dc.residual_pre.norm(dim=-1)
+            factor = torch.maximum(1.0 - dc.write_gain, torch.full_like(rc, s_max - 1.0)).abs()
+            c = dict(
+                max_s_over_s_max=(dc.write_gain / s_max).max().item(),
+                max_ratio_over_factor=(rc / factor).max().item(),
+                clip_fraction=dc.clipped.double().mean().item(),
+            )
+            clip[f"{scale:g}d, s_max={s_max}"] = c
+            worst_all = worst(worst_all, c["max_s_over_s_max"], c["max_ratio_over_factor"])
+    return Outcome(
+        measured=worst_all,
+        bound=1.0 + rtol(F64),
+        evidence=dict(rule=scan.rule, clip=clip, dtype="float64", seed=seed),
+    )

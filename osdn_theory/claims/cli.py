@@ -57,6 +57,55 @@ def _parse_mutants(names: str | None) -> list[str] | None:
         raise typer.BadParameter(str(exc).removeprefix("mutant: "), param_hint="--mutant") from None
 
 
+def _load_plugins(plugins: list[str]) -> None:
+    from ..plugins import load_plugin
+
+    for i, p in enumerate(plugins):
+        try:
+            load_plugin(p, argname=f"plugin[{i}]")
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--plugin") from None
+
+
+def _method_specs(methods: list[str], step: str | None, only: str | None) -> list:
+    """The method-generic claim specs of every ``--method`` (filtered by ``--only`` families)."""
+    import json
+
+    from .method_claims import method_claims
+
+    if step is not None and not methods:
+        raise typer.BadParameter("needs --method", param_hint="--step")
+    step_obj = None
+    if step is not None:
+        try:
+            step_obj = json.loads(step)
+        except json.JSONDecodeError:
+            try:
+                step_obj = float(step)
+            except ValueError:
+                raise typer.BadParameter(
+                    f"expected a JSON step-rule table or a number, got {step!r}", param_hint="--step"
+                ) from None
+    out = []
+    for m in methods:
+        spec = m
+        if m.lstrip().startswith("{"):
+            try:
+                spec = json.loads(m)
+            except json.JSONDecodeError as exc:
+                raise typer.BadParameter(f"invalid JSON {m!r}: {exc}", param_hint="--method") from None
+        try:
+            out += method_claims(spec, step_obj)
+        except ValueError as exc:
+            hint = "--step" if str(exc).startswith("step") else "--method"
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
+    if only is not None:
+        wanted = [w.strip() for w in only.split(",") if w.strip()]
+        base = lambda s: s.label.split("[")[0]  # noqa: E731
+        out = [s for s in out if any(base(s) == w or base(s).startswith(w + "-") for w in wanted)]
+    return out
+
+
 class _NoMutant:
     name = "(no mutant)"
 
@@ -180,6 +229,23 @@ def register(app: typer.Typer) -> None:
             "--targets-only",
             help="With --mutants: run each mutant only against the claims it declares as targets (fast).",
         ),
+        plugin: list[str] = typer.Option(
+            [],
+            "--plugin",
+            help="A .py file or module that registers rules (osdn_theory.register); repeatable.",
+        ),
+        method: list[str] = typer.Option(
+            [],
+            "--method",
+            help='A registered feedback rule or step rule (a name, or a JSON table {"name": ...}): run the '
+            "method-generic claims (C4-bound, C4-clip, C7 SG-token) on it beside the built-ins; repeatable.",
+        ),
+        step: str | None = typer.Option(
+            None,
+            "--step",
+            help='With --method FEEDBACK_RULE: its step rule as JSON, e.g. \'{"name": "normalized", "c": 0.3}\' '
+            "(default normalized, c = 0.5).",
+        ),
     ) -> None:
         """Check every OSDN theory claim (C1–C9, negative controls, recall measurement) and write a report.
 
@@ -198,11 +264,15 @@ def register(app: typer.Typer) -> None:
             )
         if (mutant is not None or targets_only) and not mutants:
             raise typer.BadParameter("needs --mutants", param_hint="--mutant/--targets-only")
+        if mutants and (method or step is not None):
+            raise typer.BadParameter("not with --mutants", param_hint="--method/--step")
+        _load_plugins(plugin)
+        extra = _method_specs(method, step, only)
         wanted = _parse_only(only)
         if mutants:
             _run_mutants(wanted, mutant, targets_only, quick, seed, out)
             return
-        specs = select(wanted) if wanted is not None else select(None)
+        specs = (select(wanted) if wanted is not None else select(None)) + extra
         budget = "quick" if quick else "full"
         from tqdm import tqdm
 

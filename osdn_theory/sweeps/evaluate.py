@@ -56,6 +56,7 @@ __all__ = [
     "VALUE_ONLY_STREAM_FIELDS",
     "evaluate_batch",
     "evaluate_runs",
+    "evaluate_with_plugins",
     "recovery_time",
     "stack_key",
     "stack_streams",
@@ -124,6 +125,26 @@ def evaluate_batch(run_dicts: list[dict]) -> list[dict]:
                 traceback=tb,
             )
         ]
+
+
+def evaluate_with_plugins(plugins: list[dict], run_dicts: list[dict], evaluate=None) -> list[dict]:
+    """Import the sweep's plugins in this process (once; :func:`osdn_theory.plugins.load_plugins`), then
+    ``evaluate(run_dicts)`` (default :func:`evaluate_batch`). The task every executor runs when a sweep has
+    plugins, so a worker process knows the names they register. A plugin that cannot be imported here fails
+    the batch's runs (recorded with the reason); never raises."""
+    from ..plugins import load_plugins
+
+    if not isinstance(run_dicts, list) or not run_dicts:
+        raise ValueError(f"run_dicts: expected a non-empty list of run configs, got {run_dicts!r}")
+    try:
+        load_plugins(plugins)
+    except Exception as err:  # noqa: BLE001 - recorded, never lost
+        tb = traceback.format_exc()
+        return [
+            _record(cfg, "failed", 0.0, len(run_dicts), error=f"{type(err).__name__}: {err}", traceback=tb)
+            for cfg in run_dicts
+        ]
+    return (evaluate or evaluate_batch)(run_dicts)
 
 
 def _record(cfg: dict, status: str, elapsed: float, batch: int, **extra) -> dict:

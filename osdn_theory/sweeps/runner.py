@@ -7,7 +7,8 @@ with ``status = "failed"`` and its traceback, and the sweep goes on (``retry_fai
 
 One folder, one spec: the runs already in ``out`` must come from the same spec (the same runs with the same
 metric settings: :attr:`SweepSpec.spec_hash`), or the sweep is refused before anything is written, unless
-``append_different_spec=True``. ``manifest.json`` keeps every session: spec hash, code version, executor,
+``append_different_spec=True``. ``manifest.json`` keeps every session: spec hash, code version, plugins (each
+with its SHA-256), executor,
 counts, start and end, and its final state (``finished``, ``interrupted``, ``error`` with the message, or
 ``killed`` when a later session found it still marked ``running``).
 """
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .evaluate import evaluate_batch, stack_key
+from .evaluate import evaluate_batch, evaluate_with_plugins, stack_key
 from .executors import EnvironmentProblem, check_executor_args, make_executor
 from .spec import RunConfig, SweepSpec, canonical_json, load_spec, spec_hash
 from .store import ResultsStore, code_version, machine_info, utc_now
@@ -112,6 +113,12 @@ def _mismatch(spec: SweepSpec, store: ResultsStore, prev: dict) -> str | None:
     )
 
 
+def _plugin_records(spec: SweepSpec) -> list[dict]:
+    """What the manifest keeps of each plugin: its entry, where it was found and its SHA-256."""
+    keys = ("entry", "path", "module", "sha256", "sweep_file")
+    return [{k: p[k] for k in keys if p.get(k) is not None} for p in getattr(spec, "plugins", [])]
+
+
 def _session_counts(session: dict) -> dict:
     return {k: session[k] for k in ("runs", "skipped", "planned", "executed", "failed", "diverged")}
 
@@ -140,6 +147,7 @@ def _manifest(spec: SweepSpec, store: ResultsStore, prev: dict, sessions: list[d
         "spec_file": Path(spec.source).name if spec.source else None,
         "spec_sha256": spec.source_sha256,
         "metrics_settings": spec.metrics,
+        "plugins": _plugin_records(spec),
     }
 
     def counts(hashes) -> dict:
@@ -359,6 +367,7 @@ def _run_locked(
         "sweep": spec.name,
         "spec_file": Path(spec.source).name if spec.source else None,
         "code_version": code_version(),
+        "plugins": _plugin_records(spec),
         "executor": executor,
         "workers": workers,
         "scheduler": scheduler,
@@ -465,8 +474,14 @@ def _execute(
     bar.set_postfix(done=skipped, failed=0, total=len(spec.runs))
     try:
         futs = {}
-        for b in batches:
-            futs[ex.submit(evaluate_batch, [r.to_dict() for r in b])] = b
+        plugins = list(getattr(spec, "plugins", None) or [])
+        for b in batches:  # with plugins, each task imports them first (spawned and Dask workers too)
+            args = [r.to_dict() for r in b]
+            if plugins:
+                fut = ex.submit(evaluate_with_plugins, plugins, args)
+            else:
+                fut = ex.submit(evaluate_batch, args)
+            futs[fut] = b
         for fut in ex.as_completed(list(futs)):
             batch = futs[fut]
             try:

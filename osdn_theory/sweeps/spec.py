@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +76,18 @@ DEFAULT_METRICS: dict[str, Any] = {
 #: The built-in method names; a sweep may use any registered method (:mod:`osdn_theory.sweeps.methods`).
 METHOD_NAMES = ("deltanet", "osdn", "rls", "token_local")
 
-_TOP_KEYS = {"name", "description", "seeds", "metrics", "stream", "method", "grid", "run", "batch_size"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "seeds",
+    "metrics",
+    "stream",
+    "method",
+    "grid",
+    "run",
+    "batch_size",
+    "plugins",
+}
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,8 @@ class SweepSpec:
     source: str = ""
     source_sha256: str = ""
     raw: dict = field(default_factory=dict)
+    #: plugin records (:func:`osdn_theory.plugins.resolve_plugins`), imported by every worker before it runs
+    plugins: list = field(default_factory=list)
 
     @property
     def hashes(self) -> list[str]:
@@ -323,11 +336,20 @@ def _check_method(m: dict, where: str) -> None:
         raise ValueError(f"{where}: {err}") from None
 
 
-def parse_spec(raw: Mapping, *, source: str = "<dict>", validate_components: bool = True) -> SweepSpec:
+def parse_spec(
+    raw: Mapping,
+    *,
+    source: str = "<dict>",
+    validate_components: bool = True,
+    extra_plugins: list[dict] | None = None,
+) -> SweepSpec:
     """Validate a sweep dict (the content of a sweep file) and expand it into runs.
 
     Raises ``ValueError`` naming the offending key (e.g. ``method[2].apf.rate.lam``) and the bad value.
     ``validate_components`` also builds every stream and method config (catching bad parameters early).
+    ``plugins`` (a list of ``.py`` paths, relative to the folder of ``source``, or module names) are imported
+    first, so the rules, streams and methods they register can be named; ``extra_plugins`` are records of
+    plugins already imported (a ``.py`` sweep file itself).
     """
     if not isinstance(raw, Mapping):
         raise ValueError(f"sweep: expected a table at the top level, got {type(raw).__name__}")
@@ -337,6 +359,12 @@ def parse_spec(raw: Mapping, *, source: str = "<dict>", validate_components: boo
         raise ValueError(
             f"sweep: unknown top-level key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}"
         )
+    from ..plugins import load_plugins, resolve_plugins
+
+    src = Path(source) if source and not source.startswith("<") else None
+    base = src.resolve().parent if src is not None and src.is_file() else None
+    plugins = list(extra_plugins or []) + resolve_plugins(raw.get("plugins"), base)
+    load_plugins(plugins)
     name = raw.get("name", Path(source).stem if source else "sweep")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: expected a non-empty string, got {name!r}")
@@ -418,12 +446,14 @@ def parse_spec(raw: Mapping, *, source: str = "<dict>", validate_components: boo
         source=source,
         source_sha256=config_hash(raw),
         raw=raw,
+        plugins=plugins,
     )
 
 
 def load_spec(path: str | Path, *, validate_components: bool = True) -> SweepSpec:
     """Read a sweep file (``.toml``, or ``.py`` defining ``SWEEP``) and :func:`parse_spec` it."""
     p = Path(path)
+    extra: list[dict] = []
     if not p.is_file():
         raise ValueError(f"sweep file: expected an existing .toml or .py file, got {str(path)!r}")
     if p.suffix == ".toml":
@@ -432,12 +462,22 @@ def load_spec(path: str | Path, *, validate_components: bool = True) -> SweepSpe
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"sweep file {p.name}: invalid TOML: {err}") from None
     elif p.suffix == ".py":
-        spec = importlib.util.spec_from_file_location(f"_osdn_sweep_{p.stem}", p)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        # Imported as a plugin: whatever it registers is imported again by every worker before it runs.
+        from ..plugins import load_plugin
+
+        rec = load_plugin(str(p.resolve()), argname=f"sweep file {p.name}")
+        rec["entry"], rec["sweep_file"] = p.name, True
+        mod = sys.modules[_plugin_module(rec)]
         if not isinstance(getattr(mod, "SWEEP", None), Mapping):
             raise ValueError(f"sweep file {p.name}: expected a module-level dict named SWEEP")
         raw = mod.SWEEP
+        extra = [rec]
     else:
         raise ValueError(f"sweep file: expected a .toml or .py file, got suffix {p.suffix!r} ({p.name})")
-    return parse_spec(raw, source=str(p), validate_components=validate_components)
+    return parse_spec(raw, source=str(p), validate_components=validate_components, extra_plugins=extra)
+
+
+def _plugin_module(rec: dict) -> str:
+    from ..plugins import _LOADED
+
+    return _LOADED[(rec["path"], rec["sha256"])]
