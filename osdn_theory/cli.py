@@ -1,4 +1,4 @@
-"""The ``osdn`` command line: ``osdn verify`` (the claims report), ``osdn sweep``, ``osdn plot``."""
+"""The ``osdn`` command line: ``osdn verify`` (the claims report), ``osdn sweep``, ``osdn plot``, ``osdn train``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ def _register() -> None:
     # Each sub-package owns its commands; this module only assembles them.
     from .claims.cli import register as register_claims
     from .sweeps.cli import register as register_sweeps
+    from .train.cli import register as register_train
 
     register_claims(app)
     register_sweeps(app)
+    register_train(app)
 
 
 _register()

@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,6 +199,7 @@ def run_sweep(
     connect_timeout: float = 10.0,
     worker_timeout: float = 60.0,
     append_different_spec: bool = False,
+    evaluate: Callable[[list[dict]], list[dict]] | None = None,
 ) -> SweepSummary:
     """Execute the missing runs of ``spec`` into the folder ``out`` (see the module docstring).
 
@@ -217,6 +219,9 @@ def run_sweep(
         connect_timeout: seconds to reach a Dask ``scheduler``; worker_timeout: seconds a Dask cluster may
             have no live worker.
         append_different_spec: allow adding this spec's runs to a folder holding another spec's results.
+        evaluate: the task each executor runs, ``run dicts -> records`` (picklable; never raising), in batches
+            of ``batch_size`` runs in spec order; default :func:`evaluate_batch` on runs batched by
+            :func:`plan_batches` (``osdn train`` passes its training task here).
 
     Raises:
         ValueError: bad arguments, or a folder of another spec.
@@ -224,7 +229,7 @@ def run_sweep(
             reached, or no worker is alive. The manifest's last session then records ``state = "error"``.
         KeyboardInterrupt: passed on after the manifest records ``state = "interrupted"``.
     """
-    if not isinstance(spec, SweepSpec):
+    if isinstance(spec, str | Path):  # else a parsed spec: a SweepSpec, or a training spec (osdn train)
         spec = load_spec(spec)
     if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 0):
         raise ValueError(f"max_runs: expected a non-negative integer, got {max_runs!r}")
@@ -254,6 +259,7 @@ def run_sweep(
         "connect_timeout": connect_timeout,
         "worker_timeout": worker_timeout,
         "append": append_different_spec,
+        "evaluate": evaluate,
     }
     with _os_errors(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +347,7 @@ def _run_locked(
     connect_timeout,
     worker_timeout,
     append,
+    evaluate=None,
 ):
     t0 = time.perf_counter()
     store = ResultsStore(out)
@@ -409,6 +416,7 @@ def _run_locked(
                 batch_size=batch_size or spec.batch_size,
                 progress=progress,
                 skipped=skipped,
+                evaluate=evaluate,
             )
         if store.records:
             store.write_parquet()
@@ -457,11 +465,15 @@ def _execute(
     batch_size,
     progress,
     skipped,
+    evaluate=None,
 ) -> None:
     """Run ``pending`` on the executor, appending each record as it arrives and counting into ``session``."""
     from tqdm.auto import tqdm
 
-    batches = plan_batches(pending, batch_size)
+    if evaluate is None:
+        evaluate, batches = evaluate_batch, plan_batches(pending, batch_size)
+    else:
+        batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
     ex = make_executor(
         executor,
         workers=workers,
@@ -478,9 +490,9 @@ def _execute(
         for b in batches:  # with plugins, each task imports them first (spawned and Dask workers too)
             args = [r.to_dict() for r in b]
             if plugins:
-                fut = ex.submit(evaluate_with_plugins, plugins, args)
+                fut = ex.submit(evaluate_with_plugins, plugins, args, evaluate)
             else:
-                fut = ex.submit(evaluate_batch, args)
+                fut = ex.submit(evaluate, args)
             futs[fut] = b
         for fut in ex.as_completed(list(futs)):
             batch = futs[fut]

@@ -225,10 +225,12 @@ def _flatten(prefix: str, x: Any, out: dict) -> None:
 
 def records_to_frame(records: Iterable[dict]):
     """Records -> ``pandas.DataFrame``: one row per run; config flattened to dotted columns
-    (``stream.family``, ``method.apf.rate.lam``, ``seed``), metrics as columns, series as list columns."""
+    (``stream.family``, ``method.apf.rate.lam``, ``seed``; a training run's ``model.*``, ``task.*``, ...),
+    metrics as columns, series as list columns."""
     import pandas as pd
 
     rows = []
+    config_tables = set()
     for r in records:
         row: dict[str, Any] = {
             "hash": r["hash"],
@@ -240,10 +242,14 @@ def records_to_frame(records: Iterable[dict]):
             "spec_hash": r.get("spec_hash"),
         }
         cfg = r.get("config", {})
-        _flatten("stream", cfg.get("stream", {}), row)
-        _flatten("method", cfg.get("method", {}), row)
+        # sweeps: stream, method, seed, metrics (the metric settings: window, recovery_tol, ...);
+        # training runs (osdn train): model, task, optim, train, seed, metrics (the evaluation settings)
+        other = [k for k in cfg if k not in ("stream", "method", "seed", "metrics")]
+        for key in ("stream", "method", *other):
+            _flatten(key, cfg.get(key, {}), row)
+            config_tables.add(key)
         row["seed"] = cfg.get("seed")
-        _flatten("metrics", cfg.get("metrics", {}), row)  # the metric settings (window, recovery_tol, ...)
+        _flatten("metrics", cfg.get("metrics", {}), row)
         for k, v in (r.get("metrics") or {}).items():
             row[k] = v
         for k, v in (r.get("series") or {}).items():
@@ -251,7 +257,7 @@ def records_to_frame(records: Iterable[dict]):
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in df.columns:  # parquet needs one type per column: stringify mixed config columns
-        if df[c].dtype == object and c.startswith(("stream.", "method.")):
+        if df[c].dtype == object and c.startswith(tuple(f"{t}." for t in config_tables)):
             vals = df[c].dropna()
             if len({type(v) for v in vals}) > 1 or any(isinstance(v, list | dict) for v in vals):
                 df[c] = df[c].map(lambda v: None if v is None else json.dumps(v, sort_keys=True))

@@ -1,0 +1,113 @@
+"""``osdn train FILE --out DIR``: train (or resume) the runs of a training file into a results folder."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command to the ``osdn`` app."""
+
+    @app.command()
+    def train(
+        file: Annotated[
+            Path, typer.Argument(help="Training file (.toml): [[model]] x [[task]] x [[optim]] x seeds.")
+        ],
+        out: Annotated[Path, typer.Option("--out", help="Results folder (created; reused to resume).")],
+        device: Annotated[
+            str, typer.Option(help="auto (a CUDA device when present, else the CPU), cpu, cuda, cuda:1, ...")
+        ] = "auto",
+        executor: Annotated[
+            str,
+            typer.Option(
+                help="serial (default: one run at a time in this process), local (process pool), dask."
+            ),
+        ] = "serial",
+        workers: Annotated[
+            int | None,
+            typer.Option(help="Worker processes of the local pool (several tiny runs share a GPU)."),
+        ] = None,
+        scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (executor dask).")] = None,
+        max_runs: Annotated[
+            int | None, typer.Option("--max-runs", help="Execute at most this many missing runs.")
+        ] = None,
+        retry_failed: Annotated[bool, typer.Option(help="Run again the runs recorded as failed.")] = False,
+        progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+        threads: Annotated[int, typer.Option(help="Torch threads per run.")] = 1,
+        append_different_spec: Annotated[
+            bool,
+            typer.Option(
+                "--append-different-spec",
+                help="Allow adding these runs to a folder holding results of another spec (kept apart by spec hash).",
+            ),
+        ] = False,
+    ) -> None:
+        """Train every missing run of FILE for its step budget and record held-out recall accuracy; rerun the
+        same command to resume after an interruption (finished runs are kept, a killed run restarts)."""
+        import functools
+
+        from ..sweeps.executors import EnvironmentProblem
+        from ..sweeps.runner import run_sweep
+        from ..sweeps.store import ResultsStore
+        from .run import train_batch
+        from .spec import load_train_spec
+
+        try:
+            if device != "auto":
+                import torch
+
+                try:
+                    dev = torch.device(device)
+                except RuntimeError:
+                    raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+                if dev.type == "cuda" and not torch.cuda.is_available():
+                    raise ValueError(f"device: {device!r} asked, but no CUDA device is available here")
+            spec = load_train_spec(file)
+            summary = run_sweep(
+                spec,
+                out,
+                executor=executor,
+                workers=workers,
+                scheduler=scheduler,
+                max_runs=max_runs,
+                retry_failed=retry_failed,
+                batch_size=1,
+                progress=progress,
+                threads=threads,
+                append_different_spec=append_different_spec,
+                evaluate=functools.partial(train_batch, device=device),
+            )
+        except (ValueError, EnvironmentProblem) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            done = len(ResultsStore(out, repair=False).records) if (out / "results.jsonl").exists() else 0
+            cmd = " ".join(shlex.quote(a) for a in ["osdn", "train", str(file), "--out", str(out)])
+            typer.echo(
+                f"\ninterrupted: {done} finished run(s) are saved in {out}/results.jsonl (the run in flight is "
+                f"lost); to resume, rerun the same command, e.g. {cmd} [same options]",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        store = ResultsStore(out, repair=False)
+        recs = [store.records[h] for h in spec.hashes if h in store.records]
+        skipped = [r for r in recs if r["status"] == "skipped"]
+        div = f", {summary.diverged} diverged" if summary.diverged else ""
+        typer.echo(
+            f"{spec.name}: {summary.total} runs, {summary.skipped} already done, {summary.executed} executed "
+            f"({summary.failed} failed{div}, {len(skipped)} skipped), {summary.remaining} remaining, "
+            f"{summary.elapsed_s:.1f} s -> {out}"
+        )
+        if skipped:
+            typer.echo(f"skipped {len(skipped)} run(s): {skipped[0].get('error')}", err=True)
+        if summary.failed or summary.failed_recorded:
+            typer.echo(
+                f"{summary.failed_recorded} run(s) are recorded as failed, with tracebacks, in "
+                f"{out}/results.jsonl (--retry-failed runs them again)",
+                err=True,
+            )
+            raise typer.Exit(1)

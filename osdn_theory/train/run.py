@@ -1,0 +1,249 @@
+"""Train one recall run and evaluate it: the task that ``osdn train`` hands to the sweep executors.
+
+A run (see :mod:`.spec`) builds :class:`osdn_theory.layers.RecallLM` (``torch.manual_seed(seed)`` first), then
+for ``train.steps`` steps draws a fresh batch of ``train.batch_size`` sequences from the seed stream
+``(seed, 0, step)``, and takes one AdamW step on the cross-entropy of the answer tokens (linear warm-up, then
+cosine decay to ``min_lr_ratio · lr``; gradient-norm clip). Every ``eval_every`` steps and at the end it
+scores ``metrics.eval_examples`` held-out sequences from the disjoint stream ``(seed, 1)`` (the same for
+every model of a seed, so models are compared on the same questions).
+
+Record (one per run, appended to ``results.jsonl`` by the sweep runner):
+
+- ``metrics``: ``accuracy`` (held-out answer tokens predicted exactly, at the end), ``eval_loss``,
+  ``train_loss`` (mean of the last ``log_every`` steps), ``best_accuracy``, ``accuracy_overwritten`` /
+  ``accuracy_kept`` (forgetting task), ``n_params``, ``steps``, ``train_seconds``, ``steps_per_s``,
+  ``peak_memory_gb`` (GPU).
+- ``series``: ``eval_step``, ``eval_accuracy``, ``eval_loss``; ``loss_step``, ``loss``.
+- ``status``: ``ok``; ``diverged`` (the training loss became NaN or infinite; training stopped there);
+  ``failed`` (raised; traceback kept); ``skipped`` (a peer model whose package is not installed; a rerun with
+  it installed runs it, since only ``ok``/``diverged`` count as finished).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..layers import PeerUnavailable, RecallLM, model_from_dict
+from ..sweeps.spec import config_hash
+from ..sweeps.store import utc_now
+from ..tasks import IGNORE, task_from_dict
+from .spec import eval_settings, optim_settings, run_label, train_settings
+
+__all__ = ["evaluate_model", "lr_at", "pick_device", "train_batch", "train_run"]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"``: a CUDA device when one exists (worker processes spread over several by process id), else
+    the CPU; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", os.getpid() % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def lr_at(step: int, optim: dict, steps: int) -> float:
+    """Learning rate of ``step`` (0-based): linear warm-up over ``warmup_steps``, then constant or cosine decay
+    from ``lr`` to ``min_lr_ratio · lr`` at the last step."""
+    lr, warm = optim["lr"], optim["warmup_steps"]
+    if step < warm:
+        return lr * (step + 1) / warm
+    if optim["schedule"] == "constant":
+        return lr
+    frac = (step - warm) / max(1, steps - warm - 1)
+    lo = optim["min_lr_ratio"] * lr
+    return lo + 0.5 * (lr - lo) * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
+    )
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def evaluate_model(model, task, seed: int, n: int, batch_size: int, device, precision: str = "fp32") -> dict:
+    """Held-out accuracy and loss on ``n`` sequences of ``task`` from the seed stream ``(seed, 1)``."""
+    import dataclasses
+
+    model.eval()
+    data = dataclasses.replace(task, num_examples=n).build((seed, 1))
+    correct = total = 0
+    loss_sum = 0.0
+    ow_c = ow_n = 0
+    for i in range(0, n, batch_size):
+        x = data.inputs[i : i + batch_size].to(device)
+        y = data.labels[i : i + batch_size].to(device)
+        with _autocast(device, precision):
+            logits = model(x)
+        mask = y != IGNORE
+        hit = (logits.argmax(-1) == y) & mask
+        correct += int(hit.sum())
+        total += int(mask.sum())
+        loss_sum += float(_answer_loss(logits, y)) * int(mask.sum())
+        if data.overwritten is not None:
+            ow = data.overwritten[i : i + batch_size].to(device)
+            ow_c += int((hit & ow).sum())
+            ow_n += int(ow.sum())
+    model.train()
+    out = {"accuracy": correct / total, "eval_loss": loss_sum / total}
+    if data.overwritten is not None:
+        out["accuracy_overwritten"] = ow_c / ow_n if ow_n else float("nan")
+        out["accuracy_kept"] = (correct - ow_c) / (total - ow_n) if total > ow_n else float("nan")
+    return out
+
+
+def _check_runnable(model_cfg, device: torch.device) -> None:
+    if model_cfg.kind == "osdn" and model_cfg.mode == "chunk" and device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                "model.mode: 'chunk' runs the Triton kernel, which needs a CUDA device (or TRITON_INTERPRET=1, "
+                "tiny sizes only); use mode = 'reference' for CPU smoke runs"
+            )
+
+
+def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict, dict]:
+    """Train and evaluate one run config; returns ``(status, metrics, series)`` (raises on errors)."""
+    import dataclasses
+
+    dev = pick_device(device) if isinstance(device, str) else device
+    model_cfg = model_from_dict(cfg["model"])
+    task = task_from_dict(cfg["task"])
+    optim = optim_settings(cfg["optim"])
+    tr = train_settings(cfg["train"])
+    ev = eval_settings(cfg["metrics"])
+    seed = int(cfg["seed"])
+    _check_runnable(model_cfg, dev)
+    torch.manual_seed(seed)
+    model = RecallLM(task.vocab_size, model_cfg).to(dev)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optim["weight_decay"]}, {"params": rest, "weight_decay": 0.0}],
+        lr=optim["lr"],
+        betas=(optim["beta1"], optim["beta2"]),
+    )
+    steps, bs = tr["steps"], tr["batch_size"]
+    train_task = dataclasses.replace(task, num_examples=bs)
+    series: dict[str, list[Any]] = {
+        "eval_step": [],
+        "eval_accuracy": [],
+        "eval_loss": [],
+        "loss_step": [],
+        "loss": [],
+    }
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    status, window, best = "ok", [], 0.0
+    last_eval: dict = {}
+
+    def evaluate(step: int) -> None:
+        nonlocal last_eval, best
+        last_eval = evaluate_model(model, task, seed, ev["eval_examples"], bs, dev, tr["precision"])
+        series["eval_step"].append(step)
+        series["eval_accuracy"].append(last_eval["accuracy"])
+        series["eval_loss"].append(last_eval["eval_loss"])
+        best = max(best, last_eval["accuracy"])
+
+    t0 = time.perf_counter()
+    done = 0
+    for step in range(steps):
+        batch = train_task.build((seed, 0, step)).to(dev)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, optim, steps)
+        with _autocast(dev, tr["precision"]):
+            logits = model(batch.inputs)
+        loss = _answer_loss(logits, batch.labels)
+        value = float(loss.detach())  # one host sync per step: stops a diverged run at once
+        if not math.isfinite(value):
+            status = "diverged"
+            series["loss_step"].append(step + 1)
+            series["loss"].append(value)
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
+        opt.step()
+        done = step + 1
+        window.append(value)
+        if done % tr["log_every"] == 0 or done == steps:
+            series["loss_step"].append(done)
+            series["loss"].append(sum(window) / len(window))
+            window = []
+        if tr["eval_every"] and done % tr["eval_every"] == 0 and done != steps:
+            evaluate(done)
+    seconds = time.perf_counter() - t0
+    if status == "ok":
+        evaluate(done)
+    metrics: dict[str, Any] = {
+        **last_eval,
+        "best_accuracy": best,
+        "train_loss": series["loss"][-1] if series["loss"] else float("nan"),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "steps": done,
+        "train_seconds": seconds,
+        "steps_per_s": done / seconds if seconds > 0 else float("nan"),
+        "device": str(dev),
+    }
+    if dev.type == "cuda":
+        metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        metrics["device_name"] = torch.cuda.get_device_name(dev)
+    return status, metrics, series
+
+
+def _record(cfg: dict, status: str, elapsed: float, **extra) -> dict:
+    try:
+        label = run_label(cfg)
+    except Exception:  # noqa: BLE001 - a bad config still gets its record
+        label = None
+    return {
+        "hash": config_hash(cfg),
+        "label": label,
+        "status": status,
+        "config": cfg,
+        "elapsed_s": elapsed,
+        "batch_size": 1,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "finished": utc_now(),
+        **extra,
+    }
+
+
+def train_batch(run_dicts: list[dict], device: str = "auto") -> list[dict]:
+    """Train each run config in turn → one record per run; never raises (see the module docstring)."""
+    if not isinstance(run_dicts, list) or not run_dicts:
+        raise ValueError(f"run_dicts: expected a non-empty list of run configs, got {run_dicts!r}")
+    out = []
+    for cfg in run_dicts:
+        t0 = time.perf_counter()
+        try:
+            status, metrics, series = train_run(cfg, device)
+            out.append(_record(cfg, status, time.perf_counter() - t0, metrics=metrics, series=series))
+        except PeerUnavailable as err:
+            out.append(_record(cfg, "skipped", time.perf_counter() - t0, error=str(err)))
+        except Exception as err:  # noqa: BLE001 - recorded, never lost
+            out.append(
+                _record(
+                    cfg,
+                    "failed",
+                    time.perf_counter() - t0,
+                    error=f"{type(err).__name__}: {err}",
+                    traceback=traceback.format_exc(),
+                )
+            )
+    return out

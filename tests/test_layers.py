@@ -1,0 +1,152 @@
+"""OSDNAttention and RecallLM: the chunk kernel equals the float64 reference forward and backward, the rule's
+torch twin equals the spec's scan, packed sequences stay separate, training lowers the loss, bad arguments."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from osdn_theory.layers import (
+    ModelConfig,
+    OSDNAttention,
+    PeerUnavailable,
+    RecallLM,
+    ShortConvolution,
+    model_from_dict,
+    ratio_rule_d,
+)
+from osdn_theory.preconditioners import NormalizedStep, d_scan
+from osdn_theory.tolerances import rel_err, rtol
+
+HID, HEADS, T = 32, 2, 21  # head dim 16; T = 21: a full chunk of 16 and a tail of 5
+
+
+def _pair(d_mode, **kw):
+    """The same layer twice: float64 reference mode and float32 chunk (kernel) mode."""
+    torch.manual_seed(0)
+    ref = OSDNAttention(HID, HEADS, d_mode=d_mode, mode="reference", chunk_size=16, **kw).double()
+    if d_mode == "learned":  # move d off its DeltaNet start so the test sees a non-trivial d
+        with torch.no_grad():
+            ref.d_proj.weight.normal_(0.0, 0.5)
+    ch = copy.deepcopy(ref).float()
+    ch.mode = "chunk"
+    return ref, ch
+
+
+def _grads(m):
+    return {n: p.grad for n, p in m.named_parameters()}
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("d_mode", ["none", "rule", "learned"])
+def test_chunk_equals_reference_forward_and_backward(d_mode):
+    ref, ch = _pair(d_mode)
+    x = torch.randn(2, T, HID, dtype=torch.float64, requires_grad=True)
+    xf = x.detach().float().requires_grad_()
+    w = torch.randn(2, T, HID, dtype=torch.float64)
+    y_ref, y = ref(x), ch(xf)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert rel_err(y, y_ref) <= rtol(torch.float32)
+    (y_ref * w).sum().backward()
+    (y * w.float()).sum().backward()
+    assert rel_err(xf.grad, x.grad) <= rtol(torch.float32)
+    g_ref, g = _grads(ref), _grads(ch)
+    for name in g_ref:
+        assert rel_err(g[name], g_ref[name]) <= rtol(torch.float32), name
+
+
+@pytest.mark.interpreter
+def test_chunk_equals_reference_packed_sequences():
+    """cu_seqlens: kernel = reference, and both equal running the sequences one by one (no leak through the
+    state, the rule or the short convolution)."""
+    ref, ch = _pair("rule")
+    x = torch.randn(1, T, HID, dtype=torch.float64)
+    cu = torch.tensor([0, 6, T], dtype=torch.int32)
+    y_ref = ref(x, cu_seqlens=cu)
+    alone = torch.cat([ref(x[:, :6]), ref(x[:, 6:])], 1)
+    assert rel_err(y_ref, alone) <= rtol(torch.float64)
+    assert rel_err(ch(x.float(), cu_seqlens=cu), y_ref) <= rtol(torch.float32)
+
+
+def test_rule_twin_equals_the_spec_scan_and_learned_starts_as_deltanet():
+    torch.manual_seed(1)
+    k = torch.nn.functional.normalize(torch.randn(2, 30, 2, 8, dtype=torch.float64), dim=-1)
+    beta = torch.rand(2, 30, 2, dtype=torch.float64) * 0.9 + 0.05
+    spec = d_scan(k, beta, step=NormalizedStep(0.5), positivity="none", d_min=None).d
+    assert rel_err(ratio_rule_d(k, beta, 0.5, d_min=-1e30), spec) <= rtol(torch.float64)
+    torch.manual_seed(2)
+    learned = OSDNAttention(HID, HEADS, d_mode="learned", mode="reference").double()
+    delta = OSDNAttention(HID, HEADS, d_mode="none", mode="reference").double()
+    delta.load_state_dict({k: v for k, v in learned.state_dict().items() if not k.startswith("d_proj")})
+    x = torch.randn(2, 9, HID, dtype=torch.float64)
+    assert rel_err(learned(x), delta(x)) <= rtol(torch.float64)  # d = 2·sigmoid(0) = 1 at the start
+
+
+def test_short_convolution_is_causal():
+    torch.manual_seed(3)
+    conv = ShortConvolution(4, 3).double()
+    x = torch.randn(1, 10, 4, dtype=torch.float64)
+    y = conv(x)
+    x2 = x.clone()
+    x2[:, 6:] += 1.0
+    assert torch.equal(conv(x2)[:, :6], y[:, :6])
+    expect = torch.nn.functional.silu(sum(conv.weight[:, 2 - j] * x[:, 5 - j] for j in range(3)))
+    assert rel_err(y[:, 5], expect) <= rtol(torch.float64)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
+    torch.manual_seed(4)
+    model = RecallLM(32, {"mode": "reference", "hidden_size": 32, "num_heads": 2, "d_mode": "rule"})
+    x = torch.randint(0, 32, (4, 12))
+    y = torch.roll(x, -1, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, 32), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert model(x).shape == (4, 12, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"d_mode": "diag"}, "d_mode"),
+        ({"mode": "fast"}, "mode"),
+        ({"chunk_size": 48}, "chunk_size"),
+        ({"rule_c": 2.0}, "rule_c"),
+        ({"use_short_conv": 1}, "use_short_conv"),
+        ({"head_dim": 512}, "head_dim"),
+    ],
+)
+def test_bad_layer_arguments_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=rf"^{key}:"):
+        OSDNAttention(HID, HEADS, **kwargs)
+
+
+def test_bad_model_tables_name_the_key():
+    with pytest.raises(ValueError, match=r"^model\.num_heads: expected a divisor"):
+        model_from_dict({"hidden_size": 30, "num_heads": 4})
+    with pytest.raises(ValueError, match=r"^model\.width: unknown key"):
+        model_from_dict({"width": 64})
+    with pytest.raises(ValueError, match=r"^model\.d_mode: only for kind 'osdn'"):
+        model_from_dict({"kind": "fla_deltanet", "d_mode": "rule"})
+    with pytest.raises(ValueError, match=r"^x: expected shape \[B, T, 32\]"):
+        OSDNAttention(HID, HEADS, mode="reference")(torch.randn(2, 3, 16))
+    assert ModelConfig(d_mode="none").label() == "deltanet"
+
+
+def test_fla_peer_is_clear_when_missing():
+    try:
+        import fla.layers  # noqa: F401
+    except ImportError:
+        with pytest.raises(PeerUnavailable, match="fla.layers"):
+            RecallLM(16, {"kind": "fla_deltanet", "hidden_size": 32, "num_heads": 2})
+    else:  # pragma: no cover - a machine with fla's layers
+        m = RecallLM(16, {"kind": "fla_gated_deltanet", "hidden_size": 32, "num_heads": 2})
+        assert sum(p.numel() for p in m.parameters()) > 0
