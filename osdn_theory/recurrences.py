@@ -256,12 +256,16 @@ class Diagnostics:
 
     ``residual_pre`` is ``e_t = α_t S_{t−1} k_t − v_t``; ``residual_post`` is ``r⁺_t = S_t k_t − v_t``;
     ``write_gain`` is the effective ``s_t`` (after the clip); ``clip_factor`` is ``c_t`` (1 where unclipped).
+    ``term_scale`` (``[B, T, H]``, where recorded) is ``‖S_{t−1}‖_F ‖k_t‖ + ‖S_t‖_F ‖k_t‖ + ‖v_t‖``, the size of
+    the terms from which ``e_t`` and ``r⁺_t`` are computed: their float64 round-off is relative to it, not to
+    ``‖e_t‖`` (which can be far smaller when the memory is large).
     """
 
     residual_pre: torch.Tensor  # [B, T, H, V]
     residual_post: torch.Tensor  # [B, T, H, V]
     write_gain: torch.Tensor  # [B, T, H]
     clip_factor: torch.Tensor  # [B, T, H]
+    term_scale: torch.Tensor | None = None  # [B, T, H]
 
     @property
     def clipped(self) -> torch.Tensor:
@@ -319,19 +323,24 @@ def osdn_recurrent(
     if diagnostics:
         e_pre = torch.empty_like(o)
         r_post = torch.empty_like(o)
+        scale_terms = torch.empty(B, T, H, dtype=x.k.dtype, device=x.k.device)
     for t in range(T):
         if x.alpha is not None:
             M = M * x.alpha[:, t, :, None, None]
         k_t, kt_t, b_t = x.k[:, t], kt[:, t], x.beta[:, t]  # [B,H,K], [B,H,K], [B,H]
+        if diagnostics:
+            m_pre = torch.linalg.matrix_norm(M)
         grad, e = _inner_grad(M, k_t, x.v[:, t], kt_t)  # ∇ℓ_t c D = e k̃ᵀ (state layout), e_t = S k − v
         M = M - b_t[..., None, None] * grad  # S ← S − β ∇ℓ (c D)
         o[:, t] = x.scale * torch.einsum("bhk,bhkv->bhv", x.q[:, t], M)
         if diagnostics:
             e_pre[:, t] = e
             r_post[:, t] = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]
+            kn = k_t.norm(dim=-1)
+            scale_terms[:, t] = (m_pre + torch.linalg.matrix_norm(M)) * kn + x.v[:, t].norm(dim=-1)
     final = M if output_final_state else None
     if diagnostics:
-        return o, final, Diagnostics(e_pre, r_post, s, c)
+        return o, final, Diagnostics(e_pre, r_post, s, c, scale_terms)
     return o, final
 
 

@@ -93,3 +93,24 @@ def test_c1_fails_on_a_planted_loss_bug(monkeypatch):
     real = rec._inner_loss
     monkeypatch.setattr(rec, "_inner_loss", lambda M, k, v: real(M, k, v) * (1 + 1e-9 * real(M, k, v)))
     assert _verdict("C1") == "FAIL"
+
+
+def test_c4_identity_is_cancellation_aware_yet_catches_a_small_error(monkeypatch):
+    """C4's error is relative to the size of the terms (‖e‖ + ‖S‖‖k‖ + ‖v‖): an unclipped run whose memory
+    grows to 1e28 no longer fails by round-off (seed 12, full budget, measured 1.01e-10 relative to ‖e‖ before),
+    but a 1e-8 relative error planted in r⁺ on well-scaled tokens still fails the claim."""
+    import dataclasses
+
+    from osdn_theory.claims import c4_contraction as c4
+    from osdn_theory.claims import get_claim
+
+    assert get_claim("C4")(budget="full", seed=12).passed is True
+    real = c4.osdn_recurrent
+
+    def planted(*args, **kw):
+        o, S, diag = real(*args, **kw)
+        return o, S, dataclasses.replace(diag, residual_post=diag.residual_post * (1 + 1e-8))
+
+    monkeypatch.setattr(c4, "osdn_recurrent", planted)
+    r = get_claim("C4")(budget="quick", seed=0)
+    assert r.passed is False and r.measured > 1e-10
