@@ -578,16 +578,24 @@ def _rule_feedback(fb: FeedbackRule, state, u, beta, d):
     """A registered rule's ``(g, L, s, r, f)``, each output checked against the protocol (errors name ``rule``)."""
     out = fb.feedback(state, u, beta, d)
     if not isinstance(out, tuple | list) or len(out) != 3:
-        raise ValueError(f"rule: feedback rule {fb.name!r}: feedback() must return (g, L, f), got {_desc(out)}")
+        raise ValueError(
+            f"rule: feedback rule {fb.name!r}: feedback() must return (g, L, f), got {_desc(out)}"
+        )
     g, L, f = out
-    for what, x, shape, lay in (("g", g, d.shape, "[B, H, K]"), ("L", L, beta.shape, "[B, H]"), ("f", f, beta.shape, "[B, H]")):
+    for what, x, shape, lay in (
+        ("g", g, d.shape, "[B, H, K]"),
+        ("L", L, beta.shape, "[B, H]"),
+        ("f", f, beta.shape, "[B, H]"),
+    ):
         if not isinstance(x, torch.Tensor) or x.shape != shape:
             got = f"shape {list(x.shape)}" if isinstance(x, torch.Tensor) else _desc(x)
             raise ValueError(
                 f"rule: feedback rule {fb.name!r} returned {what} of {got}, expected shape {list(shape)} {lay}"
             )
     if bool((L < 0).any()):
-        raise ValueError(f"rule: feedback rule {fb.name!r} returned a negative curvature L (min {float(L.min()):.6g})")
+        raise ValueError(
+            f"rule: feedback rule {fb.name!r} returned a negative curvature L (min {float(L.min()):.6g})"
+        )
     s = beta * (u * d).sum(-1)
     return g.to(d.dtype), L.to(d.dtype), s, (1.0 - s) ** 2, f.to(d.dtype)
 

@@ -176,7 +176,9 @@ def lookup(kind: str, name: Any, argname: str = "name") -> Any:
     _load_builtins(kind)
     obj = _ENTRIES[kind].get(name) if isinstance(name, str) else None
     if obj is None:
-        raise ValueError(f"{argname}: expected one of {sorted(_ENTRIES[kind])} (registered {kind}s), got {name!r}")
+        raise ValueError(
+            f"{argname}: expected one of {sorted(_ENTRIES[kind])} (registered {kind}s), got {name!r}"
+        )
     return obj
 
 

@@ -101,8 +101,16 @@ def _method_specs(methods: list[str], step: str | None, only: str | None) -> lis
             raise typer.BadParameter(str(exc), param_hint=hint) from None
     if only is not None:
         wanted = [w.strip() for w in only.split(",") if w.strip()]
+        unknown = [w for w in wanted if "[" in w and w not in {s.label for s in out}]
+        if unknown:
+            raise typer.BadParameter(
+                f"unknown claim label(s) {unknown}; the method claims are {[s.label for s in out]}",
+                param_hint="--only",
+            )
         base = lambda s: s.label.split("[")[0]  # noqa: E731
-        out = [s for s in out if any(base(s) == w or base(s).startswith(w + "-") for w in wanted)]
+        out = [
+            s for s in out if any(s.label == w or base(s) == w or base(s).startswith(w + "-") for w in wanted)
+        ]
     return out
 
 
@@ -268,11 +276,15 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("not with --mutants", param_hint="--method/--step")
         _load_plugins(plugin)
         extra = _method_specs(method, step, only)
-        wanted = _parse_only(only)
+        builtin_only = only
+        if only is not None and extra:  # labels of the method claims are not the registry's
+            parts = [w.strip() for w in only.split(",") if w.strip() and "[" not in w]
+            builtin_only = ",".join(parts)
+        wanted = _parse_only(builtin_only) if builtin_only != "" else []
         if mutants:
             _run_mutants(wanted, mutant, targets_only, quick, seed, out)
             return
-        specs = (select(wanted) if wanted is not None else select(None)) + extra
+        specs = (select(None) if wanted is None else select(wanted) if wanted else []) + extra
         budget = "quick" if quick else "full"
         from tqdm import tqdm
 

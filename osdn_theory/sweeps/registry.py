@@ -67,5 +67,7 @@ def method_builder(m: Mapping[str, Any]) -> dict[str, Any]:
 
     kwargs = meth.build(m)
     if not isinstance(kwargs, dict):
-        raise ValueError(f"name: method {name!r}: build() must return a dict of keyword arguments, got {kwargs!r}")
+        raise ValueError(
+            f"name: method {name!r}: build() must return a dict of keyword arguments, got {kwargs!r}"
+        )
     return {"name": name, "s_max": check_s_max(m) if "s_max" in keys else None, "kwargs": kwargs}
