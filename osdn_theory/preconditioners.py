@@ -275,8 +275,10 @@ class FeedbackRule(Serializable):
 
     * ``g: [B, H, K]`` — the gradient (or any descent direction) of the rule's feedback at ``d_t``; the step rule
       scales it: ``d_{t+1} = d_t − η_t g`` (then the APF gate and the positivity floor);
-    * ``L: [B, H]`` — its curvature ``L_t ≥ 0`` along ``g`` (:class:`NormalizedStep` takes ``η_t = c / L_t``;
-      ``L_t = 0`` gives a null step);
+    * ``L: [B, H]`` — the effective curvature ``L_t ≥ 0`` along ``g``: for a quadratic feedback
+      ``gᵀ∇²f g / (∇fᵀg)``, so that :class:`NormalizedStep` (``η_t = c / L_t``) moves a fraction ``c`` of the
+      way to the token's optimum along ``g`` (for the built-ins, ``g ∥ u_t`` and this is the table's ``L_t``);
+      ``L_t = 0`` gives a null step;
     * ``f: [B, H]`` — the rule's own feedback value ``f_t(d_t)``, recorded in :attr:`DScan.rule_feedback`.
 
     The framework records the write gain ``s_t = β_t u_tᵀ d_t`` and the calibration loss ``(1 − s_t)²`` itself.

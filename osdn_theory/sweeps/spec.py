@@ -28,7 +28,13 @@ complete ``{stream, method, seed}`` config. Example (TOML)::
     apf = {prior = {name = "ones"}, rate = {name = "constant_forgetting", lam = 0.01}}
     grid = {"apf.rate.lam" = [0.003, 0.01, 0.03]}
 
-A Python sweep file defines a dict ``SWEEP`` with the same structure.
+A Python sweep file defines a dict ``SWEEP`` with the same structure; it is imported like a plugin (below),
+so the rules it registers are known to every worker.
+
+``plugins = ["my_rules.py", "pkg.module"]`` names Python files (relative to the sweep file) or modules that
+register rules, streams or methods (:func:`osdn_theory.register`); they are imported before the runs are
+checked, by every executor's workers before each task, and recorded with their SHA-256 (:mod:`osdn_theory.plugins`).
+Plugins are code, like the package version: they do not enter the config or spec hashes.
 
 Each run config is ``{"stream": {...}, "method": {...}, "seed": int, "metrics": {...}}``; its **config
 hash** is the SHA-256 of its canonical JSON (sorted keys, no whitespace, floats in ``repr`` form), so the
