@@ -177,6 +177,45 @@ def test_gpu_matches_fla_delta_rule():
         assert rel_err(ours[n], theirs[n]) < 2 * KERNEL_BF16_GRAD, n
 
 
+def test_gpu_compat_matches_fla_delta_rule():
+    """Issue #10 item 4: fla's ``chunk_delta_rule`` and ours through its calling convention
+    (``chunk_delta_rule_compat``) on the same bf16 inputs: raw (not unit-norm) q and k with
+    ``use_qk_l2norm_in_kernel=True``, strided q, k, v (split from one fused tensor), three packed sequences
+    (``cu_seqlens``) with initial states, a non-default ``scale``; outputs, final states and the gradients of
+    q, k, v, β and the initial state. Written without a GPU; not yet run (to be run next GPU session)."""
+    import fla.ops.delta_rule as fla_dr  # fla-core is pinned in the dev extra: a missing install must fail
+
+    from osdn_theory.kernels import chunk_delta_rule_compat
+
+    lens = [300, 37, 175]
+    cu = torch.tensor([0, 300, 337, 512], dtype=torch.int32, device="cuda")
+    x = make(11, 1, sum(lens), 4, 128, 128, torch.float32)
+    g = torch.Generator(device="cuda").manual_seed(12)
+    x["q"] = 3.0 * x["q"]
+    x["k"] = 3.0 * torch.randn(x["k"].shape, generator=g, device="cuda")  # raw keys: the norm matters
+    x = {n: t.to(torch.bfloat16) for n, t in x.items()}
+    h0 = torch.randn(len(lens), 4, 128, 128, generator=g, device="cuda")
+    do = torch.randn(x["v"].shape, generator=g, device="cuda")
+    dht = torch.randn(h0.shape, generator=g, device="cuda")
+
+    def run(fn):
+        leaves = {n: x[n].clone().requires_grad_(True) for n in ("q", "k", "v", "beta")}
+        leaves["initial_state"] = h0.clone().requires_grad_(True)
+        fused = torch.cat([leaves["q"], leaves["k"], leaves["v"]], -1)  # strided views, as a qkv split gives
+        q, k, v = fused[..., :128], fused[..., 128:256], fused[..., 256:]
+        o, ht = fn(q, k, v, leaves["beta"], 0.1, leaves["initial_state"], True, cu_seqlens=cu,
+                   use_qk_l2norm_in_kernel=True)  # fmt: skip
+        ((o.float() * do).sum() + (ht.float() * dht).sum()).backward()
+        return o.detach(), ht.detach(), {n: t.grad for n, t in leaves.items()}
+
+    o1, h1, ours = run(chunk_delta_rule_compat)
+    o2, h2, theirs = run(fla_dr.chunk_delta_rule)
+    # each is within its bf16 tolerance of float64, so they agree within the sum of two
+    assert rel_err(o1, o2) < 2 * KERNEL_BF16_OUT and rel_err(h1, h2) < 2 * KERNEL_BF16_OUT
+    for n in ours:
+        assert rel_err(ours[n], theirs[n]) < 2 * KERNEL_BF16_GRAD, n
+
+
 def test_gpu_matches_fla_dplr_with_d():
     """OSDN with d against fla's ``chunk_dplr_delta_rule``: ``S(I + a bᵀ) + v kᵀ`` with ``a = −β k``,
     ``b = k̃``, key ``k̃`` and value ``β v`` (peers.md)."""

@@ -2,11 +2,14 @@
 
 Public API: :func:`chunk_osdn` (forward and backward), :class:`DRule` (the state-free ``ratio`` rule
 that computes ``d`` from the keys, differentiable by default) and :func:`check_values` (waits for the
-device-side value checks of earlier calls and raises for a bad one). The stages live in :mod:`.stages`, their torch twins in :mod:`.reference`.
+device-side value checks of earlier calls and raises for a bad one); :func:`chunk_delta_rule_compat` takes fla
+``chunk_delta_rule``'s arguments in fla's order. The stages live in :mod:`.stages`, their torch twins in :mod:`.reference`.
 """
 
 from ._checks import check_values
 from .chunk import chunk_osdn
+from .compat import chunk_delta_rule_compat
 from .drule import DRule, d_ratio_scan
+from .l2norm import l2norm
 
-__all__ = ["chunk_osdn", "DRule", "d_ratio_scan", "check_values"]
+__all__ = ["chunk_osdn", "chunk_delta_rule_compat", "DRule", "d_ratio_scan", "check_values", "l2norm"]

@@ -22,6 +22,7 @@ from .._validate import as_tensor, broadcast, check_scalar, check_shape
 from . import _checks, stages
 from ._checks import MAX_DIM, check_chunk_size, check_cu_seqlens, check_keys, check_like, check_validate
 from .drule import DRule
+from .l2norm import l2norm
 
 __all__ = ["chunk_osdn"]
 
@@ -124,14 +125,16 @@ def chunk_osdn(
     cu_seqlens=None,
     d_rule=None,
     validate: bool = True,
+    use_qk_l2norm_in_kernel: bool = False,
 ):
     """OSDN (DeltaNet with write key ``k̃ = c·d⊙k``) in chunkwise form, Triton forward and backward.
 
     Args:
         q: queries of shape ``[B, T, H, K]``.
-        k: read/erase keys of shape ``[B, T, H, K]`` (not normalized here).
+        k: read/erase keys of shape ``[B, T, H, K]`` (not normalized here unless ``use_qk_l2norm_in_kernel``).
         v: values of shape ``[B, T, H, V]``.
         beta: write strengths of shape ``[B, T, H]`` in (0, 1].
+            ``q, k, v, beta`` may be non-contiguous (a strided view is copied to a contiguous tensor first).
         d: diagonal preconditioner of shape ``[B, T, H, K]`` or broadcastable to it, ``> 0``. Default
             ``None``: DeltaNet (``d ≡ 1``), unless ``d_rule`` computes it.
         alpha: optional decay of shape ``[B, T, H]`` in (0, 1] (gated OSDN). Default ``None``.
@@ -152,6 +155,10 @@ def chunk_osdn(
             check finished, in the backward, or in :func:`osdn_theory.kernels.check_values`. ``"sync"``: the
             same checks, raised at this call (one host synchronisation). ``False``: no value checks. Shapes,
             dtypes and devices are always checked.
+        use_qk_l2norm_in_kernel: L2-normalise ``q`` and ``k`` over the head dimension first, as fla's
+            ``chunk_delta_rule`` does with this flag (:func:`osdn_theory.kernels.l2norm.l2norm`, ``eps = 1e-6``,
+            differentiable; a separate torch pass, not fused into the kernel). A ``d_rule`` sees the
+            normalised keys. Default ``False``.
 
     Returns:
         ``(o, final_state)``: ``o`` of shape ``[B, T, H, V]`` in the input dtype; ``final_state`` or ``None``.
@@ -165,12 +172,21 @@ def chunk_osdn(
         raise ValueError(
             f"output_final_state: expected a bool, got {type(output_final_state).__name__} {output_final_state!r}"
         )
+    if not isinstance(use_qk_l2norm_in_kernel, bool):
+        raise ValueError(
+            "use_qk_l2norm_in_kernel: expected a bool, got "
+            f"{type(use_qk_l2norm_in_kernel).__name__} {use_qk_l2norm_in_kernel!r}"
+        )
     validate = check_validate(validate)
     _checks.poll()  # value checks of earlier calls that have finished (no synchronisation)
+    # strided views (e.g. q, k, v split from one projection, or a transposed head layout) are copied once
+    q, k, v = (x.contiguous() if isinstance(x, torch.Tensor) else x for x in (q, k, v))
     k = check_keys(k)
     B, T, H, K = k.shape
     q = check_like("q", q, k, [B, T, H, K], "[B, T, H, K] (same as k)")
     v = check_like("v", v, k, [B, T, H, None], "[B, T, H, V]")
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm(q), l2norm(k)
     V = v.shape[-1]
     if not 1 <= V <= MAX_DIM:
         raise ValueError(f"v: expected head dim 1 <= V <= {MAX_DIM}, got V = {V}")
