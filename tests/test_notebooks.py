@@ -20,6 +20,7 @@ def test_notebooks_exist():
         "03_apf_sweeps",
         "04_kernel_vs_reference",
         "05_recall",
+        "06_trained_recall",
     ]
 
 

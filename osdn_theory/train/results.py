@@ -7,8 +7,9 @@ from pathlib import Path
 from ..layers.lm import model_from_dict
 from ..sweeps.store import ResultsStore
 from ..tasks import task_from_dict
+from .spec import optim_settings, train_settings
 
-__all__ = ["load_train_results", "plot_accuracy_vs_pairs", "summary_table"]
+__all__ = ["best_lr", "load_train_results", "plot_accuracy_vs_pairs", "summary_table"]
 
 
 def load_train_results(out: str | Path, *, finished_only: bool = True):
@@ -41,6 +42,8 @@ def load_train_results(out: str | Path, *, finished_only: bool = True):
             "num_kv_pairs": t.num_kv_pairs,
             "seq_len": t.seq_len,
             "seed": cfg.get("seed"),
+            "lr": optim_settings(cfg.get("optim", {}))["lr"],
+            "steps_budget": train_settings(cfg.get("train", {}))["steps"],
         }
         row.update(r.get("metrics") or {})
         for k, v in (r.get("series") or {}).items():
@@ -49,30 +52,54 @@ def load_train_results(out: str | Path, *, finished_only: bool = True):
     return pd.DataFrame(rows)
 
 
+def best_lr(df, keys=("task", "hidden_size", "num_kv_pairs", "seq_len", "model")):
+    """Rows of each model's best learning rate per cell (highest mean held-out accuracy over seeds; ties: the
+    smaller rate). With one rate per cell this returns ``df`` unchanged."""
+    keys = list(keys)
+    mean = df.groupby([*keys, "lr"])["accuracy"].mean().reset_index()
+    mean = mean.sort_values([*keys, "accuracy", "lr"], ascending=[True] * len(keys) + [False, True])
+    best = mean.drop_duplicates(keys)[[*keys, "lr"]]
+    return df.merge(best, on=[*keys, "lr"])
+
+
 def summary_table(df, baseline: str = "deltanet"):
-    """Accuracy per (task, width, pairs, model): mean, standard deviation, seeds, and the mean relative change
-    against ``baseline`` over the seeds both have (``acc / acc_baseline − 1``, paired by seed)."""
+    """Accuracy per (task, width, pairs, model) at the model's best learning rate (:func:`best_lr`): mean,
+    standard deviation, seeds, the rate, and the mean relative change against ``baseline`` over the seeds both
+    have (``acc / acc_baseline − 1``, paired by seed; ``NaN`` where the baseline's accuracy is 0)."""
+    import numpy as np
     import pandas as pd
 
     keys = ["task", "hidden_size", "num_kv_pairs", "seq_len"]
-    g = df.groupby([*keys, "model"])["accuracy"]
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "seeds": g.count()}).reset_index()
+    df = best_lr(df)
+    g = df.groupby([*keys, "model"])
+    out = pd.DataFrame(
+        {
+            "mean": g["accuracy"].mean(),
+            "std": g["accuracy"].std(ddof=1),
+            "seeds": g["accuracy"].count(),
+            "lr": g["lr"].first(),
+        }
+    ).reset_index()
     base = df[df["model"] == baseline][[*keys, "seed", "accuracy"]].rename(columns={"accuracy": "base"})
     paired = df.merge(base, on=[*keys, "seed"])
-    paired["rel_change"] = paired["accuracy"] / paired["base"] - 1.0
+    paired["rel_change"] = np.where(
+        paired["base"] > 0, paired["accuracy"] / paired["base"].where(paired["base"] > 0) - 1.0, np.nan
+    )
     rel = paired.groupby([*keys, "model"])["rel_change"].mean().reset_index()
     return out.merge(rel, on=[*keys, "model"], how="left")
 
 
 def plot_accuracy_vs_pairs(df, path: str | Path | None = None):
-    """Held-out accuracy against key–value pairs, one panel per (task, width), one line per model (mean over
-    seeds, band from the lowest to the highest seed). Saves to ``path`` when given; returns the figure."""
+    """Held-out accuracy against key–value pairs, one panel per (task, width), one line per model at its best
+    learning rate (mean over seeds, band from the lowest to the highest seed). Saves to ``path`` when given;
+    returns the figure."""
     import matplotlib
 
     if path is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    df = best_lr(df)
     panels = sorted({(t, h) for t, h in zip(df["task"], df["hidden_size"], strict=True)})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (task, h) in zip(axes[0], panels, strict=True):
