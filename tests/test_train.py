@@ -172,3 +172,32 @@ def test_missing_peer_is_recorded_as_skipped():
     )
     (rec,) = train_batch([spec.runs[0].to_dict()], device="cpu")
     assert rec["status"] == "skipped" and "fla.layers" in rec["error"]
+
+
+@pytest.mark.gpu
+def test_gpu_training_run_is_repeatable():
+    """A few kernel-path steps on the GPU finish, and the same run twice gives the same record (what makes a
+    committed GPU result reproducible from its training file and seeds)."""
+    spec = parse_train_spec(
+        {
+            "seeds": [0],
+            "train": {"steps": 5, "batch_size": 8, "eval_every": 0, "log_every": 1},
+            "metrics": {"eval_examples": 16},
+            "model": [
+                {
+                    "mode": "chunk",
+                    "hidden_size": 32,
+                    "num_heads": 2,
+                    "grid": {"d_mode": ["none", "rule", "learned"]},
+                }
+            ],
+            "task": [{"name": "mqar", "vocab_size": 64, "num_kv_pairs": 4, "seq_len": 40}],
+        }
+    )
+    runs = [r.to_dict() for r in spec.runs]
+    first, second = train_batch(runs, device="cuda"), train_batch(runs, device="cuda")
+    for a, b in zip(first, second, strict=True):
+        assert a["status"] == "ok", a.get("traceback")
+        assert a["metrics"]["device"].startswith("cuda")
+        assert a["series"]["loss"] == b["series"]["loss"]
+        assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
