@@ -5,8 +5,8 @@ convolutions, output gate as configured); ``kind = "fla_gated_deltanet"``: ``fla
 (with its decay gate; value expansion 1 so the widths match). Both get the same hidden size, heads, head
 dimension and short-convolution settings as the OSDN layer they are compared with. Where ``fla.layers`` is
 not importable (``fla-core`` alone ships only the ops), :func:`fla_layer` raises :class:`PeerUnavailable`
-with one line saying so; a training run records that as ``status = "skipped"`` and a rerun with the package
-installed runs it.
+with one line saying so; a training run records that as ``status = "skipped"``, and ``osdn train ...
+--retry-failed`` runs it once the package is installed.
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ def register(app: typer.Typer) -> None:
         max_runs: Annotated[
             int | None, typer.Option("--max-runs", help="Execute at most this many missing runs.")
         ] = None,
-        retry_failed: Annotated[bool, typer.Option(help="Run again the runs recorded as failed.")] = False,
+        retry_failed: Annotated[
+            bool, typer.Option(help="Run again the runs recorded as failed or skipped.")
+        ] = False,
         progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
         threads: Annotated[int, typer.Option(help="Torch threads per run.")] = 1,
         append_different_spec: Annotated[
@@ -103,7 +105,10 @@ def register(app: typer.Typer) -> None:
             f"{summary.elapsed_s:.1f} s -> {out}"
         )
         if skipped:
-            typer.echo(f"skipped {len(skipped)} run(s): {skipped[0].get('error')}", err=True)
+            typer.echo(
+                f"skipped {len(skipped)} run(s): {skipped[0].get('error')} (--retry-failed runs them once it is)",
+                err=True,
+            )
         if summary.failed or summary.failed_recorded:
             typer.echo(
                 f"{summary.failed_recorded} run(s) are recorded as failed, with tracebacks, in "

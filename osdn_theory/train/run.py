@@ -15,8 +15,8 @@ Record (one per run, appended to ``results.jsonl`` by the sweep runner):
   ``peak_memory_gb`` (GPU).
 - ``series``: ``eval_step``, ``eval_accuracy``, ``eval_loss``; ``loss_step``, ``loss``.
 - ``status``: ``ok``; ``diverged`` (the training loss became NaN or infinite; training stopped there);
-  ``failed`` (raised; traceback kept); ``skipped`` (a peer model whose package is not installed; a rerun with
-  it installed runs it, since only ``ok``/``diverged`` count as finished).
+  ``failed`` (raised; traceback kept); ``skipped`` (a peer model whose package is not installed; like a failed
+  run it is run again by ``--retry-failed``, since only ``ok``/``diverged`` count as finished).
 """
 
 from __future__ import annotations
