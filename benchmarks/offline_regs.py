@@ -66,7 +66,7 @@ def resources(fn, args: dict, num_warps: int, num_stages: int = 1) -> tuple[int 
 def cases(dt: str = "bf16", K: int = 128, C: int = 64):
     """``{label: (kernel, args, num_warps)}`` for the forward stages (with and without the value checks) and the
     d rule's kernels, at head dim ``K = V`` and chunk ``C`` (the d rule at its default scan chunk 32)."""
-    from osdn_theory.kernels import drule, stages
+    from osdn_theory.kernels import d_scan, d_scan_bwd, stages
 
     P = lambda t: "*" + t  # noqa: E731
     f = "fp32"
@@ -99,28 +99,28 @@ def cases(dt: str = "bf16", K: int = 128, C: int = 64):
         )  # fmt: skip
     a = dict(ACC=tl.float32)
     out["d_prep check"] = (
-        drule._d_prep_kernel,
+        d_scan._d_prep_kernel,
         dict(k=P(dt), beta=P(dt), uhat_out=P(dt), strength_out=P(dt), vals_out=P(dt), c_ptr=P(f), flag=P("i32"),
              R="i32", K="i32", BR=32, BK=bk, VP=16, CHECK=True, **a),
         4,
     )  # fmt: skip
     out["d_scan store_h"] = (
-        drule._d_scan_kernel,
+        d_scan._d_scan_kernel,
         dict(uhat=P(dt), w=P(dt), ut=P(dt), h0=P(f), d_out=P(dt), cu_seqlens=P("i32"), d_min_ptr=P(f),
              h_out=P(f), u_out=P(f), H="i32", K="i32", C=32, BK=bk, VP=16, STORE_H=True, **a),
         4,
     )  # fmt: skip
     bwd = dict(k=P(dt), beta=P(dt), gd=P(dt), h_raw=P(f), ai=P(f), bounds=P("i32"), c_ptr=P(f), d_min_ptr=P(f),
                H="i32", K="i32", C=32, BK=bk, **a)  # fmt: skip
-    out["d_bwd_local"] = (drule._d_bwd_local_kernel, dict(bwd, p_out=P(f), g0_out=P(f)), 4)
+    out["d_bwd_local"] = (d_scan_bwd._d_bwd_local_kernel, dict(bwd, p_out=P(f), g0_out=P(f)), 4)
     out["d_bwd_scan"] = (
-        drule._d_bwd_scan_kernel,
+        d_scan_bwd._d_bwd_scan_kernel,
         dict(k=P(dt), p=P(f), g0=P(f), lam_out=P(f), gh0_out=P(f), cu_seqlens=P("i32"), chunk_offsets=P("i32"),
              c_ptr=P(f), H="i32", K="i32", C=32, BK=bk, **a),
         4,
     )  # fmt: skip
     out["d_bwd_grads"] = (
-        drule._d_bwd_grads_kernel,
+        d_scan_bwd._d_bwd_grads_kernel,
         dict(bwd, ucoef=P(f), lam_in=P(f), gk_out=P(dt), gb_out=P(dt)),
         4,
     )

@@ -14,7 +14,17 @@ import torch.nn.functional as F
 
 from benchmarks import tune_kernels
 from benchmarks.bench_kernels import default_out
-from osdn_theory.kernels import stages
+from osdn_theory.kernels import (
+    bwd_dqk,
+    bwd_wy,
+    dh_pass,
+    dv_local,
+    gram_solve,
+    output,
+    stages,
+    state_pass,
+    wy_factors,
+)
 
 pytestmark = pytest.mark.interpreter
 
@@ -58,9 +68,10 @@ def test_sweep_runs_every_stage_under_overrides(monkeypatch):
     monkeypatch.setattr(tune_kernels, "VARIANTS", variants)
     used = []  # every launch configuration the launchers chose
     cfg = stages._cfg
-    monkeypatch.setattr(
-        stages, "_cfg", lambda name, *a, **kw: used.append((name, cfg(name, *a, **kw))) or used[-1][1]
-    )
+    for mod in (gram_solve, wy_factors, state_pass, output, dv_local, dh_pass, bwd_dqk, bwd_wy):
+        monkeypatch.setattr(
+            mod, "_cfg", lambda name, *a, **kw: used.append((name, cfg(name, *a, **kw))) or used[-1][1]
+        )
     st = tune_kernels._Stages(x, C=16)
     for name in variants:
         used.clear()

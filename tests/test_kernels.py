@@ -405,9 +405,12 @@ def test_gpu_block_choices_under_the_interpreter(case, monkeypatch):
     split V = 24 into two blocks of 16 (the second masked) and ``bwd_wy`` takes K = 20 in one masked block of
     32. Forward, final state and every gradient against the float64 recurrence."""
     assert (stages._bv(24, 1), stages._bk_wy(20)) == (32, 16)  # the interpreter's own choices
-    monkeypatch.setattr(stages, "_bv", functools.partial(stages._bv, gpu=True))
-    monkeypatch.setattr(stages, "_bk_wy", functools.partial(stages._bk_wy, gpu=True))
-    assert (stages._bv(24, 1), stages._bk_wy(20)) == (16, 32)  # the GPU's choices, now in effect
+    from osdn_theory.kernels import bwd_wy, dh_pass, state_pass
+
+    for mod in (state_pass, dh_pass):
+        monkeypatch.setattr(mod, "_bv", functools.partial(stages._bv, gpu=True))
+    monkeypatch.setattr(bwd_wy, "_bk_wy", functools.partial(stages._bk_wy, gpu=True))
+    assert (state_pass._bv(24, 1), bwd_wy._bk_wy(20)) == (16, 32)  # the GPU's choices, now in effect
     _check_forward_and_grads(CASES[case], make_inputs(22, T=37, H=1, K=20, V=24), seed=23)
 
 

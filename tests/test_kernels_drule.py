@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, drule, reference, stages
+from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, d_scan, drule, reference, stages
 from osdn_theory.recurrences import osdn_recurrent
 from osdn_theory.tolerances import KERNEL_INTERP_FLOAT64, NEG_CONTROL_SEPARATION, rel_err, rtol
 
@@ -60,7 +60,7 @@ def _scan_inputs(seed, C, H=2, K=20):
     cu = torch.tensor([0, lens[0], N], dtype=torch.int32)
     uhat = torch.rand(N, H, K, generator=g, dtype=F64)
     w = 0.3 * torch.randn(N, H, K, generator=g, dtype=F64)
-    ut = torch.randn(N, H, drule._VPAD, generator=g, dtype=F64)
+    ut = torch.randn(N, H, d_scan._VPAD, generator=g, dtype=F64)
     h0 = torch.randn(2, H, K, generator=g, dtype=F64)  # negative entries: the floor binds
     return uhat, w, ut, h0, cu
 
@@ -68,7 +68,7 @@ def _scan_inputs(seed, C, H=2, K=20):
 def _run_scan_kernel(uhat, w, ut, h0, cu, C, d_min):
     N, H, K = uhat.shape
     d = torch.empty(N, H, K, dtype=F64)
-    drule._d_scan_kernel[((cu.numel() - 1) * H,)](
+    d_scan._d_scan_kernel[((cu.numel() - 1) * H,)](
         uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=F64), d, d, H, K,
         C=C, BK=32, VP=ut.shape[-1], ACC=stages.acc_dtype(F64), num_warps=1,
     )  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._validate import as_tensor, check_range, check_scalar, check_shape
-from . import stages
+from . import _common as stages  # INTERPRET and the BAD_* bits
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 256

@@ -13,63 +13,40 @@ The forward keeps only the inputs and ``A⁻¹`` for the backward, which recompu
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import torch
 
 from .._validate import as_tensor, broadcast, check_scalar, check_shape
-from . import _checks, stages
+from . import _checks
 from ._checks import MAX_DIM, check_chunk_size, check_cu_seqlens, check_keys, check_like, check_validate
+from ._common import wide_dtype
+from .bwd_dqk import bwd_dqk
+from .bwd_wy import bwd_wy
+from .dh_pass import dh_pass
 from .drule import DRule
+from .dv_local import dv_local
+from .gram_solve import gram_solve
 from .l2norm import l2norm
+from .output import output
+from .state_pass import state_pass
+from .tables import chunk_tables
+from .wy_factors import wy_factors
 
 __all__ = ["chunk_osdn"]
 
 
-@functools.lru_cache(maxsize=64)
-def _uniform_tables(B: int, T: int, C: int, device: torch.device) -> tuple[Any, ...]:
-    """Tables of a batch of ``B`` sequences of length ``T`` (read-only, so cached per shape and device)."""
-    nt = -(-T // C)
-    cu = torch.arange(0, B * T + 1, T, device=device, dtype=torch.int32)
-    offs = torch.arange(0, B * nt + 1, nt, device=device, dtype=torch.int32)
-    j = torch.arange(nt, device=device, dtype=torch.int32)
-    b = torch.arange(B, device=device, dtype=torch.int32)
-    start = (b[:, None] * T + j[None, :] * C).reshape(-1)
-    end = ((b + 1) * T)[:, None].expand(B, nt).reshape(-1)
-    bounds = torch.stack([start, end], 1).contiguous()
-    return cu, offs, bounds, B * nt
-
-
-def _chunk_tables(cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, device) -> tuple[Any, ...]:
-    """``cu_seqlens`` (int32), per-sequence first chunk index and ``bounds [NC, 2]`` (chunk start, seq end)."""
-    if cu_seqlens is None:
-        return _uniform_tables(B, T, C, torch.device(device))
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    starts = cu_seqlens[:-1].tolist()
-    rows, offs = [], [0]
-    for s, n in zip(starts, lens, strict=True):
-        nt = -(-n // C)
-        rows += [(s + j * C, s + n) for j in range(nt)]
-        offs.append(offs[-1] + nt)
-    bounds = torch.tensor(rows, dtype=torch.int32, device=device).reshape(-1, 2)
-    return (
-        cu_seqlens.to(torch.int32).contiguous(),
-        torch.tensor(offs, dtype=torch.int32, device=device),
-        bounds,
-        offs[-1],
-    )
+# chunk_tables under its former name (benchmarks and tests import it from here)
+_chunk_tables = chunk_tables
 
 
 class _ChunkOSDN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state, flag):
         cu, offs, bounds, NC = tables
-        kt, c, g, ai = stages.gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag)
-        w, u = stages.wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, d=d)
-        h, vnew, ht = stages.state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state)
+        kt, c, g, ai = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag)
+        w, u = wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, d=d)
+        h, vnew, ht = state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state)
         del w, u
-        o = stages.output(q, kt, vnew, h, g, bounds, scale, C, flag=flag)
+        o = output(q, kt, vnew, h, g, bounds, scale, C, flag=flag)
         ctx.save_for_backward(q, k, v, beta, d, log_alpha, h0, ai)
         ctx.meta = (scale, s_max, C, tables)
         return o, ht
@@ -82,16 +59,16 @@ class _ChunkOSDN(torch.autograd.Function):
         cu, offs, bounds, NC = tables
         do = do.contiguous()
         dht = dht.contiguous() if dht is not None else None
-        kt, c, g, _ = stages.gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=False)
-        w, u = stages.wy_factors(k, v, beta, g, ai, bounds, C)
-        h, vnew, _ = stages.state_pass(kt, w, u, g, h0, cu, offs, NC, C, False)
+        kt, c, g, _ = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=False)
+        w, u = wy_factors(k, v, beta, g, ai, bounds, C)
+        h, vnew, _ = state_pass(kt, w, u, g, h0, cu, offs, NC, C, False)
         del u
-        dvl = stages.dv_local(q, kt, g, do, bounds, scale, C)
-        dh, du, dh0 = stages.dh_pass(q, kt, w, g, do, dvl, dht, cu, offs, NC, scale, C, h0 is not None)
+        dvl = dv_local(q, kt, g, do, bounds, scale, C)
+        dh, du, dh0 = dh_pass(q, kt, w, g, do, dvl, dht, cu, offs, NC, scale, C, h0 is not None)
         del dvl, w
-        dq, dkt, dw, dg = stages.bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C)
+        dq, dkt, dw, dg = bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C)
         del h, dh, vnew
-        dk, dd, dv, db, dla = stages.bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C)
+        dk, dd, dv, db, dla = bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C)
         return (
             dq.to(q.dtype),
             dk.to(k.dtype),
@@ -219,12 +196,12 @@ def chunk_osdn(
             raise ValueError(
                 f"initial_state: expected device {k.device} (same as k), got {initial_state.device}"
             )
-        initial_state = initial_state.to(stages.wide_dtype(k.dtype)).contiguous()
+        initial_state = initial_state.to(wide_dtype(k.dtype)).contiguous()
     flag = _checks.new_flag(validate, k.device)
     log_alpha = None
     if alpha is not None:
-        log_alpha = torch.log(alpha.to(stages.wide_dtype(k.dtype))).contiguous()
-    tables = _chunk_tables(cu_seqlens, B, T, C, k.device)
+        log_alpha = torch.log(alpha.to(wide_dtype(k.dtype))).contiguous()
+    tables = chunk_tables(cu_seqlens, B, T, C, k.device)
     NT = B * T
     o, ht = _ChunkOSDN.apply(
         q.reshape(NT, H, K),

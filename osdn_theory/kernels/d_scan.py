@@ -1,0 +1,184 @@
+"""The d rule's forward (see :mod:`.drule` for the rule): the preparation kernel (key ``û``, strength, value), stages
+1–2 of the chunk pipeline on them, and the scan kernel that carries the ``K``-vector state through the chunks —
+kernels, launcher :func:`scan_forward` and the scan's torch twin :func:`d_scan_ref`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    BAD_BETA,
+    BAD_K,
+    _block,
+    _cfg,
+    _flag,
+    _nonfinite,
+    _or,
+    _or_all,
+    _record,
+    _stages,
+    _store_rows,
+    _warps,
+    acc_dtype,
+    wide_dtype,
+)
+from .gram_solve import gram_solve
+from .wy_factors import wy_factors
+
+__all__ = ["scan_forward", "d_scan_ref"]
+
+
+_VPAD = 16
+
+
+#: Warps of the scan kernel by chunk size (one program per sequence and head, so few programs run at once).
+#: H200, B=4, T=4096, H=16, K=128, bf16, whole d_ratio_scan in ms for warps 2/4/8 (tune run 8b, results
+#: file above): C=16: 0.486/0.527/0.753; C=32: 0.725/0.436/0.526; C=64: 6.47/0.623/0.486 (at C=64 fewer
+#: warps spill).
+_SCAN_WARPS = {16: 2, 32: 4, 64: 8}
+
+
+@triton.jit
+def _d_prep_kernel(
+    k, beta, uhat_out, strength_out, vals_out, c_ptr, flag, R, K,
+    BR: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr, CHECK: tl.constexpr = False,
+):  # fmt: skip
+    """Rows ``r`` of ``k: [R, K]`` (``R = N·H``): key ``û = u/‖u‖`` with ``u = k⊙k``, strength ``c`` and value
+    ``1/(β‖u‖)`` in column 0 of ``VP`` (zero elsewhere); all three zero where ``u = 0``. One pass over ``k``.
+    With ``CHECK``, non-finite ``k`` and ``β ∉ (0, 1]`` set their bits in ``*flag``."""
+    orow = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    ok = tl.arange(0, BK)
+    rm = orow < R
+    m = rm[:, None] & (ok[None, :] < K)
+    kk = tl.load(k + orow[:, None] * K + ok[None, :], mask=m, other=0.0).to(ACC)
+    if CHECK:
+        bchk = tl.load(beta + orow, mask=rm, other=1.0).to(ACC)
+        code = _or_all(_nonfinite(kk, m, BAD_K))
+        code |= tl.reduce(tl.where(rm & ~((bchk > 0) & (bchk <= 1)), BAD_BETA, 0), 0, _or)
+        _flag(flag, code)
+    u = kk * kk
+    un = tl.sqrt(tl.sum(u * u, 1))
+    pos = un > 0
+    safe = tl.where(pos, un, 1.0)
+    tl.store(
+        uhat_out + orow[:, None] * K + ok[None, :], (u / safe[:, None]).to(uhat_out.dtype.element_ty), mask=m
+    )
+    c = tl.load(c_ptr).to(ACC)  # read from memory: a float argument would arrive as fp32
+    tl.store(strength_out + orow, tl.where(pos, c, 0.0).to(strength_out.dtype.element_ty), mask=rm)
+    b = tl.load(beta + orow, mask=rm, other=1.0).to(ACC)
+    val = tl.where(pos, 1.0 / (b * safe), 0.0)
+    ov = tl.arange(0, VP)
+    vals = tl.where(ov[None, :] == 0, val[:, None], 0.0)
+    tl.store(
+        vals_out + orow[:, None] * VP + ov[None, :], vals.to(vals_out.dtype.element_ty), mask=rm[:, None]
+    )
+
+
+@triton.jit
+def _d_scan_tiles(uhat, w, ut, bos, Tn, n, i_h, H, K, C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr):
+    """Rows of chunk ``n`` of a sequence (zero past its end): ``W``, ``û`` and ``Ũ₀``, in the stored dtype
+    (not converted here, so that the loads of the next chunk stay in flight while this one is computed)."""
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < Tn - n * C
+    t = (bos + n * C + oc) * H + i_h
+    m = rmask[:, None] & (ok[None, :] < K)
+    W = tl.load(w + t[:, None] * K + ok[None, :], mask=m, other=0.0)
+    uu = tl.load(uhat + t[:, None] * K + ok[None, :], mask=m, other=0.0)
+    u0 = tl.load(ut + t * VP, mask=rmask, other=0.0)
+    return W, uu, u0
+
+
+@triton.jit
+def _d_scan_kernel(
+    uhat, w, ut, h0, d_out, cu_seqlens, d_min_ptr, h_out, u_out,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr, STORE_H: tl.constexpr = False,
+):  # fmt: skip
+    """One program per (sequence, head): the ``K``-vector state ``h`` (from ``h0: [N, H, K]``) is carried in
+    registers through the chunks of the sequence; per chunk ``U = Ũ₀ − W h``, ``d_r = h + Σ_{i<r} U_i û_i``
+    (stored floored at ``d_min``) and ``h ← h + Σ_i U_i û_i``. ``uhat, w: [tokens, H, K]``, ``ut: [tokens, H,
+    VP]`` (column 0 used), ``d_out: [tokens, H, K]``; the tail chunk of a sequence is masked. With ``STORE_H``
+    (for the backward) it also stores the unfloored ``d_r`` in ``h_out: [tokens, H, K]`` and the update
+    coefficient ``U_r = c (1/(β_r‖u_r‖) − û_rᵀ d_r)`` in ``u_out: [tokens, H]`` (fp32/fp64).
+
+    The tiles of chunk ``n + 1`` are loaded before chunk ``n`` is computed (by hand: Triton's pipeliner left
+    these loads alone). On an H200 (B=4, T=4096, H=16, K=128, bf16) this took the kernel from 0.315 to 0.223 ms
+    at C = 32 with 4 warps, and from 0.263 to 0.232 ms at C = 64 with 8 warps (timed while the design was
+    chosen; not kept in a results file)."""
+    i_nh = tl.program_id(0)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    h = tl.load(h0 + i_nh.to(tl.int64) * K + ok, mask=ok < K, other=0.0).to(ACC)
+    d_min = tl.load(d_min_ptr).to(ACC)  # from memory: a float argument would arrive rounded to fp32
+    W, uu, u0 = _d_scan_tiles(uhat, w, ut, bos, Tn, 0, i_h, H, K, C, BK, VP)
+    for n in range(tl.cdiv(Tn, C)):
+        W1, uu1, u01 = _d_scan_tiles(uhat, w, ut, bos, Tn, n + 1, i_h, H, K, C, BK, VP)  # next chunk
+        U = u0.to(ACC) - tl.sum(W.to(ACC) * h[None, :], 1)  # 0 on masked rows
+        inc = U[:, None] * uu.to(ACC)
+        D = h[None, :] + tl.cumsum(inc, 0) - inc
+        t = (bos + n * C + oc) * H + i_h
+        _store_rows(d_out, tl.maximum(D, d_min), t, oc < Tn - n * C, K, ok, K)
+        if STORE_H:
+            _store_rows(h_out, D, t, oc < Tn - n * C, K, ok, K)
+            tl.store(u_out + t, U.to(u_out.dtype.element_ty), mask=oc < Tn - n * C)
+        h += tl.sum(inc, 0)
+        W, uu, u0 = W1, uu1, u01
+
+
+def scan_forward(k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep: bool):
+    """The four launches of the rule on packed ``k: [N, H, K]``, ``beta: [N, H]``, ``h0: [S, H, K]`` (wide
+    dtype). Returns ``d`` and, with ``keep``, what the backward needs: ``(A⁻¹, unfloored d, U)``."""
+    N, H, K = k.shape
+    S = h0.shape[0]
+    f = wide_dtype(k.dtype)
+    # One pass over the keys forms the scan's key, strength and value (in the dtype of k, so the scan's dots
+    # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 (fp64) inside the scan kernel.
+    uhat = torch.empty_like(k)
+    strength = torch.empty(N, H, dtype=k.dtype, device=k.device)
+    vals = torch.empty(N, H, _VPAD, dtype=k.dtype, device=k.device)
+    R = N * H
+    c_t = torch.full((1,), c, dtype=f, device=k.device)
+    _d_prep_kernel[(triton.cdiv(R, 32),)](
+        k, beta, uhat, strength, vals, c_t, flag if flag is not None else c_t, R, K,
+        BR=32, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), CHECK=flag is not None,
+        num_warps=_warps(4),
+    )  # fmt: skip
+    cu, _, bounds, _ = tables
+    _, _, _, ai = gram_solve(uhat, None, strength, None, bounds, None, C)
+    w, ut = wy_factors(uhat, vals, strength, None, ai, bounds, C)
+    d = torch.empty(N, H, K, dtype=k.dtype, device=k.device)
+    # the unfloored d in the wide dtype: its rounding would enter the gradient through b − ûᵀd (cancelling)
+    h_raw = torch.empty(N, H, K, dtype=f, device=k.device) if keep else d
+    ucoef = torch.empty(N, H, dtype=f, device=k.device) if keep else d
+    d_min_t = torch.full((1,), d_min, dtype=f, device=k.device)
+    _c = _d_scan_kernel[(S * H,)](
+        uhat, w, ut, h0, d, cu, d_min_t, h_raw, ucoef, H, K,
+        C=C, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), STORE_H=keep,
+        **_cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype)),
+    )  # fmt: skip
+    _record("d_scan", _c)
+    return d, ((ai, h_raw, ucoef, c_t, d_min_t) if keep else None)
+
+
+def d_scan_ref(uhat, w, ut, h0, cu_seqlens, C, d_min):
+    """Twin of the d rule's scan kernel: per sequence, the state ``h`` (from ``h0: [S, H, K]``) goes through
+    its chunks of ``C`` tokens: ``U = Ũ₀ − W h``, ``d_r = max(h + Σ_{i<r} U_i û_i, d_min)``,
+    ``h ← h + Σ_i U_i û_i``. ``uhat, w: [N, H, K]``, ``ut: [N, H, V]`` (column 0 used); returns ``d: [N, H, K]``."""
+    d = torch.zeros_like(uhat)
+    cu = cu_seqlens.tolist()
+    for s in range(len(cu) - 1):
+        h = h0[s].clone()  # [H, K]
+        for t0 in range(cu[s], cu[s + 1], C):
+            t1 = min(t0 + C, cu[s + 1])
+            U = ut[t0:t1, :, 0] - (w[t0:t1] * h).sum(-1)  # [n, H]
+            inc = U[..., None] * uhat[t0:t1]  # [n, H, K]
+            d[t0:t1] = h + torch.cumsum(inc, 0) - inc
+            h = h + inc.sum(0)
+    return d.clamp_min(d_min)

@@ -1,0 +1,175 @@
+"""The d rule's backward (the adjoint recurrence of the scan in chunk form, see :mod:`.drule`): three kernels and
+their launcher :func:`d_scan_backward`. It has no stage twin; it is tested through every gradient against
+float64 autograd of the token loop (``tests/test_kernels_drule.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import _block, _cfg, _record, _rows, _stages, _store_rows, acc_dtype
+from .d_scan import _SCAN_WARPS
+
+__all__ = ["d_scan_backward"]
+
+
+@triton.jit
+def _bwd_chunk(
+    k, beta, gd, h_raw, ai, t, rmask, c, d_min, K, C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr
+):
+    """Rows ``t`` of one chunk for the backward, in ``ACC``: key ``k``, ``û``, ``‖u‖`` (1 where ``u = 0``),
+    ``β``, value ``b``, strength, unfloored ``d`` (``h``), the floored-out gradient ``G̃``, ``A⁻¹`` and
+    ``Σ_{j>i} G̃_j``."""
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    kk = _rows(k, t, rmask, K, ok, K, ACC)
+    u = kk * kk
+    nrm = tl.sqrt(tl.sum(u * u, 1))
+    pos = nrm > 0
+    safe = tl.where(pos, nrm, 1.0)
+    uh = u / safe[:, None]
+    bt = tl.load(beta + t, mask=rmask, other=1.0).to(ACC)
+    bval = tl.where(pos, 1.0 / (bt * safe), 0.0)
+    cs = tl.where(pos, c, 0.0)
+    hr = _rows(h_raw, t, rmask, K, ok, K, ACC)
+    G = tl.where(hr >= d_min, _rows(gd, t, rmask, K, ok, K, ACC), 0.0)
+    Ai = _rows(ai, t, rmask, C, oc, C, ACC)  # rows r, columns j: (A⁻¹)_{rj}
+    S_ex = tl.cumsum(G, 0, reverse=True) - G
+    return kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex
+
+
+@triton.jit
+def _d_bwd_local_kernel(
+    k, beta, gd, h_raw, ai, p_out, g0_out, bounds, c_ptr, d_min_ptr,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Backward, part 1 (chunks × heads, in parallel): the chunk's affine map of the adjoint,
+    ``λ_start = λ_C + g₀ − Ûᵀ diag(c) P λ_C`` with ``P = A⁻ᵀ Û`` (stored per token) and
+    ``g₀ = Σ_i G̃_i − Ûᵀ diag(c) A⁻ᵀ r``, ``r_i = û_iᵀ Σ_{j>i} G̃_j`` (stored per chunk)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    c = tl.load(c_ptr).to(ACC)
+    d_min = tl.load(d_min_ptr).to(ACC)
+    kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex = _bwd_chunk(
+        k, beta, gd, h_raw, ai, t, rmask, c, d_min, K, C, BK, ACC
+    )
+    r = tl.sum(uh * S_ex, 1)
+    x0 = tl.sum(Ai * r[:, None], 0)
+    P = tl.dot(tl.trans(Ai), uh, input_precision="ieee", out_dtype=ACC)
+    _store_rows(p_out, P, t, rmask, K, ok, K)
+    g0 = tl.sum(G, 0) - tl.sum((cs * x0)[:, None] * uh, 0)
+    tl.store(g0_out + (i_c.to(tl.int64) * H + i_h) * K + ok, g0, mask=ok < K)
+
+
+@triton.jit
+def _d_bwd_scan_kernel(
+    k, p, g0, lam_out, gh0_out, cu_seqlens, chunk_offsets, c_ptr,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Backward, part 2 (one program per sequence and head, chunks in reverse): carries the ``K``-vector
+    adjoint ``λ`` through the chunk maps of part 1, stores the ``λ_C`` entering each chunk (from the next one)
+    and ``λ_1`` (the gradient of ``d_init``)."""
+    i_nh = tl.program_id(0)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    boc = tl.load(chunk_offsets + i_n).to(tl.int64)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    c = tl.load(c_ptr).to(ACC)
+    lam = tl.zeros([BK], dtype=ACC)
+    nt = tl.cdiv(Tn, C)
+    for i in range(nt):
+        n = nt - 1 - i
+        rmask = oc < Tn - n * C
+        t = (bos + n * C + oc) * H + i_h
+        kk = _rows(k, t, rmask, K, ok, K, ACC)
+        u = kk * kk
+        nrm = tl.sqrt(tl.sum(u * u, 1))
+        cu_ = tl.where(nrm > 0, c / tl.where(nrm > 0, nrm, 1.0), 0.0)  # c / ‖u‖: û = u / ‖u‖
+        Pt = _rows(p, t, rmask, K, ok, K, ACC)
+        ci = ((boc + n) * H + i_h) * K
+        tl.store(lam_out + ci + ok, lam.to(lam_out.dtype.element_ty), mask=ok < K)
+        xl = tl.sum(Pt * lam[None, :], 1)
+        lam += tl.load(g0 + ci + ok, mask=ok < K, other=0.0).to(ACC) - tl.sum((cu_ * xl)[:, None] * u, 0)
+    tl.store(gh0_out + i_nh.to(tl.int64) * K + ok, lam.to(gh0_out.dtype.element_ty), mask=ok < K)
+
+
+@triton.jit
+def _d_bwd_grads_kernel(
+    k, beta, gd, h_raw, ucoef, ai, lam_in, gk_out, gb_out, bounds, c_ptr, d_min_ptr,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Backward, part 3 (chunks × heads, in parallel): with the chunk's entering adjoint ``λ_C`` (part 2), the
+    scalars ``x_i = û_iᵀ λ_{i+1}`` solve ``Aᵀ x = y``, ``y_i = û_iᵀ (λ_C + Σ_{j>i} G̃_j)``, so ``x = A⁻ᵀ y``;
+    ``λ_{i+1} = λ_C + Σ_{j>i} (G̃_j − c x_j û_j)``; then ``∂L/∂b_i = c x_i``,
+    ``∂L/∂û_i = U_i λ_{i+1} − c x_i h_i`` (``U_i`` the forward's update coefficient), and through
+    ``û = u/‖u‖``, ``b = 1/(β‖u‖)``, ``u = k⊙k`` to ``k`` and ``β``."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    c = tl.load(c_ptr).to(ACC)
+    d_min = tl.load(d_min_ptr).to(ACC)
+    kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex = _bwd_chunk(
+        k, beta, gd, h_raw, ai, t, rmask, c, d_min, K, C, BK, ACC
+    )
+    lam = tl.load(lam_in + (i_c.to(tl.int64) * H + i_h) * K + ok, mask=ok < K, other=0.0).to(ACC)
+    y = tl.sum(uh * (lam[None, :] + S_ex), 1)
+    xc = cs * tl.sum(Ai * y[:, None], 0)  # c x, x = A⁻ᵀ y
+    Z = xc[:, None] * uh
+    lnext = lam[None, :] + S_ex - (tl.cumsum(Z, 0, reverse=True) - Z)  # λ_{i+1}
+    U = tl.load(ucoef + t, mask=rmask, other=0.0).to(ACC)
+    g_uh = U[:, None] * lnext - xc[:, None] * hr
+    proj = tl.sum(uh * g_uh, 1)
+    g_u = (g_uh - uh * proj[:, None]) / safe[:, None] - (bval * xc / safe)[:, None] * uh
+    _store_rows(gk_out, 2.0 * kk * g_u, t, rmask, K, ok, K)
+    tl.store(gb_out + t, tl.where(pos, -bval * xc / bt, 0.0).to(gb_out.dtype.element_ty), mask=rmask)
+
+
+def d_scan_backward(gd, k, beta, ai, h_raw, ucoef, c_t, d_min_t, C, tables, h0_shape, need_dh0):
+    """The gradient of the rule's ``d`` (``gd: [N, H, K]``) with respect to ``k``, ``β`` and the initial
+    state ``d_init`` (``None`` unless ``need_dh0``), from what the forward scan saved (``A⁻¹``, the unfloored
+    ``d``, the update coefficients): three launches, the chunk maps of the adjoint (parallel), the reverse
+    scan of the ``K``-vector adjoint over the chunks (one program per sequence and head), the token gradients
+    (parallel)."""
+    cu, offs, bounds, NC = tables
+    N, H, K = k.shape
+    f = ai.dtype
+    BK = _block(K)
+    p = torch.empty(N, H, K, dtype=f, device=k.device)
+    g0 = torch.empty(NC, H, K, dtype=f, device=k.device)
+    lam = torch.empty(NC, H, K, dtype=f, device=k.device)
+    gk = torch.empty_like(k)
+    gb = torch.empty_like(beta)
+    gh0 = torch.empty(h0_shape, dtype=f, device=k.device)
+    acc = acc_dtype(f)
+    _c = _d_bwd_local_kernel[(NC, H)](
+        k, beta, gd, h_raw, ai, p, g0, bounds, c_t, d_min_t, H, K, C=C, BK=BK, ACC=acc,
+        **_cfg("d_bwd_local", num_warps=4),
+    )  # fmt: skip
+    _record("d_bwd_local", _c)
+    _c = _d_bwd_scan_kernel[(h0_shape[0] * H,)](
+        k, p, g0, lam, gh0, cu, offs, c_t, H, K, C=C, BK=BK, ACC=acc,
+        **_cfg("d_bwd_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype)),
+    )  # fmt: skip
+    _record("d_bwd_scan", _c)
+    _c = _d_bwd_grads_kernel[(NC, H)](
+        k, beta, gd, h_raw, ucoef, ai, lam, gk, gb, bounds, c_t, d_min_t, H, K, C=C, BK=BK, ACC=acc,
+        **_cfg("d_bwd_grads", num_warps=4),
+    )  # fmt: skip
+    _record("d_bwd_grads", _c)
+    return gk, gb, (gh0 if need_dh0 else None)
