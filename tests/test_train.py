@@ -130,6 +130,8 @@ def test_cli_two_step_training_smoke_resumes_after_interruption(tmp_path):
     df = load_train_results(out)
     assert sorted(df["model"]) == ["deltanet", "osdn-learned", "osdn-rule"]
     assert (out / "results.parquet").is_file()
+    assert (out / "figures" / "accuracy_vs_pairs.png").is_file() and (out / "summary.csv").is_file()
+    assert "| mqar | 16 | 2 | 8 | osdn-rule |" in (out / "summary.md").read_text()
     table = summary_table(df)
     assert table.loc[table["model"] == "deltanet", "rel_change"].item() == 0.0
     # the resumed folder holds what one uninterrupted run computes (CPU, same seeds)

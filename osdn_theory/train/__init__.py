@@ -5,7 +5,7 @@
 Command line: ``osdn train FILE --out DIR`` (resumable; the sweep runner's store, manifest and executors).
 """
 
-from .results import load_train_results, plot_accuracy_vs_pairs, summary_table
+from .results import load_train_results, plot_accuracy_vs_pairs, summary_table, write_report
 from .run import evaluate_model, lr_at, pick_device, train_batch, train_run
 from .spec import TrainRun, TrainSpec, load_train_spec, parse_train_spec, run_label
 
@@ -23,4 +23,5 @@ __all__ = [
     "summary_table",
     "train_batch",
     "train_run",
+    "write_report",
 ]

@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Train every missing run of FILE for its step budget and record held-out recall accuracy; rerun the
-        same command to resume after an interruption (finished runs are kept, a killed run restarts)."""
+        same command to resume after an interruption (finished runs are kept, a killed run restarts). Writes
+        DIR/summary.csv, DIR/summary.md and DIR/figures/accuracy_vs_pairs.png at the end."""
         import functools
 
         from ..sweeps.executors import EnvironmentProblem
@@ -95,6 +96,13 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
             raise typer.Exit(130) from None
+        try:
+            from .results import write_report
+
+            for p in write_report(out):
+                typer.echo(str(p))
+        except Exception as err:  # noqa: BLE001 - the runs are saved; the report can be redrawn
+            typer.echo(f"warning: summary and figure not written ({type(err).__name__}: {err})", err=True)
         store = ResultsStore(out, repair=False)
         recs = [store.records[h] for h in spec.hashes if h in store.records]
         skipped = [r for r in recs if r["status"] == "skipped"]

@@ -9,7 +9,7 @@ from ..sweeps.store import ResultsStore
 from ..tasks import task_from_dict
 from .spec import optim_settings, train_settings
 
-__all__ = ["best_lr", "load_train_results", "plot_accuracy_vs_pairs", "summary_table"]
+__all__ = ["best_lr", "load_train_results", "plot_accuracy_vs_pairs", "summary_table", "write_report"]
 
 
 def load_train_results(out: str | Path, *, finished_only: bool = True):
@@ -119,3 +119,41 @@ def plot_accuracy_vs_pairs(df, path: str | Path | None = None):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     return fig
+
+
+def _cell(x) -> str:
+    if isinstance(x, float):
+        return "–" if x != x else f"{x:.4g}"
+    return str(x)
+
+
+def write_report(out: str | Path) -> list[Path]:
+    """Write ``summary.csv``, ``summary.md`` (the :func:`summary_table`) and
+    ``figures/accuracy_vs_pairs.png`` into the results folder ``out``; returns the paths (none when no run has
+    finished)."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    df = load_train_results(out)
+    if df.empty:
+        return []
+    table = summary_table(df)
+    csv = out / "summary.csv"
+    table.to_csv(csv, index=False)
+    cols = list(table.columns)
+    lines = [
+        f"# {out.name}: held-out recall accuracy (tiny-scale synthetic)",
+        "",
+        "Mean and standard deviation over seeds at each model's best learning rate; rel_change: accuracy "
+        "over DeltaNet's minus 1, paired by seed.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    md = out / "summary.md"
+    md.write_text("\n".join(lines) + "\n")
+    fig_path = out / "figures" / "accuracy_vs_pairs.png"
+    fig = plot_accuracy_vs_pairs(df, fig_path)
+    plt.close(fig)
+    return [csv, md, fig_path]
