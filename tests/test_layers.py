@@ -40,9 +40,9 @@ def _grads(m):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("d_mode", ["none", "rule", "learned"])
+@pytest.mark.parametrize("d_mode", ["none", "rule", "rule-detached", "learned"])
 def test_chunk_equals_reference_forward_and_backward(d_mode):
-    ref, ch = _pair(d_mode)
+    ref, ch = _pair(d_mode.split("-")[0], rule_detach=d_mode.endswith("detached"))
     x = torch.randn(2, T, HID, dtype=torch.float64, requires_grad=True)
     xf = x.detach().float().requires_grad_()
     w = torch.randn(2, T, HID, dtype=torch.float64)

@@ -11,7 +11,8 @@ Per layer, for input ``x: [B, T, hidden_size]`` (``H`` heads of width ``K``)::
     y       = W_o (RMSNorm(o) ⊙ SiLU(W_g x))                              (gate optional)
 
 ``d_mode="rule"`` is the spec's state-free ``ratio`` rule (:class:`osdn_theory.kernels.DRule`, normalized
-step ``c``, ``d_1 = 1``, read-out floor ``d_min``); gradients flow through it into ``k`` and ``β``.
+step ``c``, ``d_1 = 1``, read-out floor ``d_min``); gradients flow through it into ``k`` and ``β`` (or not,
+with ``rule_detach=True``).
 ``d_mode="learned"`` projects ``d`` from the input; ``W_d`` starts at zero, so ``d = d_max / 2 = 1`` and the
 layer starts as DeltaNet; with L2-normalized keys and ``d < d_max = 2`` the write gain
 ``s = β kᵀ(d ⊙ k) < 2β ≤ 2`` stays in the contraction range of claim C4.
@@ -121,6 +122,8 @@ class OSDNAttention(nn.Module):
         use_gate: output gate ``SiLU(W_g x)`` (default True).
         chunk_size: chunk size of the kernel, 16, 32 or 64 (default 64).
         rule_c: normalized step of the ratio rule in (0, 2) (default 0.5); rule_d_min: its floor (1e-4).
+        rule_detach: ``False`` (default): gradients flow through the rule into ``k`` and ``β``; ``True``: ``d``
+            is a constant of the keys (``DRule(detach=True)``), like an optimizer's preconditioner state.
         d_max: upper end of the learned ``d ∈ (0, d_max)`` (default 2.0).
         norm_eps: epsilon of the output RMSNorm.
     """
@@ -139,6 +142,7 @@ class OSDNAttention(nn.Module):
         chunk_size: int = 64,
         rule_c: float = 0.5,
         rule_d_min: float = 1e-4,
+        rule_detach: bool = False,
         d_max: float = 2.0,
         norm_eps: float = 1e-5,
     ):
@@ -159,6 +163,7 @@ class OSDNAttention(nn.Module):
         self.chunk_size = check_choice("chunk_size", chunk_size, [16, 32, 64])
         self.rule_c = check_scalar("rule_c", rule_c, 0.0, 2.0, lo_open=True, hi_open=True)
         self.rule_d_min = check_scalar("rule_d_min", rule_d_min, 0.0, None, lo_open=True)
+        self.rule_detach = check_bool("rule_detach", rule_detach)
         self.d_max = check_scalar("d_max", d_max, 0.0, None, lo_open=True)
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         inner = num_heads * head_dim
@@ -185,7 +190,7 @@ class OSDNAttention(nn.Module):
     def _rule(self):
         from ..kernels import DRule
 
-        return DRule(c=self.rule_c, d_min=self.rule_d_min)
+        return DRule(c=self.rule_c, d_min=self.rule_d_min, detach=self.rule_detach)
 
     def features(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None):
         """``(q, k, v, β, d)`` of the layer for ``x: [B, T, hidden_size]``: ``q, k, v: [B, T, H, K]``,
@@ -219,7 +224,10 @@ class OSDNAttention(nn.Module):
             sl = slice(a, b)
             ds = d[:, sl] if d is not None else None
             if self.d_mode == "rule":
-                ds = ratio_rule_d(k[:, sl], beta[:, sl], self.rule_c, 1.0, self.rule_d_min)
+                ks, bs = (
+                    (k[:, sl].detach(), beta[:, sl].detach()) if self.rule_detach else (k[:, sl], beta[:, sl])
+                )
+                ds = ratio_rule_d(ks, bs, self.rule_c, 1.0, self.rule_d_min)
             o, _ = osdn_recurrent(q[:, sl], k[:, sl], v[:, sl], beta[:, sl], ds, dtype=None)
             outs.append(o)
         return torch.cat(outs, 1)

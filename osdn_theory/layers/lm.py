@@ -27,7 +27,7 @@ __all__ = ["KINDS", "ModelConfig", "RecallLM", "model_from_dict"]
 KINDS = ("osdn", *PEER_KINDS)
 
 #: Keys that only ``kind = "osdn"`` takes.
-_OSDN_ONLY = ("d_mode", "mode", "chunk_size", "rule_c", "d_max")
+_OSDN_ONLY = ("d_mode", "mode", "chunk_size", "rule_c", "rule_detach", "d_max")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ModelConfig:
         hidden_size, num_layers, num_heads, head_dim (default ``hidden_size // num_heads``): the shape.
         use_short_conv, conv_size, use_gate: as in :class:`OSDNAttention`.
         mlp_ratio: MLP width over ``hidden_size`` (default 2.0; 0 drops the MLP).
-        chunk_size, rule_c, d_max: as in :class:`OSDNAttention`.
+        chunk_size, rule_c, rule_detach, d_max: as in :class:`OSDNAttention`.
     """
 
     kind: str = "osdn"
@@ -57,6 +57,7 @@ class ModelConfig:
     mlp_ratio: float = 2.0
     chunk_size: int = 64
     rule_c: float = 0.5
+    rule_detach: bool = False
     d_max: float = 2.0
 
     def __post_init__(self):
@@ -78,6 +79,7 @@ class ModelConfig:
         check_scalar("mlp_ratio", self.mlp_ratio, 0.0, None)
         check_choice("chunk_size", self.chunk_size, [16, 32, 64])
         check_scalar("rule_c", self.rule_c, 0.0, 2.0, lo_open=True, hi_open=True)
+        check_bool("rule_detach", self.rule_detach)
         check_scalar("d_max", self.d_max, 0.0, None, lo_open=True)
 
     @property
@@ -85,10 +87,12 @@ class ModelConfig:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
 
     def label(self) -> str:
-        """``deltanet``, ``osdn-rule``, ``osdn-learned``, or the peer kind."""
+        """``deltanet``, ``osdn-rule`` (``osdn-rule-detached``), ``osdn-learned``, or the peer kind."""
         if self.kind != "osdn":
             return self.kind
-        return "deltanet" if self.d_mode == "none" else f"osdn-{self.d_mode}"
+        if self.d_mode == "none":
+            return "deltanet"
+        return f"osdn-{self.d_mode}" + ("-detached" if self.d_mode == "rule" and self.rule_detach else "")
 
 
 def model_from_dict(d: Mapping, where: str = "model") -> ModelConfig:
@@ -126,6 +130,7 @@ class _Block(nn.Module):
                 use_gate=cfg.use_gate,
                 chunk_size=cfg.chunk_size,
                 rule_c=cfg.rule_c,
+                rule_detach=cfg.rule_detach,
                 d_max=cfg.d_max,
             )
         else:
