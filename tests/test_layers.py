@@ -23,6 +23,16 @@ from osdn_theory.tolerances import rel_err, rtol
 HID, HEADS, T = 32, 2, 21  # head dim 16; T = 21: a full chunk of 16 and a tail of 5
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tiny models run no faster on more, and a loaded shared machine runs them far
+    slower (measured: 0.8 s alone, 10-12 s with 2 threads at load 8 on 2 cores)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _pair(d_mode, **kw):
     """The same layer twice: float64 reference mode and float32 chunk (kernel) mode."""
     torch.manual_seed(0)

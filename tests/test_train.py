@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from osdn_theory.cli import app
@@ -44,6 +45,16 @@ seq_len = 8
 lr = 1e-2
 warmup_steps = 1
 """
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tiny models run no faster on more, and a loaded shared machine runs them far
+    slower (measured: 0.8 s alone, 10-12 s with 2 threads at load 8 on 2 cores)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _raw(**over):
