@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def train(
         file: Annotated[
-            Path, typer.Argument(help="Training file (.toml): [[model]] x [[task]] x [[optim]] x seeds.")
+            Path, typer.Argument(help="Training file (.toml): model, task and optim tables x seeds.")
         ],
         out: Annotated[Path, typer.Option("--out", help="Results folder (created; reused to resume).")],
         device: Annotated[
@@ -48,9 +48,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Train every missing run of FILE for its step budget and record held-out recall accuracy; rerun the
-        same command to resume after an interruption (finished runs are kept, a killed run restarts). Writes
-        DIR/summary.csv, DIR/summary.md and DIR/figures/accuracy_vs_pairs.png at the end."""
+        """Train the missing runs of a training file; rerun the same command to resume.
+
+        Writes DIR/summary.md, DIR/summary.csv and DIR/figures/accuracy_vs_pairs.png at the end.
+        """
         import functools
 
         from ..sweeps.executors import EnvironmentProblem
