@@ -247,3 +247,28 @@ def test_kernel_path_trains_like_the_reference():
         assert ker["series"]["loss"] == pytest.approx(ref["series"]["loss"], rel=1e-5)
         assert ker["metrics"]["eval_loss"] == pytest.approx(ref["metrics"]["eval_loss"], rel=1e-5)
         assert ker["metrics"]["accuracy"] == ref["metrics"]["accuracy"]
+
+
+def test_layer_r1_matches_an_independent_deltanet_memory():
+    """layer_r1 of a one-layer DeltaNet model = R1 of the memory that delta_rule_recurrent writes from the
+    layer's own keys and values on the context."""
+    from osdn_theory.layers import RecallLM
+    from osdn_theory.recurrences import delta_rule_recurrent
+    from osdn_theory.tasks import MQAR
+    from osdn_theory.train.run import layer_r1
+
+    torch.manual_seed(0)
+    model = RecallLM(
+        32, {"mode": "reference", "d_mode": "none", "hidden_size": 16, "num_heads": 2, "num_layers": 1}
+    )
+    data = MQAR(vocab_size=32, num_kv_pairs=3, seq_len=16, num_examples=3).build(0)
+    (r1,) = layer_r1(model, data.inputs, data.context_len)
+    with torch.no_grad():
+        q, k, v, beta, _ = model.blocks[0].mixer.features(model.blocks[0].norm1(model.embed(data.inputs)))
+    c = data.context_len
+    k, v = k[:, :c].double(), v[:, :c].double()
+    _, S = delta_rule_recurrent(q[:, :c], k, v, beta[:, :c].double(), output_final_state=True)
+    res = torch.einsum("bhkv,bthk->bthv", S, k) - v
+    expect = (res.square().sum((1, 3)) / v.square().sum((1, 3))).mean()
+    assert r1 == pytest.approx(float(expect), rel=1e-10)
+    assert 0.0 < r1 < 1.0

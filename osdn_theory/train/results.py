@@ -64,8 +64,8 @@ def best_lr(df, keys=("task", "hidden_size", "num_kv_pairs", "seq_len", "model")
 
 def summary_table(df, baseline: str = "deltanet"):
     """Accuracy per (task, width, pairs, model) at the model's best learning rate (:func:`best_lr`): mean,
-    standard deviation, seeds, the rate, and the mean relative change against ``baseline`` over the seeds both
-    have (``acc / acc_baseline − 1``, paired by seed; ``NaN`` where the baseline's accuracy is 0)."""
+    standard deviation, seeds, the rate, the mean of the layers' own residual ratio ``r1_mean`` (where recorded),
+    and the mean relative change against ``baseline`` over the seeds both have (``acc / acc_baseline − 1``, paired by seed; ``NaN`` where the baseline's accuracy is 0)."""
     import numpy as np
     import pandas as pd
 
@@ -79,7 +79,10 @@ def summary_table(df, baseline: str = "deltanet"):
             "seeds": g["accuracy"].count(),
             "lr": g["lr"].first(),
         }
-    ).reset_index()
+    )
+    if "r1_mean" in df:
+        out["r1_mean"] = g["r1_mean"].mean()
+    out = out.reset_index()
     base = df[df["model"] == baseline][[*keys, "seed", "accuracy"]].rename(columns={"accuracy": "base"})
     paired = df.merge(base, on=[*keys, "seed"])
     paired["rel_change"] = np.where(

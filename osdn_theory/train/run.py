@@ -10,6 +10,8 @@ every model of a seed, so models are compared on the same questions).
 Record (one per run, appended to ``results.jsonl`` by the sweep runner):
 
 - ``metrics``: ``accuracy`` (held-out answer tokens predicted exactly, at the end), ``eval_loss``,
+  ``r1_layer0, …`` and ``r1_mean`` (:func:`layer_r1`: each trained OSDN layer's own stored-set residual ratio
+  over the context of ``batch_size`` held-out sequences; not for peer models),
   ``train_loss`` (mean of the last ``log_every`` steps), ``best_accuracy``, ``accuracy_overwritten`` /
   ``accuracy_kept`` (forgetting task), ``n_params``, ``steps``, ``train_seconds``, ``steps_per_s``,
   ``peak_memory_gb`` (GPU).
@@ -37,7 +39,7 @@ from ..sweeps.store import utc_now
 from ..tasks import IGNORE, task_from_dict
 from .spec import eval_settings, optim_settings, run_label, train_settings
 
-__all__ = ["evaluate_model", "lr_at", "pick_device", "train_batch", "train_run"]
+__all__ = ["evaluate_model", "layer_r1", "lr_at", "pick_device", "train_batch", "train_run"]
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -104,6 +106,38 @@ def evaluate_model(model, task, seed: int, n: int, batch_size: int, device, prec
     if data.overwritten is not None:
         out["accuracy_overwritten"] = ow_c / ow_n if ow_n else float("nan")
         out["accuracy_kept"] = (correct - ow_c) / (total - ow_n) if total > ow_n else float("nan")
+    return out
+
+
+@torch.no_grad()
+def layer_r1(model, inputs: torch.Tensor, context_len: int) -> list[float]:
+    """R1 (spec §9, stored-set residual ratio) of each OSDN layer's own memory after the context.
+
+    For layer ``l``, with its trained projections' keys ``k_i``, values ``v_i``, strengths ``β_i`` and ``d_i``
+    on the context tokens ``i < context_len`` of ``inputs [B, T]``, the memory ``S`` written by them (float64
+    token recurrence, the layer's ``d_mode``) gives ``R1 = Σ_i ‖S k_i − v_i‖² / Σ_i ‖v_i‖²`` per sequence and
+    head; returned is its mean over both, per layer (empty for peer models). The stored set is every context
+    token, so ``R1`` also counts what later writes overwrote; compare it between models, not with 0.
+    """
+    from ..layers import ratio_rule_d
+    from ..recurrences import osdn_recurrent
+
+    if model.config.kind != "osdn":
+        return []
+    x = model.embed(inputs)
+    out = []
+    for blk in model.blocks:
+        mix = blk.mixer
+        q, k, v, beta, d = (
+            t if t is None else t[:, :context_len].double() for t in mix.features(blk.norm1(x))
+        )
+        if mix.d_mode == "rule":
+            d = ratio_rule_d(k, beta, mix.rule_c, 1.0, mix.rule_d_min)
+        _, S = osdn_recurrent(q, k, v, beta, d, output_final_state=True)  # S: [B, H, K, V] (= Sᵀ)
+        res = torch.einsum("bhkv,bthk->bthv", S, k) - v
+        r1 = res.square().sum((1, 3)) / v.square().sum((1, 3)).clamp_min(1e-300)
+        out.append(float(r1.mean()))
+        x = blk(x)
     return out
 
 
@@ -188,11 +222,18 @@ def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict
         if tr["eval_every"] and done % tr["eval_every"] == 0 and done != steps:
             evaluate(done)
     seconds = time.perf_counter() - t0
+    r1: list[float] = []
     if status == "ok":
         evaluate(done)
+        held = dataclasses.replace(task, num_examples=min(bs, ev["eval_examples"])).build((seed, 1))
+        model.eval()
+        r1 = layer_r1(model, held.inputs.to(dev), held.context_len)
+        model.train()
     metrics: dict[str, Any] = {
         **last_eval,
         "best_accuracy": best,
+        **({"r1_mean": sum(r1) / len(r1)} if r1 else {}),
+        **{f"r1_layer{i}": x for i, x in enumerate(r1)},
         "train_loss": series["loss"][-1] if series["loss"] else float("nan"),
         "n_params": sum(p.numel() for p in model.parameters()),
         "steps": done,
