@@ -164,7 +164,11 @@ def right_preconditioned_recurrent(
         r_post[:, t] = torch.einsum("bhk,bhkv->bhv", k_t, M) - x.v[:, t]
     final = M if output_final_state else None
     if diagnostics:
-        return o, final, RLSDiagnostics(e_pre, r_post, s, torch.ones_like(s), None, kt, None)
+        return (
+            o,
+            final,
+            RLSDiagnostics(e_pre, r_post, s, torch.ones_like(s), leverage=None, write_key_=kt, states=None),
+        )
     return o, final
 
 
@@ -198,7 +202,13 @@ class _RLSRecorder:
         final = M if output_final_state else None
         if diagnostics:
             diag = RLSDiagnostics(
-                self.e_pre, self.r_post, self.s, torch.ones_like(self.s), self.lev, self.kts, self.states
+                self.e_pre,
+                self.r_post,
+                self.s,
+                torch.ones_like(self.s),
+                leverage=self.lev,
+                write_key_=self.kts,
+                states=self.states,
             )
             return self.o, final, diag
         return self.o, final
