@@ -224,6 +224,7 @@ def _stage_times(x):
     """Time each forward and backward stage alone (given d), to see where the time goes."""
     from osdn_theory.kernels import d_ratio_scan, stages
     from osdn_theory.kernels.chunk import _chunk_tables
+    from osdn_theory.kernels.config import Launch
 
     B, T, H, K = x["k"].shape
     C = 64
@@ -231,29 +232,37 @@ def _stage_times(x):
     d, beta = x["d"].reshape(B * T, H, K), x["beta"].reshape(B * T, H)
     do = x["do"].reshape(B * T, H, K)
     cu, offs, bounds, NC = _chunk_tables(None, B, T, C, "cuda")
-    kt, c, g, ai = stages.gram_solve(k, d, beta, None, bounds, None, C)
-    w, u = stages.wy_factors(k, v, beta, None, ai, bounds, C)
-    h, vnew, _ = stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False)
-    dvl = stages.dv_local(q, kt, None, do, bounds, 1.0, C)
-    dh, du, _ = stages.dh_pass(q, kt, w, None, do, dvl, None, cu, offs, NC, 1.0, C, False)
-    dq, dkt, dw, _ = stages.bwd_dqk(q, kt, None, vnew, h, do, dh, du, bounds, 1.0, C)
+    rec = {}  # each launch records its configuration and registers/spills here
+    L = Launch(record=rec)
+    kt, c, g, ai = stages.gram_solve(k, d, beta, None, bounds, None, C, launch=L)
+    w, u = stages.wy_factors(k, v, beta, None, ai, bounds, C, launch=L)
+    h, vnew, _ = stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False, launch=L)
+    dvl = stages.dv_local(q, kt, None, do, bounds, 1.0, C, launch=L)
+    dh, du, _ = stages.dh_pass(q, kt, w, None, do, dvl, None, cu, offs, NC, 1.0, C, False, launch=L)
+    dq, dkt, dw, _ = stages.bwd_dqk(q, kt, None, vnew, h, do, dh, du, bounds, 1.0, C, launch=L)
     t = {
-        "gram_solve": _bench(lambda: stages.gram_solve(k, d, beta, None, bounds, None, C)),
-        "gram_only_keys": _bench(lambda: stages.gram_solve(k, d, beta, None, bounds, None, C, solve=False)),
-        "wy_factors": _bench(lambda: stages.wy_factors(k, v, beta, None, ai, bounds, C)),
-        "state_pass": _bench(lambda: stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False)),
-        "output": _bench(lambda: stages.output(q, kt, vnew, h, None, bounds, 1.0, C)),
-        "dv_local": _bench(lambda: stages.dv_local(q, kt, None, do, bounds, 1.0, C)),
-        "dh_pass": _bench(lambda: stages.dh_pass(q, kt, w, None, do, dvl, None, cu, offs, NC, 1.0, C, False)),
-        "bwd_dqk": _bench(lambda: stages.bwd_dqk(q, kt, None, vnew, h, do, dh, du, bounds, 1.0, C)),
+        "gram_solve": _bench(lambda: stages.gram_solve(k, d, beta, None, bounds, None, C, launch=L)),
+        "gram_only_keys": _bench(
+            lambda: stages.gram_solve(k, d, beta, None, bounds, None, C, solve=False, launch=L)
+        ),
+        "wy_factors": _bench(lambda: stages.wy_factors(k, v, beta, None, ai, bounds, C, launch=L)),
+        "state_pass": _bench(
+            lambda: stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False, launch=L)
+        ),
+        "output": _bench(lambda: stages.output(q, kt, vnew, h, None, bounds, 1.0, C, launch=L)),
+        "dv_local": _bench(lambda: stages.dv_local(q, kt, None, do, bounds, 1.0, C, launch=L)),
+        "dh_pass": _bench(
+            lambda: stages.dh_pass(q, kt, w, None, do, dvl, None, cu, offs, NC, 1.0, C, False, launch=L)
+        ),
+        "bwd_dqk": _bench(lambda: stages.bwd_dqk(q, kt, None, vnew, h, do, dh, du, bounds, 1.0, C, launch=L)),
         "bwd_wy": _bench(
-            lambda: stages.bwd_wy(k, d, None, kt, v, beta, None, ai, dw, du, dkt, None, bounds, C)
+            lambda: stages.bwd_wy(k, d, None, kt, v, beta, None, ai, dw, du, dkt, None, bounds, C, launch=L)
         ),
         "d_rule_scan": _bench(
-            lambda: d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4, validate=False)
+            lambda: d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4, validate=False, launch=L)
         ),
     }
-    resources = dict(stages.RESOURCES)
+    resources = {name: r["regs_spills"] for name, r in rec.items()}
     return t, resources
 
 

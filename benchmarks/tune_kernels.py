@@ -1,7 +1,9 @@
 """Launch-configuration sweep of the chunk kernel's stages on one GPU (bf16), next to fla's own stages.
 
 For each shape it times (median of ``triton.testing.do_bench``) every stage of ``osdn_theory.kernels.stages``
-under each configuration variant in :data:`VARIANTS` (set through ``stages.TUNE``), checks that each variant
+under each configuration variant in :data:`VARIANTS` (passed to the stage as an explicit
+``osdn_theory.kernels.config.Launch``, which also records the configuration each launch resolved to and, on a
+GPU, its registers and spills), checks that each variant
 computes what the default computes (relative difference of the stage's outputs), and times fla-core's
 corresponding stages (``chunk_scaled_dot_kkt_fwd``, ``solve_tril``, ``recompute_w_u_fwd``,
 ``chunk_gated_delta_rule_fwd_h``, ``chunk_fwd_o``). The variants of the triangular solve's dot precision
@@ -9,7 +11,7 @@ corresponding stages (``chunk_scaled_dot_kkt_fwd``, ``solve_tril``, ``recompute_
 float64 chunk form, on random keys and on nearly aligned keys (the hard case for the solve).
 
 The results file (JSON, rewritten after every stage so that an interrupted run keeps what it measured) and
-a printed table are what the defaults in ``stages.py`` are chosen from; ``bench_kernels.py`` then measures
+a printed table are what the defaults in the stage modules are chosen from; ``bench_kernels.py`` then measures
 the chosen defaults against fla.
 
     python -m benchmarks.tune_kernels [--out results/tune.json] [--shapes "4,4096,16,128;8,2048,16,64"] [--dscan]
@@ -36,7 +38,7 @@ def _grid(**axes):
     return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*axes.values())]
 
 
-#: Variants per stage (each a ``stages.TUNE`` entry); the default configuration is always timed first.
+#: Variants per stage (each the fields of a ``LaunchConfig``); the default configuration is always timed first.
 VARIANTS = {
     "gram_solve": [{"num_warps": w, "PREC": "ieee", "NEWTON": n} for w in (1, 2, 4) for n in (True, False)],
     "wy": _grid(BK=[64, 128], BV=[64, 128], num_warps=[2, 4]),
@@ -62,8 +64,10 @@ class _Stages:
     def __init__(self, x, C=64):
         from osdn_theory.kernels import stages
         from osdn_theory.kernels.chunk import _chunk_tables
+        from osdn_theory.kernels.config import DEFAULT_LAUNCH
 
         self.s = stages
+        self.launch = DEFAULT_LAUNCH  # the launch configuration every stage method passes down
         B, T, H, K = x["k"].shape
         self.C = C
         self.q, self.k, self.v = (x[n].reshape(B * T, H, K) for n in ("q", "k", "v"))
@@ -82,21 +86,37 @@ class _Stages:
         _, self.dkt, self.dw, _ = self.bwd_dqk()
 
     def gram_solve(self):
-        return self.s.gram_solve(self.k, self.d, self.beta, None, self.bounds, None, self.C)
+        return self.s.gram_solve(
+            self.k, self.d, self.beta, None, self.bounds, None, self.C, launch=self.launch
+        )
 
     def wy(self):
-        return self.s.wy_factors(self.k, self.v, self.beta, None, self.ai, self.bounds, self.C)
+        return self.s.wy_factors(
+            self.k, self.v, self.beta, None, self.ai, self.bounds, self.C, launch=self.launch
+        )
 
     def state(self):
         return self.s.state_pass(
-            self.kt, self.w, self.u, None, None, self.cu, self.offs, self.NC, self.C, False
+            self.kt,
+            self.w,
+            self.u,
+            None,
+            None,
+            self.cu,
+            self.offs,
+            self.NC,
+            self.C,
+            False,
+            launch=self.launch,
         )
 
     def output(self):
-        return self.s.output(self.q, self.kt, self.vnew, self.h, None, self.bounds, 1.0, self.C)
+        return self.s.output(
+            self.q, self.kt, self.vnew, self.h, None, self.bounds, 1.0, self.C, launch=self.launch
+        )
 
     def dv_local(self):
-        return self.s.dv_local(self.q, self.kt, None, self.do, self.bounds, 1.0, self.C)
+        return self.s.dv_local(self.q, self.kt, None, self.do, self.bounds, 1.0, self.C, launch=self.launch)
 
     def dh(self):
         return self.s.dh_pass(
@@ -113,16 +133,17 @@ class _Stages:
             1.0,
             self.C,
             False,
+            launch=self.launch,
         )
 
     def bwd_dqk(self):
         return self.s.bwd_dqk(self.q, self.kt, None, self.vnew, self.h, self.do, self.dh_, self.du, self.bounds, 1.0,
-                              self.C)  # fmt: skip
+                              self.C, launch=self.launch)  # fmt: skip
 
     def bwd_wy(self):
         return self.s.bwd_wy(
             self.k, self.d, None, self.kt, self.v, self.beta, None, self.ai, self.dw, self.du, self.dkt, None,
-            self.bounds, self.C,
+            self.bounds, self.C, launch=self.launch,
         )  # fmt: skip
 
 
@@ -131,31 +152,35 @@ def _tensors(out):
 
 
 def sweep_stage(st, name):
-    """Time the default and every variant of stage ``name``; each row: config, ms, registers/spills, max
-    relative difference of its outputs from the default's (or the error it raised)."""
-    from osdn_theory.kernels import stages
+    """Time the default and every variant of stage ``name``; each row: config, the launch configuration the
+    launcher resolved it to, ms, registers/spills, max relative difference of its outputs from the default's (or
+    the error it raised)."""
+    from osdn_theory.kernels.config import DEFAULT_LAUNCH, Launch
 
     fn = getattr(st, name)
-    stages.TUNE.clear()
-    ref = [t.clone() for t in _tensors(fn())]
-    rows = [
-        {"config": "default", "ms": _bench(fn), "regs_spills": stages.RESOURCES.get(name), "rel_diff": 0.0}
-    ]
-    for cfg in VARIANTS[name]:
-        stages.TUNE.clear()
-        stages.TUNE[name] = cfg
-        row = {"config": cfg}
-        try:
-            got = _tensors(fn())
-            row["rel_diff"] = max(_rel(a, b) for a, b in zip(got, ref, strict=True))
-            row["ms"] = _bench(fn)
-            row["regs_spills"] = stages.RESOURCES.get(name)
-        except Exception as e:  # a config over a resource limit is a result, not a crash
-            row["error"] = f"{type(e).__name__}: {e}"[:300]
-        rows.append(row)
-        if "illegal memory access" in row.get("error", ""):
-            raise RuntimeError(f"{name} {cfg}: CUDA context lost; rows so far: {rows}")
-    stages.TUNE.clear()
+    rec = {}
+    st.launch = Launch(record=rec)
+    try:
+        ref = [t.clone() for t in _tensors(fn())]
+        rows = [{"config": "default", "resolved": rec[name]["config"], "ms": _bench(fn), "rel_diff": 0.0}]
+        rows[0]["regs_spills"] = rec[name]["regs_spills"]
+        for cfg in VARIANTS[name]:
+            rec.clear()
+            st.launch = Launch(record=rec).with_stage(name, cfg)
+            row = {"config": cfg}
+            try:
+                got = _tensors(fn())
+                row["resolved"] = rec[name]["config"]
+                row["rel_diff"] = max(_rel(a, b) for a, b in zip(got, ref, strict=True))
+                row["ms"] = _bench(fn)
+                row["regs_spills"] = rec[name]["regs_spills"]
+            except Exception as e:  # a config over a resource limit is a result, not a crash
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+            rows.append(row)
+            if "illegal memory access" in row.get("error", ""):
+                raise RuntimeError(f"{name} {cfg}: CUDA context lost; rows so far: {rows}")
+    finally:
+        st.launch = DEFAULT_LAUNCH
     return rows
 
 
@@ -169,7 +194,8 @@ def _ref_forward(x):
 def precision_check(T=1024, H=4, D=128):
     """End-to-end forward error against float64 for each solve-precision variant, on random and on nearly
     aligned keys (Gram entries near 1 inside a chunk: the case where the product-form inverse loses digits)."""
-    from osdn_theory.kernels import chunk_osdn, stages
+    from osdn_theory.kernels import chunk_osdn
+    from osdn_theory.kernels.config import Launch, LaunchConfig
 
     out = []
     for case in ("random", "aligned"):
@@ -182,12 +208,9 @@ def precision_check(T=1024, H=4, D=128):
             x["beta"] = torch.full_like(x["beta"], 0.99)
         ref = _ref_forward(x)
         for cfg in [None] + VARIANTS["gram_solve"]:
-            stages.TUNE.clear()
-            if cfg is not None:
-                stages.TUNE["gram_solve"] = cfg
-            o = chunk_osdn(x["q"], x["k"], x["v"], x["beta"], x["d"], validate=False)[0]
+            launch = None if cfg is None else Launch(gram_solve=LaunchConfig(**cfg))
+            o = chunk_osdn(x["q"], x["k"], x["v"], x["beta"], x["d"], validate=False, launch=launch)[0]
             out.append({"case": case, "config": cfg or "default", "rel_err_vs_f64": _rel(o, ref)})
-    stages.TUNE.clear()
     return out
 
 
@@ -225,7 +248,8 @@ def dscan_sweep(x):
     """The d rule alone (``d_ratio_scan``) for each scan chunk size and ``d_scan`` launch configuration, with
     the error of its bf16 output against the float64 scan of ``preconditioners.d_scan`` (same rounded keys)."""
     from osdn_theory import preconditioners as pre
-    from osdn_theory.kernels import d_ratio_scan, stages
+    from osdn_theory.kernels import d_ratio_scan
+    from osdn_theory.kernels.config import Launch, LaunchConfig
 
     k, b = x["k"], x["beta"]
     # the kernel's scan is affine (floored at read-out only): the float64 scan without a floor, then the floor
@@ -241,22 +265,22 @@ def dscan_sweep(x):
     rows = []
     for C in (16, 32, 64):
         for w in (None, 2, 4, 8):
-            stages.TUNE.clear()
-            if w is not None:
-                stages.TUNE["d_scan"] = {"num_warps": w}
+            rec = {}
+            launch = Launch(d_scan=LaunchConfig(num_warps=w), record=rec)
 
-            def fn(C=C):
-                return d_ratio_scan(k, b, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=C, validate=False)
+            def fn(C=C, launch=launch):
+                return d_ratio_scan(
+                    k, b, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=C, validate=False, launch=launch
+                )
 
             row = {"chunk": C, "d_scan_warps": w or "default"}
             try:
                 row["rel_err_vs_f64"] = _rel(fn(), ref)
                 row["ms"] = _bench(fn)
-                row["regs_spills"] = stages.RESOURCES.get("d_scan")
+                row["regs_spills"] = rec["d_scan"]["regs_spills"]
             except Exception as e:
                 row["error"] = f"{type(e).__name__}: {e}"[:300]
             rows.append(row)
-    stages.TUNE.clear()
     return rows
 
 

@@ -14,17 +14,7 @@ import torch.nn.functional as F
 
 from benchmarks import tune_kernels
 from benchmarks.bench_kernels import default_out
-from osdn_theory.kernels import (
-    bwd_dqk,
-    bwd_wy,
-    dh_pass,
-    dv_local,
-    gram_solve,
-    output,
-    stages,
-    state_pass,
-    wy_factors,
-)
+from osdn_theory.kernels.config import DEFAULT_LAUNCH
 
 pytestmark = pytest.mark.interpreter
 
@@ -42,7 +32,8 @@ def test_default_results_path():
 
 
 def test_sweep_runs_every_stage_under_overrides(monkeypatch):
-    """One variant per stage: the override reaches the launcher (the sweep restores the defaults after), and
+    """One variant per stage, passed as an explicit launch configuration: the override reaches the launcher (the
+    sweep hands the default back after), and
     a variant that changes only the launch configuration reproduces the default's outputs."""
     g = torch.Generator().manual_seed(0)
 
@@ -66,24 +57,47 @@ def test_sweep_runs_every_stage_under_overrides(monkeypatch):
         "bwd_wy": [{"BK": 32, "num_warps": 4, "num_stages": 1}],
     }
     monkeypatch.setattr(tune_kernels, "VARIANTS", variants)
-    used = []  # every launch configuration the launchers chose
-    cfg = stages._cfg
-    for mod in (gram_solve, wy_factors, state_pass, output, dv_local, dh_pass, bwd_dqk, bwd_wy):
-        monkeypatch.setattr(
-            mod, "_cfg", lambda name, *a, **kw: used.append((name, cfg(name, *a, **kw))) or used[-1][1]
-        )
     st = tune_kernels._Stages(x, C=16)
     for name in variants:
-        used.clear()
         rows = tune_kernels.sweep_stage(st, name)
         assert [row["config"] for row in rows] == ["default", variants[name][0]], name
         assert "error" not in rows[1] and rows[1]["rel_diff"] < 1e-12, (name, rows[1])
         want = {
             k: v for k, v in variants[name][0].items() if k != "num_warps"
         }  # warps: 1 under the interpreter
-        assert any(n == name and want.items() <= c.items() for n, c in used), (name, used)
-        assert not all(want.items() <= c.items() for n, c in used if n == name), name  # the default ran too
-    assert stages.TUNE == {}
+        assert want.items() <= rows[1]["resolved"].items(), (
+            name,
+            rows[1],
+        )  # the override reached the launcher
+        assert not want.items() <= rows[0]["resolved"].items(), (
+            name,
+            rows[0],
+        )  # the default ran the stage's rule
+        assert st.launch is DEFAULT_LAUNCH  # the sweep hands the default configuration back
+
+
+def test_no_module_level_launch_switch():
+    """The launch configuration is passed with each call: the kernel package holds no mutable module-level
+    configuration or resource dict that a caller could set (``TUNE``/``RESOURCES`` are gone), and a
+    ``LaunchConfig`` is frozen."""
+    import dataclasses
+
+    from osdn_theory import kernels
+    from osdn_theory.kernels import config
+
+    for mod in [
+        kernels,
+        *(getattr(kernels, n) for n in dir(kernels) if isinstance(getattr(kernels, n), type(kernels))),
+    ]:
+        for attr in ("TUNE", "RESOURCES"):
+            assert not hasattr(mod, attr), (mod.__name__, attr)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.DEFAULT_LAUNCH.state.BV = 16  # type: ignore[misc]
+    with pytest.raises(ValueError, match="^BV: "):
+        config.LaunchConfig(BV=24)
+    with pytest.raises(ValueError, match="^launch: "):
+        kernels.chunk_osdn(*(torch.zeros(1, 4, 1, 4, dtype=torch.float64),) * 3, torch.full((1, 4, 1), 0.5,
+                           dtype=torch.float64), launch={"state": {}})  # fmt: skip
 
 
 def test_value_checks_add_no_spills_to_stage_1():

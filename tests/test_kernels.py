@@ -6,8 +6,6 @@ recurrence (forward and every gradient) and against the torch chunk form; gradch
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +14,7 @@ import triton.language as tl
 
 from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, reference, stages
 from osdn_theory.kernels.chunk import _chunk_tables
+from osdn_theory.kernels.config import Launch, LaunchConfig
 from osdn_theory.recurrences import delta_rule_recurrent, osdn_recurrent
 from osdn_theory.tolerances import (
     EXACT_FLOAT64,
@@ -374,24 +373,25 @@ def test_backward_matches_recurrence_autograd(case, K):
 
 @pytest.mark.parametrize("K", [20, 64])
 @pytest.mark.parametrize("case", ["d-clip", "gated-d-h0"])
-def test_state_pass_key_split(case, K, monkeypatch):
+def test_state_pass_key_split(case, K):
     """The state pass with its state block split into two halves over the key dimension (``KSPLIT``; at K = 20
     the second half is partly masked): forward, final state and every gradient against the float64
     recurrence (the default path, without the split, is what every other test runs)."""
-    monkeypatch.setitem(stages.TUNE, "state", {"KSPLIT": True})
-    assert stages._cfg("state", KSPLIT=False)["KSPLIT"] is True  # the override reaches the launcher
-    _check_forward_and_grads(CASES[case], make_inputs(31, T=37, H=2, K=K, V=24), seed=32)
+    launch = Launch(state=LaunchConfig(KSPLIT=True), record={})
+    _check_forward_and_grads(CASES[case], make_inputs(31, T=37, H=2, K=K, V=24), seed=32, launch=launch)
+    assert launch.record["state"]["config"]["KSPLIT"] is True  # the override reached the launcher
 
 
-def _check_forward_and_grads(case, x, seed):
-    """Forward, final state and every gradient of ``chunk_osdn`` (chunk 16) against the float64 recurrence."""
+def _check_forward_and_grads(case, x, seed, launch=None):
+    """Forward, final state and every gradient of ``chunk_osdn`` (chunk 16, launch configuration ``launch``)
+    against the float64 recurrence."""
     names, kw = case
     g = torch.Generator().manual_seed(seed)
     do = torch.randn(x["v"].shape, generator=g, dtype=F64)
     dht = torch.randn(x["initial_state"].shape, generator=g, dtype=F64)
-    got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16)
+    got = _grads(chunk_osdn, x, names, kw, do, dht, chunk_size=16, launch=launch)
     ref = _grads(osdn_recurrent, x, names, kw, do, dht)
-    o, ht = chunk_osdn(**_pick(x, names), **kw, output_final_state=True, chunk_size=16)
+    o, ht = chunk_osdn(**_pick(x, names), **kw, output_final_state=True, chunk_size=16, launch=launch)
     o_ref, ht_ref = osdn_recurrent(**_pick(x, names), **kw, output_final_state=True)
     assert rel_err(o, o_ref) < KERNEL_INTERP_FLOAT64 and rel_err(ht, ht_ref) < KERNEL_INTERP_FLOAT64
     for n in got:
@@ -399,19 +399,21 @@ def _check_forward_and_grads(case, x, seed):
 
 
 @pytest.mark.parametrize("case", ["d-clip", "gated-d-h0"])
-def test_gpu_block_choices_under_the_interpreter(case, monkeypatch):
+def test_gpu_block_choices_under_the_interpreter(case):
     """The interpreter normally runs its own block choices (V in one block up to 64, ``bwd_wy`` in K blocks of
     16). Here the launchers use the GPU's choices instead: with one sequence and head the state and dh passes
     split V = 24 into two blocks of 16 (the second masked) and ``bwd_wy`` takes K = 20 in one masked block of
     32. Forward, final state and every gradient against the float64 recurrence."""
     assert (stages._bv(24, 1), stages._bk_wy(20)) == (32, 16)  # the interpreter's own choices
-    from osdn_theory.kernels import bwd_wy, dh_pass, state_pass
-
-    for mod in (state_pass, dh_pass):
-        monkeypatch.setattr(mod, "_bv", functools.partial(stages._bv, gpu=True))
-    monkeypatch.setattr(bwd_wy, "_bk_wy", functools.partial(stages._bk_wy, gpu=True))
-    assert (state_pass._bv(24, 1), bwd_wy._bk_wy(20)) == (16, 32)  # the GPU's choices, now in effect
-    _check_forward_and_grads(CASES[case], make_inputs(22, T=37, H=1, K=20, V=24), seed=23)
+    assert (stages._bv(24, 1, gpu=True), stages._bk_wy(20, gpu=True)) == (16, 32)  # the GPU's choices
+    launch = Launch(gpu_rules=True, record={})
+    _check_forward_and_grads(CASES[case], make_inputs(22, T=37, H=1, K=20, V=24), seed=23, launch=launch)
+    rec = launch.record  # the GPU's choices were in effect
+    assert (rec["state"]["config"]["BV"], rec["dh"]["config"]["BV"], rec["bwd_wy"]["config"]["BK"]) == (
+        16,
+        16,
+        32,
+    )
 
 
 def test_gradcheck_tiny():

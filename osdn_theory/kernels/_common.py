@@ -27,38 +27,8 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if wide_dtype(dtype) == torch.float64 else tl.float32
 
 
-#: Register use and spills of the last compiled launch of each stage (GPU only; read by the benchmark).
-RESOURCES: dict[str, tuple[int, int]] = {}
-
-
-def _record(name: str, compiled) -> None:
-    n_regs, n_spills = getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None)
-    if n_regs is not None:
-        RESOURCES[name] = (int(n_regs), int(n_spills))
-
-
 def _warps(n: int) -> int:
     return 1 if INTERPRET else n
-
-
-#: Launch-configuration overrides by stage name (``"gram_solve"``, ``"wy"``, ``"state"``, ``"output"``,
-#: ``"dv_local"``, ``"dh"``, ``"bwd_dqk"``, ``"bwd_wy"``), e.g. ``{"state": {"BV": 64, "num_warps": 4}}``.
-#: Empty in normal use; the tuning benchmark fills it to time variants. Values change speed and at most the
-#: order of floating-point accumulation (results agree to rounding), except ``PREC``/``NEWTON`` of
-#: ``gram_solve`` (the solve's dot precision and its Newton step), whose error the tuning run also measures.
-TUNE: dict[str, dict] = {}
-
-
-def _cfg(name: str, dtype: torch.dtype | None = None, **defaults):
-    """The launch configuration of stage ``name``: ``defaults`` updated by :data:`TUNE` (warps → 1 under the
-    interpreter, which runs one thread per program). With ``dtype`` (the input dtype) it also carries the
-    kernels' ``ACC`` (accumulator dtype) and ``IEEE`` (full-precision fp32 dots) constants."""
-    cfg = {**defaults, **TUNE.get(name, {})}
-    if dtype is not None:
-        cfg.update(ACC=acc_dtype(dtype), IEEE=dtype == torch.float32)
-    if INTERPRET:
-        cfg["num_warps"] = 1
-    return cfg
 
 
 def _block(n: int, cap: int | None = None) -> int:

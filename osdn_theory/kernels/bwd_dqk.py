@@ -10,11 +10,9 @@ import triton.language as tl
 
 from ._common import (
     _block,
-    _cfg,
     _decay,
     _last,
     _mm,
-    _record,
     _rows,
     _stages,
     _store_rows,
@@ -23,6 +21,7 @@ from ._common import (
     heads_first,
     wide_dtype,
 )
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["bwd_dqk", "bwd_dqk_ref"]
 
@@ -87,7 +86,7 @@ def _bwd_dqk_kernel(
     _store_rows(dw_out, dW, t, rmask, K, ok, K)
 
 
-def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
+def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C, launch: Launch = DEFAULT_LAUNCH):
     """Gradients through the reads: ``dq`` (complete) and ``dW`` in the input dtype; partial ``dk̃`` and ``dg``
     in fp32/fp64."""
     N, H, K = q.shape
@@ -97,7 +96,7 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
     dkt = torch.empty(N, H, K, device=q.device, dtype=f)
     dw = torch.empty(N, H, K, device=q.device, dtype=q.dtype)  # only ever used as a dot operand
     dg = torch.empty(N, H, device=q.device, dtype=f) if g is not None else None
-    cfg = _cfg(
+    cfg = launch.cfg(
         "bwd_dqk",
         q.dtype,
         BV=_block(V, 64),
@@ -109,7 +108,7 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C):
         bounds, float(scale), H, K, V,
         C=C, BK=_block(K), GATED=g is not None, **cfg,
     )  # fmt: skip
-    _record("bwd_dqk", _c)
+    launch.note("bwd_dqk", _c, cfg)
     return dq, dkt, dw, dg
 
 

@@ -11,10 +11,8 @@ import triton.language as tl
 from ._common import (
     INTERPRET,
     _block,
-    _cfg,
     _decay,
     _mm,
-    _record,
     _rows,
     _stages,
     _store_rows,
@@ -23,6 +21,7 @@ from ._common import (
     heads_first,
     wide_dtype,
 )
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["bwd_wy", "bwd_wy_ref"]
 
@@ -141,7 +140,7 @@ def _bk_wy(K: int, gpu: bool | None = None) -> int:
     return _block(K, 64) if (not INTERPRET if gpu is None else gpu) else 16
 
 
-def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
+def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C, launch: Launch = DEFAULT_LAUNCH):
     """Gradients through WY factors, solve, Gram, decay and write key: returns ``dk, dd (or None), dv`` in the
     input dtype and ``dβ, d log α (or None)`` in fp32/fp64."""
     N, H, K = k.shape
@@ -152,10 +151,10 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
     dv = torch.empty(N, H, V, device=k.device, dtype=k.dtype)
     db = torch.empty(N, H, device=k.device, dtype=f)
     dla = torch.empty(N, H, device=k.device, dtype=f) if g is not None else None
-    cfg = _cfg(
+    cfg = launch.cfg(
         "bwd_wy",
         k.dtype,
-        BK=_bk_wy(K),
+        BK=_bk_wy(K, launch.gpu()),
         BV=_block(V, 64),
         num_stages=_stages(k.dtype),
         num_warps=4,
@@ -166,7 +165,7 @@ def bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C):
         dla if dla is not None else db, bounds, H, K, V,
         C=C, HAS_D=d is not None, CLIP=c is not None, GATED=g is not None, **cfg,
     )  # fmt: skip
-    _record("bwd_wy", _c)
+    launch.note("bwd_wy", _c, cfg)
     return dk, dd, dv, db, dla
 
 

@@ -21,6 +21,7 @@ from ._checks import MAX_DIM, check_chunk_size, check_cu_seqlens, check_keys, ch
 from ._common import wide_dtype
 from .bwd_dqk import bwd_dqk
 from .bwd_wy import bwd_wy
+from .config import Launch, check_launch
 from .dh_pass import dh_pass
 from .drule import DRule
 from .dv_local import dv_local
@@ -40,35 +41,39 @@ _chunk_tables = chunk_tables
 
 class _ChunkOSDN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state, flag):
+    def forward(
+        ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state, flag, launch
+    ):
         cu, offs, bounds, NC = tables
-        kt, c, g, ai = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag)
-        w, u = wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, d=d)
-        h, vnew, ht = state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state)
+        kt, c, g, ai = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag, launch=launch)
+        w, u = wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, d=d, launch=launch)
+        h, vnew, ht = state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state, launch=launch)
         del w, u
-        o = output(q, kt, vnew, h, g, bounds, scale, C, flag=flag)
+        o = output(q, kt, vnew, h, g, bounds, scale, C, flag=flag, launch=launch)
         ctx.save_for_backward(q, k, v, beta, d, log_alpha, h0, ai)
-        ctx.meta = (scale, s_max, C, tables)
+        ctx.meta = (scale, s_max, C, tables, launch)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         _checks.poll()  # value checks of earlier calls that have finished (no synchronisation)
         q, k, v, beta, d, log_alpha, h0, ai = ctx.saved_tensors
-        scale, s_max, C, tables = ctx.meta
+        scale, s_max, C, tables, launch = ctx.meta
         cu, offs, bounds, NC = tables
         do = do.contiguous()
         dht = dht.contiguous() if dht is not None else None
-        kt, c, g, _ = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=False)
-        w, u = wy_factors(k, v, beta, g, ai, bounds, C)
-        h, vnew, _ = state_pass(kt, w, u, g, h0, cu, offs, NC, C, False)
+        kt, c, g, _ = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=False, launch=launch)
+        w, u = wy_factors(k, v, beta, g, ai, bounds, C, launch=launch)
+        h, vnew, _ = state_pass(kt, w, u, g, h0, cu, offs, NC, C, False, launch=launch)
         del u
-        dvl = dv_local(q, kt, g, do, bounds, scale, C)
-        dh, du, dh0 = dh_pass(q, kt, w, g, do, dvl, dht, cu, offs, NC, scale, C, h0 is not None)
+        dvl = dv_local(q, kt, g, do, bounds, scale, C, launch=launch)
+        dh, du, dh0 = dh_pass(
+            q, kt, w, g, do, dvl, dht, cu, offs, NC, scale, C, h0 is not None, launch=launch
+        )
         del dvl, w
-        dq, dkt, dw, dg = bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C)
+        dq, dkt, dw, dg = bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C, launch=launch)
         del h, dh, vnew
-        dk, dd, dv, db, dla = bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C)
+        dk, dd, dv, db, dla = bwd_wy(k, d, c, kt, v, beta, g, ai, dw, du, dkt, dg, bounds, C, launch=launch)
         return (
             dq.to(q.dtype),
             dk.to(k.dtype),
@@ -77,6 +82,7 @@ class _ChunkOSDN(torch.autograd.Function):
             dd.to(d.dtype) if dd is not None else None,
             dla,
             dh0,
+            None,
             None,
             None,
             None,
@@ -103,6 +109,7 @@ def chunk_osdn(
     d_rule=None,
     validate: bool = True,
     use_qk_l2norm_in_kernel: bool = False,
+    launch: Launch | None = None,
 ):
     """OSDN (DeltaNet with write key ``k̃ = c·d⊙k``) in chunkwise form, Triton forward and backward.
 
@@ -136,6 +143,9 @@ def chunk_osdn(
             ``chunk_delta_rule`` does with this flag (:func:`osdn_theory.kernels.l2norm.l2norm`, ``eps = 1e-6``,
             differentiable; a separate torch pass, not fused into the kernel). A ``d_rule`` sees the
             normalised keys. Default ``False``.
+        launch: optional :class:`osdn_theory.kernels.config.Launch`: launch configurations of the stages for this
+            call (block sizes, warps, pipelining; see :mod:`osdn_theory.kernels.config`). Default ``None``: every
+            stage's own rule. Used by the tuning benchmark and the tests.
 
     Returns:
         ``(o, final_state)``: ``o`` of shape ``[B, T, H, V]`` in the input dtype; ``final_state`` or ``None``.
@@ -155,6 +165,7 @@ def chunk_osdn(
             f"{type(use_qk_l2norm_in_kernel).__name__} {use_qk_l2norm_in_kernel!r}"
         )
     validate = check_validate(validate)
+    launch = check_launch(launch)
     _checks.poll()  # value checks of earlier calls that have finished (no synchronisation)
     # strided views (e.g. q, k, v split from one projection, or a transposed head layout) are copied once
     q, k, v = (x.contiguous() if isinstance(x, torch.Tensor) else x for x in (q, k, v))
@@ -180,7 +191,9 @@ def chunk_osdn(
             raise ValueError(f"d_rule: expected an osdn_theory.kernels.DRule, got {type(d_rule).__name__}")
         if d is not None:
             raise ValueError("d_rule: expected d = None when a d_rule is given, got both")
-        d = d_rule.compute(k, beta, cu_seqlens=cu_seqlens, chunk_size=C, validate=False)  # checked below
+        d = d_rule.compute(
+            k, beta, cu_seqlens=cu_seqlens, chunk_size=C, validate=False, launch=launch
+        )  # checked below
     if d is not None:
         d = as_tensor("d", d)
         if d.dtype != k.dtype or d.device != k.device:
@@ -217,6 +230,7 @@ def chunk_osdn(
         tables,
         bool(output_final_state),
         flag,
+        launch,
     )
     tensors = dict(q=q, k=k, v=v, beta=beta, alpha=alpha, d=d)
     _checks.report(flag, "chunk_osdn", tensors, sync=validate == "sync")

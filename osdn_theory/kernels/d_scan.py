@@ -13,18 +13,17 @@ from ._common import (
     BAD_BETA,
     BAD_K,
     _block,
-    _cfg,
     _flag,
     _nonfinite,
     _or,
     _or_all,
-    _record,
     _stages,
     _store_rows,
     _warps,
     acc_dtype,
     wide_dtype,
 )
+from .config import DEFAULT_LAUNCH, Launch
 from .gram_solve import gram_solve
 from .wy_factors import wy_factors
 
@@ -132,7 +131,9 @@ def _d_scan_kernel(
         W, uu, u0 = W1, uu1, u01
 
 
-def scan_forward(k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep: bool):
+def scan_forward(
+    k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep: bool, launch: Launch = DEFAULT_LAUNCH
+):
     """The four launches of the rule on packed ``k: [N, H, K]``, ``beta: [N, H]``, ``h0: [S, H, K]`` (wide
     dtype). Returns ``d`` and, with ``keep``, what the backward needs: ``(A⁻¹, unfloored d, U)``."""
     N, H, K = k.shape
@@ -151,19 +152,20 @@ def scan_forward(k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep
         num_warps=_warps(4),
     )  # fmt: skip
     cu, _, bounds, _ = tables
-    _, _, _, ai = gram_solve(uhat, None, strength, None, bounds, None, C)
-    w, ut = wy_factors(uhat, vals, strength, None, ai, bounds, C)
+    _, _, _, ai = gram_solve(uhat, None, strength, None, bounds, None, C, launch=launch)
+    w, ut = wy_factors(uhat, vals, strength, None, ai, bounds, C, launch=launch)
     d = torch.empty(N, H, K, dtype=k.dtype, device=k.device)
     # the unfloored d in the wide dtype: its rounding would enter the gradient through b − ûᵀd (cancelling)
     h_raw = torch.empty(N, H, K, dtype=f, device=k.device) if keep else d
     ucoef = torch.empty(N, H, dtype=f, device=k.device) if keep else d
     d_min_t = torch.full((1,), d_min, dtype=f, device=k.device)
+    cfg = launch.cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype))
     _c = _d_scan_kernel[(S * H,)](
         uhat, w, ut, h0, d, cu, d_min_t, h_raw, ucoef, H, K,
         C=C, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), STORE_H=keep,
-        **_cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype)),
+        **cfg,
     )  # fmt: skip
-    _record("d_scan", _c)
+    launch.note("d_scan", _c, cfg)
     return d, ((ai, h_raw, ucoef, c_t, d_min_t) if keep else None)
 
 

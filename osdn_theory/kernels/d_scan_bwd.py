@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _block, _cfg, _record, _rows, _stages, _store_rows, acc_dtype
+from ._common import _block, _rows, _stages, _store_rows, acc_dtype
+from .config import DEFAULT_LAUNCH, Launch
 from .d_scan import _SCAN_WARPS
 
 __all__ = ["d_scan_backward"]
@@ -140,7 +141,21 @@ def _d_bwd_grads_kernel(
     tl.store(gb_out + t, tl.where(pos, -bval * xc / bt, 0.0).to(gb_out.dtype.element_ty), mask=rmask)
 
 
-def d_scan_backward(gd, k, beta, ai, h_raw, ucoef, c_t, d_min_t, C, tables, h0_shape, need_dh0):
+def d_scan_backward(
+    gd,
+    k,
+    beta,
+    ai,
+    h_raw,
+    ucoef,
+    c_t,
+    d_min_t,
+    C,
+    tables,
+    h0_shape,
+    need_dh0,
+    launch: Launch = DEFAULT_LAUNCH,
+):
     """The gradient of the rule's ``d`` (``gd: [N, H, K]``) with respect to ``k``, ``β`` and the initial
     state ``d_init`` (``None`` unless ``need_dh0``), from what the forward scan saved (``A⁻¹``, the unfloored
     ``d``, the update coefficients): three launches, the chunk maps of the adjoint (parallel), the reverse
@@ -157,19 +172,22 @@ def d_scan_backward(gd, k, beta, ai, h_raw, ucoef, c_t, d_min_t, C, tables, h0_s
     gb = torch.empty_like(beta)
     gh0 = torch.empty(h0_shape, dtype=f, device=k.device)
     acc = acc_dtype(f)
+    cfg = launch.cfg("d_bwd_local", num_warps=4)
     _c = _d_bwd_local_kernel[(NC, H)](
         k, beta, gd, h_raw, ai, p, g0, bounds, c_t, d_min_t, H, K, C=C, BK=BK, ACC=acc,
-        **_cfg("d_bwd_local", num_warps=4),
+        **cfg,
     )  # fmt: skip
-    _record("d_bwd_local", _c)
+    launch.note("d_bwd_local", _c, cfg)
+    cfg = launch.cfg("d_bwd_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype))
     _c = _d_bwd_scan_kernel[(h0_shape[0] * H,)](
         k, p, g0, lam, gh0, cu, offs, c_t, H, K, C=C, BK=BK, ACC=acc,
-        **_cfg("d_bwd_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype)),
+        **cfg,
     )  # fmt: skip
-    _record("d_bwd_scan", _c)
+    launch.note("d_bwd_scan", _c, cfg)
+    cfg = launch.cfg("d_bwd_grads", num_warps=4)
     _c = _d_bwd_grads_kernel[(NC, H)](
         k, beta, gd, h_raw, ucoef, ai, lam, gk, gb, bounds, c_t, d_min_t, H, K, C=C, BK=BK, ACC=acc,
-        **_cfg("d_bwd_grads", num_warps=4),
+        **cfg,
     )  # fmt: skip
-    _record("d_bwd_grads", _c)
+    launch.note("d_bwd_grads", _c, cfg)
     return gk, gb, (gh0 if need_dh0 else None)

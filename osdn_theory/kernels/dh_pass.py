@@ -11,16 +11,15 @@ import triton.language as tl
 from ._common import (
     _block,
     _bv,
-    _cfg,
     _last,
     _mm,
     _pass_stages,
-    _record,
     _rows,
     _store_rows,
     heads_first,
     wide_dtype,
 )
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["dh_pass", "dh_pass_ref"]
 
@@ -73,7 +72,23 @@ def _dh_kernel(
         tl.store(dh0_out + i_nh.to(tl.int64) * K * V + kvoff, dM.to(dh0_out.dtype.element_ty), mask=kv)
 
 
-def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, need_dh0, inter_dtype=None):
+def dh_pass(
+    q,
+    kt,
+    w,
+    g,
+    do,
+    dvl,
+    dht,
+    cu_seqlens,
+    chunk_offsets,
+    NC,
+    scale,
+    C,
+    need_dh0,
+    inter_dtype=None,
+    launch: Launch = DEFAULT_LAUNCH,
+):
     """Reverse state recurrence. Returns ``dh: [NC, H, K, V]`` (gradient w.r.t. each chunk's end state),
     ``dU: [N, H, V]`` and ``dh0: [S, H, K, V]`` (fp32/fp64) or None."""
     N, H, K = q.shape
@@ -85,18 +100,18 @@ def dh_pass(q, kt, w, g, do, dvl, dht, cu_seqlens, chunk_offsets, NC, scale, C, 
     du = torch.empty(N, H, V, device=q.device, dtype=dt)
     dh0 = torch.empty(S, H, K, V, device=q.device, dtype=f) if need_dh0 else None
     # H200, K = V = 128, 64 sequence·heads: V block 64 with 8 warps and 3 stages 0.254 ms (32, 2 stages: 0.390)
-    bv = _bv(V, S * H)
+    bv = _bv(V, S * H, launch.gpu())
     BK = _block(K)
     nst = min(3, _pass_stages(q.dtype, bv, C * (3 * BK + 2 * bv) * q.element_size()))  # q, k̃, W; dO, dv
     # 8 warps pay only with wide V blocks: 16 sequence·heads (V block 16) took 0.510 ms at 4 warps, 0.557 at 8
-    cfg = _cfg("dh", q.dtype, BV=bv, num_stages=nst, num_warps=8 if K > 64 and bv >= 32 else 4)
+    cfg = launch.cfg("dh", q.dtype, BV=bv, num_stages=nst, num_warps=8 if K > 64 and bv >= 32 else 4)
     _c = _dh_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         q, kt, w, g if g is not None else q, do, dvl, dht if dht is not None else dh, dh, du,
         dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,
         C=C, BK=BK, GATED=g is not None, USE_DHT=dht is not None,
         STORE_DH0=need_dh0, **cfg,
     )  # fmt: skip
-    _record("dh", _c)
+    launch.note("dh", _c, cfg)
     return dh, du, dh0
 
 

@@ -56,6 +56,7 @@ from .._validate import as_tensor, check_choice, check_scalar
 from . import _checks
 from ._checks import check_chunk_size, check_cu_seqlens, check_keys, check_like, check_validate
 from ._common import wide_dtype
+from .config import Launch, check_launch
 from .d_scan import scan_forward
 from .d_scan_bwd import d_scan_backward
 from .tables import chunk_tables
@@ -81,11 +82,11 @@ class _RatioScan(torch.autograd.Function):
     """``d`` of the rule with exact gradients to ``k``, ``β`` and ``d_init`` (see ``_d_bwd_*_kernel``)."""
 
     @staticmethod
-    def forward(ctx, k, beta, h0, c, d_min, C, tables, flag):
-        d, saved = scan_forward(k, beta, h0, c, d_min, C, tables, flag, keep=True)
+    def forward(ctx, k, beta, h0, c, d_min, C, tables, flag, launch):
+        d, saved = scan_forward(k, beta, h0, c, d_min, C, tables, flag, keep=True, launch=launch)
         ai, h_raw, ucoef, c_t, d_min_t = saved
         ctx.save_for_backward(k, beta, ai, h_raw, ucoef, c_t, d_min_t)
-        ctx.meta = (C, tables, h0.shape)
+        ctx.meta = (C, tables, h0.shape, launch)
         return d
 
     @staticmethod
@@ -93,7 +94,7 @@ class _RatioScan(torch.autograd.Function):
         """See :func:`.d_scan_bwd.d_scan_backward`."""
         _checks.poll()
         k, beta, ai, h_raw, ucoef, c_t, d_min_t = ctx.saved_tensors
-        C, tables, h0_shape = ctx.meta
+        C, tables, h0_shape, launch = ctx.meta
         gk, gb, gh0 = d_scan_backward(
             gd.contiguous(),
             k,
@@ -107,8 +108,9 @@ class _RatioScan(torch.autograd.Function):
             tables,
             h0_shape,
             ctx.needs_input_grad[2],
+            launch=launch,
         )
-        return gk, gb, gh0, None, None, None, None, None
+        return gk, gb, gh0, None, None, None, None, None, None
 
 
 def d_ratio_scan(
@@ -122,6 +124,7 @@ def d_ratio_scan(
     chunk_size: int = 64,
     validate=True,
     detach: bool = False,
+    launch: Launch | None = None,
 ):
     """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``) from the ratio rule; see the module docstring.
 
@@ -139,8 +142,11 @@ def d_ratio_scan(
         detach: ``False`` (default): ``d`` is differentiable with respect to ``k``, ``β`` and a ``d_init``
             tensor when they require gradients (exact gradients through the rule and its read-out floor, by a
             reverse scan); ``True``: ``d`` is detached (a constant of the keys).
+        launch: optional :class:`osdn_theory.kernels.config.Launch` (the kernels' launch configurations for this
+            call); default ``None``: each kernel's own rule.
     """
     validate = check_validate(validate)
+    launch = check_launch(launch)
     if not isinstance(detach, bool):
         raise ValueError(f"detach: expected a bool, got {type(detach).__name__} {detach!r}")
     _checks.poll()
@@ -175,9 +181,11 @@ def d_ratio_scan(
         not detach and torch.is_grad_enabled() and (k.requires_grad or beta.requires_grad or h0.requires_grad)
     )
     if grad:
-        d = _RatioScan.apply(kf, bf, h0, c, d_min, chunk_size, tables, flag)
+        d = _RatioScan.apply(kf, bf, h0, c, d_min, chunk_size, tables, flag, launch)
     else:
-        d, _ = scan_forward(kf.detach(), bf.detach(), h0.detach(), c, d_min, chunk_size, tables, flag, False)
+        d, _ = scan_forward(
+            kf.detach(), bf.detach(), h0.detach(), c, d_min, chunk_size, tables, flag, False, launch=launch
+        )
     _checks.report(flag, "d_ratio_scan", dict(k=k, beta=beta), sync=validate == "sync")
     return d.reshape(B, T, H, K)
 
@@ -226,6 +234,7 @@ class DRule:
         cu_seqlens=None,
         chunk_size: int = 64,
         validate=True,
+        launch: Launch | None = None,
     ):
         """``d: [B, T, H, K]`` (dtype of ``k``; detached if :attr:`detach`) for keys ``k: [B, T, H, K]`` and
         ``beta: [B, T, H]``; the arguments are those of :func:`d_ratio_scan` (which checks them). The scan runs
@@ -240,4 +249,5 @@ class DRule:
             chunk_size=self.chunk_size or chunk_size,
             validate=validate,
             detach=self.detach,
+            launch=launch,
         )

@@ -10,16 +10,15 @@ import triton.language as tl
 
 from ._common import (
     _block,
-    _cfg,
     _chunk_scores,
     _mm,
-    _record,
     _rows,
     _store_rows,
     chunk_rows,
     decay_ref,
     heads_first,
 )
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["dv_local", "dv_local_ref"]
 
@@ -39,18 +38,18 @@ def _dv_local_kernel(
     _store_rows(dv_out, scale * _mm(tl.trans(P), dO, DT, ACC, IEEE), t, rmask, V, ov, V)
 
 
-def dv_local(q, kt, g, do, bounds, scale, C, inter_dtype=None):
+def dv_local(q, kt, g, do, bounds, scale, C, inter_dtype=None, launch: Launch = DEFAULT_LAUNCH):
     """``scale · tril₀(Γ ⊙ Q K̃ᵀ)ᵀ dO``: the part of ``dU`` that does not depend on later chunks."""
     N, H, K = q.shape
     V = do.shape[-1]
     dv = torch.empty(N, H, V, device=q.device, dtype=inter_dtype or q.dtype)
     # V block up to 128 (H200, K = V = 128: 0.073 ms against 0.085 at 64)
-    cfg = _cfg("dv_local", q.dtype, BV=_block(V, 128), num_warps=4)
+    cfg = launch.cfg("dv_local", q.dtype, BV=_block(V, 128), num_warps=4)
     _c = _dv_local_kernel[(triton.cdiv(V, cfg["BV"]), bounds.shape[0], H)](
         q, kt, g if g is not None else q, do, dv, bounds, float(scale), H, K, V,
         C=C, BK=_block(K), GATED=g is not None, **cfg,
     )  # fmt: skip
-    _record("dv_local", _c)
+    launch.note("dv_local", _c, cfg)
     return dv
 
 

@@ -12,18 +12,17 @@ import triton.language as tl
 from ._common import (
     BAD_ALPHA,
     _block,
-    _cfg,
     _flag,
     _mm,
     _mmf,
     _or,
-    _record,
     _rows,
     _store_rows,
     chunk_rows,
     decay_ref,
     wide_dtype,
 )
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["gram_solve", "gram_solve_ref"]
 
@@ -195,7 +194,9 @@ def _gram_solve_kernel(
             _store_rows(ai_out, X33, t, m, C, 48 + o16, C)
 
 
-def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, flag=None):
+def gram_solve(
+    k, d, beta, log_alpha, bounds, s_max, C, solve=True, flag=None, launch: Launch = DEFAULT_LAUNCH
+):
     """Stage 1. ``k, d: [N, H, K]``, ``beta, log_alpha: [N, H]``, ``bounds: [NC, 2]`` int32 (chunk start
     token, end of its sequence). Returns ``(kt [N,H,K], c [N,H] fp32 or None, g [N,H] fp32 or None,
     Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. With ``flag`` (an int32 ``[1]`` tensor) the
@@ -215,7 +216,7 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, flag=None):
     # inputs its effect on the output is far below their rounding (end-to-end error vs float64 0.00734 with
     # and 0.00736 without it on nearly aligned keys), so it is skipped there.
     wide = k.dtype in (torch.float32, torch.float64)
-    cfg = _cfg("gram_solve", k.dtype, num_warps=2, PREC="ieee", NEWTON=wide)
+    cfg = launch.cfg("gram_solve", k.dtype, num_warps=2, PREC="ieee", NEWTON=wide)
     if wide:
         cfg["PREC"] = "ieee"  # tf32 variants only for 16-bit inputs (fp32 promises IEEE dots)
     _c = _gram_solve_kernel[(NC, H)](
@@ -225,7 +226,7 @@ def gram_solve(k, d, beta, log_alpha, bounds, s_max, C, solve=True, flag=None):
         C=C, BK=_block(K), HAS_D=d is not None, CLIP=s_max is not None,
         GATED=log_alpha is not None, SOLVE=solve, CHECK=flag is not None, **cfg,
     )  # fmt: skip
-    _record("gram_solve" if solve else "gram_keys_only", _c)
+    launch.note("gram_solve" if solve else "gram_keys_only", _c, cfg)
     return kt, c, g, (ai if solve else None)
 
 

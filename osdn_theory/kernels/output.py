@@ -11,18 +11,17 @@ import triton.language as tl
 from ._common import (
     BAD_Q,
     _block,
-    _cfg,
     _chunk_scores,
     _flag,
     _mm,
     _nonfinite,
     _or_all,
-    _record,
     _rows,
     _store_rows,
     chunk_rows,
     decay_ref,
 )
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["output", "output_ref"]
 
@@ -55,19 +54,19 @@ def _output_kernel(
     _store_rows(o, O, t, rmask, V, ov, V)
 
 
-def output(q, kt, vnew, h, g, bounds, scale, C, flag=None):
+def output(q, kt, vnew, h, g, bounds, scale, C, flag=None, launch: Launch = DEFAULT_LAUNCH):
     """Stage 4. Returns ``o: [N, H, V]`` in the input dtype. With ``flag``: non-finite ``q`` sets
     :data:`BAD_Q`, and the output is NaN where an earlier stage has set a bit."""
     N, H, K = q.shape
     V = vnew.shape[-1]
     NC = bounds.shape[0]
     o = torch.empty(N, H, V, device=q.device, dtype=q.dtype)
-    cfg = _cfg("output", q.dtype, BV=_block(V, 64), num_warps=4)
+    cfg = launch.cfg("output", q.dtype, BV=_block(V, 64), num_warps=4)
     _c = _output_kernel[(triton.cdiv(V, cfg["BV"]), NC, H)](
         q, kt, vnew, h, g if g is not None else q, o, bounds, flag if flag is not None else bounds,
         float(scale), H, K, V, C=C, BK=_block(K), GATED=g is not None, CHECK=flag is not None, **cfg,
     )  # fmt: skip
-    _record("output", _c)
+    launch.note("output", _c, cfg)
     return o
 
 

@@ -12,7 +12,8 @@ Backward: :mod:`.dv_local`, :mod:`.dh_pass` (reverse state recurrence), :mod:`.b
 scores and state reads) and :mod:`.bwd_wy` (gradients through the WY factors, the triangular solve, the Gram
 matrix, the decay and the write key). The d rule: :mod:`.d_scan` (forward) and :mod:`.d_scan_bwd`. Shared
 Triton helpers, the value-check bits and the block rules are in :mod:`._common`; the twins are also listed in
-:mod:`.reference`. The launchers check nothing (``chunk_osdn`` and ``d_ratio_scan`` check for them).
+:mod:`.reference`. Each launcher takes ``launch=`` (:class:`.config.Launch`, per-stage launch
+configurations passed down with the call; there is no module-level switch). The launchers check nothing (``chunk_osdn`` and ``d_ratio_scan`` check for them).
 """
 
 from __future__ import annotations
@@ -25,16 +26,14 @@ from ._common import (
     BAD_Q,
     BAD_V,
     INTERPRET,
-    RESOURCES,
-    TUNE,
     _block,
     _bv,
-    _cfg,
     acc_dtype,
     wide_dtype,
 )
 from .bwd_dqk import _bwd_dqk_kernel, bwd_dqk
 from .bwd_wy import _bk_wy, _bwd_wy_kernel, bwd_wy
+from .config import DEFAULT_LAUNCH, STAGE_NAMES, Launch, LaunchConfig
 from .dh_pass import _dh_kernel, dh_pass
 from .dv_local import _dv_local_kernel, dv_local
 from .gram_solve import _gram_solve_kernel, gram_solve
@@ -43,6 +42,10 @@ from .state_pass import _state_kernel, state_pass
 from .wy_factors import _wy_kernel, wy_factors
 
 __all__ = [
+    "DEFAULT_LAUNCH",
+    "STAGE_NAMES",
+    "Launch",
+    "LaunchConfig",
     "BAD_ALPHA",
     "BAD_BETA",
     "BAD_D",
@@ -50,12 +53,9 @@ __all__ = [
     "BAD_Q",
     "BAD_V",
     "INTERPRET",
-    "RESOURCES",
-    "TUNE",
     "_block",
     "_bk_wy",
     "_bv",
-    "_cfg",
     "_bwd_dqk_kernel",
     "_bwd_wy_kernel",
     "_dh_kernel",

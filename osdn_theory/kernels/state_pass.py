@@ -8,7 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _block, _bv, _cfg, _last, _mm, _pass_stages, _record, _rows, _store_rows, wide_dtype
+from ._common import _block, _bv, _last, _mm, _pass_stages, _rows, _store_rows, wide_dtype
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["state_pass", "state_pass_ref"]
 
@@ -75,7 +76,20 @@ def _state_kernel(
             tl.store(ht_out + i_nh.to(tl.int64) * K * V + off2, M2.to(ht_out.dtype.element_ty), mask=kv2)
 
 
-def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_state, inter_dtype=None):
+def state_pass(
+    kt,
+    w,
+    u,
+    g,
+    h0,
+    cu_seqlens,
+    chunk_offsets,
+    NC,
+    C,
+    output_final_state,
+    inter_dtype=None,
+    launch: Launch = DEFAULT_LAUNCH,
+):
     """Stage 3. Returns ``h: [NC, H, K, V]`` (start state of each chunk), ``U: [N, H, V]`` (``v_new``) and the
     final state ``[S, H, K, V]`` (fp32/fp64, ``S`` sequences) or None. ``h0: [S, H, K, V]`` or None."""
     N, H, K = kt.shape
@@ -87,10 +101,10 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
     vnew = torch.empty(N, H, V, device=kt.device, dtype=dt)
     ht = torch.empty(S, H, K, V, device=kt.device, dtype=f) if output_final_state else None
     BK = _block(K)
-    bv = _bv(V, S * H)
+    bv = _bv(V, S * H, launch.gpu())
     es = kt.element_size()
     nst = _pass_stages(kt.dtype, bv, C * (2 * BK + bv) * es)  # per chunk: rows of W and k̃, a block of Ũ
-    cfg = _cfg("state", kt.dtype, BV=bv, num_stages=nst, num_warps=4, KSPLIT=False)
+    cfg = launch.cfg("state", kt.dtype, BV=bv, num_stages=nst, num_warps=4, KSPLIT=False)
     if BK < 32:
         cfg["KSPLIT"] = False  # halves below 16 rows are not a dot shape
     _c = _state_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
@@ -99,7 +113,7 @@ def state_pass(kt, w, u, g, h0, cu_seqlens, chunk_offsets, NC, C, output_final_s
         C=C, BK=BK, GATED=g is not None, USE_H0=h0 is not None,
         STORE_HT=output_final_state, **cfg,
     )  # fmt: skip
-    _record("state", _c)
+    launch.note("state", _c, cfg)
     return h, vnew, ht
 
 

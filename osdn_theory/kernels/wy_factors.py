@@ -14,17 +14,16 @@ from ._common import (
     BAD_K,
     BAD_V,
     _block,
-    _cfg,
     _flag,
     _mm,
     _nonfinite,
     _or,
     _or_all,
-    _record,
     _rows,
     _store_rows,
     chunk_rows,
 )
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["wy_factors", "wy_factors_ref"]
 
@@ -72,7 +71,9 @@ def _wy_kernel(
         _flag(flag, code)
 
 
-def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None, d=None):
+def wy_factors(
+    k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None, d=None, launch: Launch = DEFAULT_LAUNCH
+):
     """Stage 2. Returns ``W: [N, H, K]`` and ``Ũ: [N, H, V]`` (in ``inter_dtype``, default the input dtype).
     With ``flag``, non-finite ``k`` or ``v``, ``β ∉ (0, 1]`` and (given ``d``) ``d`` not finite and positive
     set :data:`BAD_K`, :data:`BAD_V`, :data:`BAD_BETA`, :data:`BAD_D` in it (as they are loaded)."""
@@ -81,7 +82,7 @@ def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None, d=None
     dt = inter_dtype or k.dtype
     w = torch.empty(N, H, K, device=k.device, dtype=dt)
     u = torch.empty(N, H, V, device=k.device, dtype=dt)
-    cfg = _cfg(
+    cfg = launch.cfg(
         "wy",
         k.dtype,
         BK=_block(K, 64),
@@ -93,7 +94,7 @@ def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None, d=None
         d if d is not None else k, H, K, V, C=C, GATED=g is not None, CHECK=flag is not None,
         HAS_D=d is not None and flag is not None, **cfg,
     )  # fmt: skip
-    _record("wy", _c)
+    launch.note("wy", _c, cfg)
     return w, u
 
 
