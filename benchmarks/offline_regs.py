@@ -64,8 +64,9 @@ def resources(fn, args: dict, num_warps: int, num_stages: int = 1) -> tuple[int 
 
 
 def cases(dt: str = "bf16", K: int = 128, C: int = 64):
-    """``{label: (kernel, args, num_warps)}`` for the forward stages (with and without the value checks) and the
-    d rule's kernels, at head dim ``K = V`` and chunk ``C`` (the d rule at its default scan chunk 32)."""
+    """``{label: (kernel, args, num_warps[, num_stages])}`` for every stage of the pipeline — the forward stages
+    with and without the value checks, the backward stages, the d rule's kernels — at head dim ``K = V`` and
+    chunk ``C`` (the d rule at its default scan chunk 32), with the GPU's launch rules."""
     from osdn_theory.kernels import d_scan, d_scan_bwd, stages
 
     P = lambda t: "*" + t  # noqa: E731
@@ -124,6 +125,44 @@ def cases(dt: str = "bf16", K: int = 128, C: int = 64):
         dict(bwd, ucoef=P(f), lam_in=P(f), gk_out=P(dt), gb_out=P(dt)),
         4,
     )
+    # the sequential passes and the backward stages at their GPU launch rules for B·H = 64 (4, 4096, 16, 128)
+    bv = stages._bv(K, 64, gpu=True)
+    wide = dt == "fp32"
+    out["state"] = (
+        stages._state_kernel,
+        dict(kt=P(dt), w=P(dt), u=P(dt), g=P(f), h0=P(f), h_out=P(dt), vnew_out=P(dt), ht_out=P(f),
+             cu_seqlens=P("i32"), chunk_offsets=P("i32"), H="i32", K="i32", V="i32", C=C, BK=bk, BV=bv,
+             GATED=False, USE_H0=True, STORE_HT=True, KSPLIT=False, **acc),
+        4, 1 if wide else 3,
+    )  # fmt: skip
+    out["dv_local"] = (
+        stages._dv_local_kernel,
+        dict(q=P(dt), kt=P(dt), g=P(f), do=P(dt), dv_out=P(dt), bounds=P("i32"), scale="fp32", H="i32", K="i32",
+             V="i32", C=C, BK=bk, BV=min(bk, 128), GATED=False, **acc),
+        4,
+    )  # fmt: skip
+    out["dh"] = (
+        stages._dh_kernel,
+        dict(q=P(dt), kt=P(dt), w=P(dt), g=P(f), do=P(dt), dvl=P(dt), dht=P(f), dh_out=P(dt), du_out=P(dt),
+             dh0_out=P(f), cu_seqlens=P("i32"), chunk_offsets=P("i32"), scale="fp32", H="i32", K="i32", V="i32",
+             C=C, BK=bk, BV=bv, GATED=False, USE_DHT=True, STORE_DH0=True, **acc),
+        8 if K > 64 and bv >= 32 else 4, 1 if wide else 3,
+    )  # fmt: skip
+    out["bwd_dqk"] = (
+        stages._bwd_dqk_kernel,
+        dict(q=P(dt), kt=P(dt), g=P(f), vnew=P(dt), h=P(dt), do=P(dt), dh=P(dt), du=P(dt), dq_out=P(dt),
+             dkt_out=P(f), dw_out=P(dt), dg_out=P(f), bounds=P("i32"), scale="fp32", H="i32", K="i32", V="i32",
+             C=C, BK=bk, BV=min(bk, 64), GATED=False, **acc),
+        4 if K <= 64 else 8, 1 if wide else 2,
+    )  # fmt: skip
+    out["bwd_wy"] = (
+        stages._bwd_wy_kernel,
+        dict(k=P(dt), d=P(dt), c=P(f), kt=P(dt), v=P(dt), beta=P(dt), g=P(f), ai=P(f), dw=P(dt), du=P(dt),
+             dkt=P(f), dg=P(f), dk_out=P(dt), dd_out=P(dt), dv_out=P(dt), db_out=P(f), dla_out=P(f),
+             bounds=P("i32"), H="i32", K="i32", V="i32", C=C, BK=stages._bk_wy(K, gpu=True), BV=min(bk, 64),
+             HAS_D=True, CLIP=False, GATED=False, **acc),
+        4, 1 if wide else 2,
+    )  # fmt: skip
     return out
 
 
@@ -136,10 +175,10 @@ def main():
     if not _ptxas().exists():
         raise SystemExit(f"offline_regs: Triton's bundled ptxas was not found ({_ptxas().name})")
     print(f"triton {triton.__version__}, sm_90a, {a.dtype}, K = V = {a.K}")
-    for label, (fn, args, warps) in cases(a.dtype, a.K).items():
+    for label, (fn, args, warps, *nst) in cases(a.dtype, a.K).items():
         if a.only and not any(s in label for s in a.only.split(",")):
             continue
-        regs, spill = resources(fn, args, warps)
+        regs, spill = resources(fn, args, warps, *nst)
         print(f"{label}: {regs} registers, {spill} bytes spill stores (num_warps {warps})", flush=True)
 
 
