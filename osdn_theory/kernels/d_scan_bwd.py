@@ -141,26 +141,13 @@ def _d_bwd_grads_kernel(
     tl.store(gb_out + t, tl.where(pos, -bval * xc / bt, 0.0).to(gb_out.dtype.element_ty), mask=rmask)
 
 
-def d_scan_backward(
-    gd,
-    k,
-    beta,
-    ai,
-    h_raw,
-    ucoef,
-    c_t,
-    d_min_t,
-    C,
-    tables,
-    h0_shape,
-    need_dh0,
-    launch: Launch = DEFAULT_LAUNCH,
-):
+def d_scan_backward(gd, saved, C, tables, h0_shape, need_dh0, launch: Launch = DEFAULT_LAUNCH):
     """The gradient of the rule's ``d`` (``gd: [N, H, K]``) with respect to ``k``, ``β`` and the initial
-    state ``d_init`` (``None`` unless ``need_dh0``), from what the forward scan saved (``A⁻¹``, the unfloored
-    ``d``, the update coefficients): three launches, the chunk maps of the adjoint (parallel), the reverse
-    scan of the ``K``-vector adjoint over the chunks (one program per sequence and head), the token gradients
-    (parallel)."""
+    state ``d_init`` (``None`` unless ``need_dh0``), from what the forward scan saved: ``saved = (k, β, A⁻¹,
+    unfloored d, update coefficients, c, d_min)``. Three launches: the chunk maps of the adjoint (parallel),
+    the reverse scan of the ``K``-vector adjoint over the chunks (one program per sequence and head), the
+    token gradients (parallel)."""
+    k, beta, ai, h_raw, ucoef, c_t, d_min_t = saved
     cu, offs, bounds, NC = tables
     N, H, K = k.shape
     f = ai.dtype

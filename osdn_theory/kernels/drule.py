@@ -93,22 +93,9 @@ class _RatioScan(torch.autograd.Function):
     def backward(ctx, gd):
         """See :func:`.d_scan_bwd.d_scan_backward`."""
         _checks.poll()
-        k, beta, ai, h_raw, ucoef, c_t, d_min_t = ctx.saved_tensors
         C, tables, h0_shape, launch = ctx.meta
         gk, gb, gh0 = d_scan_backward(
-            gd.contiguous(),
-            k,
-            beta,
-            ai,
-            h_raw,
-            ucoef,
-            c_t,
-            d_min_t,
-            C,
-            tables,
-            h0_shape,
-            ctx.needs_input_grad[2],
-            launch=launch,
+            gd.contiguous(), ctx.saved_tensors, C, tables, h0_shape, ctx.needs_input_grad[2], launch=launch
         )
         return gk, gb, gh0, None, None, None, None, None, None
 
