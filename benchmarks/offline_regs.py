@@ -20,7 +20,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, not the interpreter
+# Compile for the GPU, not the interpreter. Only when run as a script: imported (by the tests), the module
+# leaves the caller's environment alone, and the tests run the compilation in a subprocess without the variable.
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402

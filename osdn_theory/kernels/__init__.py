@@ -3,7 +3,9 @@
 Public API: :func:`chunk_osdn` (forward and backward), :class:`DRule` (the state-free ``ratio`` rule
 that computes ``d`` from the keys, differentiable by default) and :func:`check_values` (waits for the
 device-side value checks of earlier calls and raises for a bad one); :func:`chunk_delta_rule_compat` takes fla
-``chunk_delta_rule``'s arguments in fla's order. The stages live in :mod:`.stages`, their torch twins in :mod:`.reference`.
+``chunk_delta_rule``'s arguments in fla's order. Each stage lives in its own module (kernel, launcher, torch
+twin; :mod:`.stages` lists them in order, :mod:`.reference` the twins); launch configurations are passed per
+call as a :class:`.config.Launch`.
 """
 
 from ._checks import check_values

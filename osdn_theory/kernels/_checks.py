@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._validate import as_tensor, check_range, check_scalar, check_shape
-from . import _common as stages  # INTERPRET and the BAD_* bits
+from . import _common  # INTERPRET and the BAD_* bits
 
 CHUNK_SIZES = (16, 32, 64)
 MAX_DIM = 256
@@ -20,22 +20,22 @@ def check_keys(k) -> torch.Tensor:
     B, T, H, K = k.shape
     if T == 0:
         raise ValueError("k: expected at least one token (T >= 1), got T = 0")
-    if k.dtype == torch.float64 and not stages.INTERPRET:
+    if k.dtype == torch.float64 and not _common.INTERPRET:
         raise ValueError(
             "k: float64 runs only under the Triton interpreter (TRITON_INTERPRET=1); got float64"
         )
-    if k.dtype == torch.bfloat16 and stages.INTERPRET:
+    if k.dtype == torch.bfloat16 and _common.INTERPRET:
         # numpy has no bfloat16: with Triton 3.8 the interpreter's tl.dot on bf16 operands returned values off
         # by many orders of magnitude on a single 16x16 product, so the kernels would run and return nonsense.
         raise ValueError(
             "k: bfloat16 is not supported under the Triton interpreter (its tl.dot is wrong for bf16 operands); "
             "expected float16, float32 or float64 there, got bfloat16"
         )
-    devices = ("cuda", "cpu") if stages.INTERPRET else ("cuda",)
+    devices = ("cuda", "cpu") if _common.INTERPRET else ("cuda",)
     if k.device.type not in devices:
         raise ValueError(
             f"k: expected a tensor on {' or '.join(devices)} "
-            f"({'CPU only under the Triton interpreter' if stages.INTERPRET else 'or set TRITON_INTERPRET=1'}), "
+            f"({'CPU only under the Triton interpreter' if _common.INTERPRET else 'or set TRITON_INTERPRET=1'}), "
             f"got device {k.device}"
         )
     if not 1 <= K <= MAX_DIM:
@@ -88,15 +88,15 @@ def check_cu_seqlens(cu_seqlens, B: int, T: int, device) -> tuple[torch.Tensor |
 
 # ------------------------------------------------------------------------------ value checks without a sync
 
-#: The value-check bits (set by the stages as they load each input, see :mod:`.stages`), in report order,
+#: The value-check bits (set by the stages as they load each input, see :mod:`._common`), in report order,
 #: with the range each argument must lie in (for the message) and the interval for :func:`check_range`.
 VALUE_CHECKS = (
-    ("q", stages.BAD_Q.value, "finite values", (None, None, False)),
-    ("k", stages.BAD_K.value, "finite values", (None, None, False)),
-    ("v", stages.BAD_V.value, "finite values", (None, None, False)),
-    ("beta", stages.BAD_BETA.value, "values in (0, 1]", (0.0, 1.0, True)),
-    ("alpha", stages.BAD_ALPHA.value, "values in (0, 1]", (0.0, 1.0, True)),
-    ("d", stages.BAD_D.value, "finite values > 0", (0.0, None, True)),
+    ("q", _common.BAD_Q.value, "finite values", (None, None, False)),
+    ("k", _common.BAD_K.value, "finite values", (None, None, False)),
+    ("v", _common.BAD_V.value, "finite values", (None, None, False)),
+    ("beta", _common.BAD_BETA.value, "values in (0, 1]", (0.0, 1.0, True)),
+    ("alpha", _common.BAD_ALPHA.value, "values in (0, 1]", (0.0, 1.0, True)),
+    ("d", _common.BAD_D.value, "finite values > 0", (0.0, None, True)),
 )
 
 #: Per CUDA device: the persistent flag word that the default calls' kernels OR their bits into, and the pinned

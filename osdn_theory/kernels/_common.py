@@ -70,6 +70,9 @@ def _pass_stages(dtype: torch.dtype, bv: int, stage_bytes: int) -> int:
     return max(1, min(4 if bv <= 32 else 3, _PIPE_BYTES // stage_bytes))
 
 
+# ------------------------------------------------------------------------------ Triton helpers and value checks
+
+
 @triton.jit
 def _mm(a, b, DT: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr):
     """``a @ b`` with operands in the input dtype ``DT`` and ``ACC`` accumulation (IEEE for float32)."""
@@ -168,7 +171,11 @@ def _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K,
     return t, rmask, ok, qq, P, gg
 
 
+# ------------------------------------------------------------------------------------- helpers of the torch twins
+
+
 def chunk_rows(bounds: torch.Tensor, C: int):
+    """For the torch twins: ``(chunk index, first token, end token)`` of every chunk in ``bounds [NC, 2]``."""
     for i, (t0, end) in enumerate(bounds.tolist()):
         yield i, t0, min(t0 + C, end)
 
