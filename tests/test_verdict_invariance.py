@@ -79,6 +79,17 @@ def test_perturbation_changes_the_inputs_but_no_verdict():
         run_claim(spec, budget="quick", seed=3, perturb=-1.0)
 
 
+def test_cli_saves_after_every_seed(tmp_path):
+    from osdn_theory.claims.invariance import main
+
+    out = tmp_path / "v.json"
+    assert main(["--seeds", "0-1", "--only", "C1,C2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["seeds"] == [0, 1] and doc["complete"] is True
+    assert doc["verdicts"] == {"C1": ["PASS", "PASS"], "C2": ["PASS", "PASS"]}
+    assert main(["--seeds", "x", "--out", str(out)]) == 2
+
+
 def test_parse_seeds():
     assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
     for bad in ("", "3-1", "a", "-2"):

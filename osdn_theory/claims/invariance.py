@@ -60,9 +60,12 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def verdicts(
-    seeds: Iterable[int], *, budget: str = "quick", perturb: float = 0.0, only=None
+    seeds: Iterable[int], *, budget: str = "quick", perturb: float = 0.0, only=None, on_seed=None
 ) -> dict[str, list[str]]:
-    """``{label: [verdict for each seed]}`` of every selected pass/fail claim (measurements are skipped)."""
+    """``{label: [verdict for each seed]}`` of every selected pass/fail claim (measurements are skipped).
+
+    ``on_seed(seed, table)`` is called after each seed with the table so far (the CLI saves it, so an
+    interrupted run keeps every finished seed)."""
     check_choice("budget", budget, BUDGETS)
     perturb = check_scalar("perturb", perturb, 0.0, 1e-3)
     seeds = [int(check_scalar("seeds", s, 0, None, integer=True)) for s in seeds]
@@ -72,6 +75,8 @@ def verdicts(
         for spec in specs:
             r = run_claim(spec, budget=budget, seed=seed, catch=True, perturb=perturb)
             out[spec.label].append(r.verdict if r.error is None else f"ERROR: {r.error}")
+        if on_seed is not None:
+            on_seed(seed, out)
     return out
 
 
@@ -105,20 +110,35 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         seeds = parse_seeds(a.seeds)
-        table = verdicts(seeds, budget=a.budget, perturb=a.perturb, only=a.only)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    doc = dict(
-        verdicts=table,
-        seeds=seeds,
-        budget=a.budget,
-        perturb=a.perturb,
-        mkl_cbwr=os.environ.get("MKL_CBWR"),
-        rounding_fingerprint=rounding_fingerprint(),
-        torch=torch.__version__,
-    )
-    a.out.write_text(json.dumps(doc, indent=1))
+    done: list[int] = []
+
+    def save(seed: int, table: dict) -> None:
+        done.append(seed)
+        doc = dict(
+            verdicts=table,
+            seeds=list(done),
+            complete=len(done) == len(seeds),
+            budget=a.budget,
+            perturb=a.perturb,
+            mkl_cbwr=os.environ.get("MKL_CBWR"),
+            rounding_fingerprint=rounding_fingerprint(),
+            torch=torch.__version__,
+        )
+        tmp = a.out.with_name(a.out.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(a.out)  # atomic: the file always holds every finished seed
+
+    try:
+        verdicts(seeds, budget=a.budget, perturb=a.perturb, only=a.only, on_seed=save)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {a.out} holds the {len(done)} finished seed(s)", file=sys.stderr)
+        return 130
     return 0
 
 
