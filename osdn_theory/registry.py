@@ -122,8 +122,13 @@ def register(
         raise ValueError(
             f"kind: expected one of {list(KINDS)} (given, or declared by obj.kind), got {kind!r} for {obj!r}"
         )
-    if kind in CONFIG_KINDS and not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
-        raise ValueError(f"obj: expected a dataclass (the {kind} configuration class), got {_desc(obj)}")
+    if kind in CONFIG_KINDS and not (
+        isinstance(obj, type) and dataclasses.is_dataclass(obj) and issubclass(obj, Serializable)
+    ):
+        raise ValueError(
+            f"obj: expected a dataclass subclassing the package's {kind} base class (e.g. FeedbackRule, "
+            f"StepRule, Schedule, Prior, Rate), got {_desc(obj)}"
+        )
     if kind == "stream" and not (isinstance(obj, type) and callable(getattr(obj, "build", None))):
         raise ValueError(f"obj: expected a stream config class with a build(seed) method, got {_desc(obj)}")
     name = name if name is not None else _name_of(obj, kind)

@@ -401,3 +401,56 @@ def test_verify_plugin_errors(tmp_path):
     assert r.exit_code == 2 and "--step" in r.output
     r = CliRunner().invoke(app, ["verify", "--method", "hyper", "--only", "C7[nope]", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--only" in r.output
+
+
+METHOD_PLUGIN = """
+import dataclasses
+from typing import ClassVar
+
+import torch
+
+import osdn_theory
+from osdn_theory.streams import PiecewiseStationaryStream
+from osdn_theory.sweeps.methods import SweepMethod
+
+
+@dataclasses.dataclass(frozen=True)
+class PiecewiseCopy(PiecewiseStationaryStream):
+    family: ClassVar[str] = "piecewise_copy_plugin"
+
+
+class ConstantD(SweepMethod):
+    name = "constant_d_plugin"
+    keys = ("value", "s_max")
+
+    def build(self, table):
+        return {"value": float(table.get("value", 1.0))}
+
+    def preconditioner(self, kwargs, k, beta):
+        return torch.full_like(k, kwargs["value"]), None
+
+
+osdn_theory.register(PiecewiseCopy)
+osdn_theory.register(ConstantD())
+"""
+
+
+def test_plugin_stream_and_method_in_a_sweep(tmp_path):
+    """A stream family and a sweep method from a plugin: d ≡ 1 through the user's method equals DeltaNet."""
+    from osdn_theory.sweeps import load_spec, run_sweep
+
+    (tmp_path / "ext.py").write_text(METHOD_PLUGIN)
+    (tmp_path / "s.toml").write_text(
+        'plugins = ["ext.py"]\nseeds = [0, 1]\n'
+        '[[stream]]\nfamily = "piecewise_copy_plugin"\nT = 128\nK = 4\nV = 2\nsegment_len = 64\n'
+        '[[method]]\nname = "constant_d_plugin"\nvalue = 1.0\n[[method]]\nname = "deltanet"\n'
+    )
+    run_sweep(load_spec(tmp_path / "s.toml"), tmp_path / "out", executor="serial", progress=False)
+    recs = _records(tmp_path / "out")
+    assert len(recs) == 4 and {r["status"] for r in recs} == {"ok"}
+    by = {(r["config"]["method"]["name"], r["config"]["seed"]): r["metrics"]["r1"] for r in recs}
+    assert by[("constant_d_plugin", 0)] == by[("deltanet", 0)]
+    bad = tmp_path / "bad.toml"
+    bad.write_text((tmp_path / "s.toml").read_text().replace("value = 1.0", "value = 1.0\nnope = 2"))
+    with pytest.raises(ValueError, match=r"^method\[0\]: nope: unknown key for method 'constant_d_plugin'"):
+        load_spec(bad)

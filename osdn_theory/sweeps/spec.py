@@ -206,7 +206,7 @@ def method_label(method: Mapping) -> str:
     rest = {k: v for k, v in method.items() if k != "name"}
     if name != "osdn":
         return str(name) + (f"({','.join(f'{k}={v}' for k, v in sorted(rest.items()))})" if rest else "")
-    parts = [str(method.get("rule", "ratio"))]
+    parts = [short(method.get("rule", "ratio"))]
     if "step" in method:
         parts.append(short(method["step"]))
     apf = method.get("apf")
