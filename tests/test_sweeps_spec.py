@@ -171,9 +171,19 @@ def test_example_sweep_files_parse():
     root = Path(__file__).resolve().parents[1] / "sweeps"
     files = sorted(root.glob("*.toml")) + sorted(root.glob("*.py"))
     assert {f.name for f in files} >= {"apf_piecewise.toml", "recall_mqar.toml", "shift_families.py"}
+    import tomllib
+
+    from osdn_theory.train.spec import load_train_spec
+
+    n_train = 0
     for f in files:
+        if f.suffix == ".toml" and "train" in tomllib.loads(f.read_text()):  # an `osdn train` file
+            n_train += 1
+            assert load_train_spec(f).runs, f
+            continue
         spec = load_spec(f)
         assert spec.runs and len(set(spec.hashes)) == len(spec.runs)
+    assert n_train >= 1  # the recall lab's training files are checked by their own loader
 
 
 def test_the_module_docstring_example_parses():
