@@ -309,30 +309,30 @@ class FeedbackRule(Serializable):
         raise NotImplementedError
 
 
+class _BuiltinStateFree(FeedbackRule):
+    """A built-in state-free rule: its feedback is :func:`_state_free_grad` under the rule's name."""
+
+    affine: ClassVar[bool] = True
+
+    def feedback(self, state, u, beta, d):
+        g, L, _, _, f = _state_free_grad(self.name, u, beta, d)
+        return g, L, f
+
+
 @register
 @dataclasses.dataclass(frozen=True)
-class RatioRule(FeedbackRule):
+class RatioRule(_BuiltinStateFree):
     """``f_t(d) = (1 − s_t(d))²``, ``g_t = −2 β_t (1 − s_t) u_t``, ``L_t = 2β_t²‖u_t‖²`` (module docstring)."""
 
     name: ClassVar[str] = "ratio"
-    affine: ClassVar[bool] = True
-
-    def feedback(self, state, u, beta, d):
-        g, L, _, _, f = _state_free_grad(self.name, u, beta, d)
-        return g, L, f
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class HyperRule(FeedbackRule):
+class HyperRule(_BuiltinStateFree):
     """OSGM hypergradient ``f_t(d) = ((1 − s_t)² − 1)/(2‖k_t‖²)``, ``g_t = −β_t (1 − s_t) u_t / ‖k_t‖²``."""
 
     name: ClassVar[str] = "hyper"
-    affine: ClassVar[bool] = True
-
-    def feedback(self, state, u, beta, d):
-        g, L, _, _, f = _state_free_grad(self.name, u, beta, d)
-        return g, L, f
 
 
 @register

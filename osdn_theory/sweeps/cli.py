@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+
+@contextlib.contextmanager
+def run_errors(command: str, file: Path, out: Path, lost: str):
+    """The shared error handling of ``osdn sweep`` and ``osdn train``: a caller or environment problem is one
+    ``error:`` line and exit 2; Ctrl-C says how many runs are saved and how to resume, exit 130. ``lost`` says
+    what an interruption loses (e.g. "at most the runs in flight are lost")."""
+    from .executors import EnvironmentProblem
+    from .store import ResultsStore
+
+    try:
+        yield
+    except (ValueError, EnvironmentProblem) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        done = len(ResultsStore(out, repair=False).records) if (out / "results.jsonl").exists() else 0
+        cmd = " ".join(shlex.quote(a) for a in ["osdn", command, str(file), "--out", str(out)])
+        typer.echo(
+            f"\ninterrupted: {done} finished run(s) are saved in {out}/results.jsonl ({lost}); to resume, rerun "
+            f"the same command, e.g. {cmd} [same options]",
+            err=True,
+        )
+        raise typer.Exit(130) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -55,12 +80,10 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Run the missing runs of a sweep file; rerun the same command to resume after a crash."""
-        from .executors import EnvironmentProblem
         from .runner import run_sweep
         from .spec import load_spec
-        from .store import ResultsStore
 
-        try:
+        with run_errors("sweep", file, out, "at most the runs in flight are lost"):
             spec = load_spec(file)
             summary = run_sweep(
                 spec,
@@ -77,18 +100,6 @@ def register(app: typer.Typer) -> None:
                 worker_timeout=worker_timeout,
                 append_different_spec=append_different_spec,
             )
-        except (ValueError, EnvironmentProblem) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            done = len(ResultsStore(out, repair=False).records) if (out / "results.jsonl").exists() else 0
-            cmd = " ".join(shlex.quote(a) for a in ["osdn", "sweep", str(file), "--out", str(out)])
-            typer.echo(
-                f"\ninterrupted: {done} finished run(s) are saved in {out}/results.jsonl (at most the runs in "
-                f"flight are lost); to resume, rerun the same command, e.g. {cmd} [same options]",
-                err=True,
-            )
-            raise typer.Exit(130) from None
         div = f", {summary.diverged} diverged" if summary.diverged else ""
         typer.echo(
             f"{spec.name}: {summary.total} runs, {summary.skipped} already done, {summary.executed} executed "

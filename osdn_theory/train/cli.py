@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -54,13 +53,13 @@ def register(app: typer.Typer) -> None:
         """
         import functools
 
-        from ..sweeps.executors import EnvironmentProblem
+        from ..sweeps.cli import run_errors
         from ..sweeps.runner import run_sweep
         from ..sweeps.store import ResultsStore
         from .run import train_batch
         from .spec import load_train_spec
 
-        try:
+        with run_errors("train", file, out, "the run in flight is lost"):
             if device != "auto":
                 import torch
 
@@ -85,18 +84,6 @@ def register(app: typer.Typer) -> None:
                 append_different_spec=append_different_spec,
                 evaluate=functools.partial(train_batch, device=device),
             )
-        except (ValueError, EnvironmentProblem) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            done = len(ResultsStore(out, repair=False).records) if (out / "results.jsonl").exists() else 0
-            cmd = " ".join(shlex.quote(a) for a in ["osdn", "train", str(file), "--out", str(out)])
-            typer.echo(
-                f"\ninterrupted: {done} finished run(s) are saved in {out}/results.jsonl (the run in flight is "
-                f"lost); to resume, rerun the same command, e.g. {cmd} [same options]",
-                err=True,
-            )
-            raise typer.Exit(130) from None
         try:
             from .results import write_report
 
