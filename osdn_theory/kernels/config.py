@@ -31,6 +31,8 @@ STAGE_NAMES = (
     "bwd_dqk",
     "bwd_wy",
     "d_scan",
+    "d_seg_map",
+    "d_seg_carry",
     "d_bwd_local",
     "d_bwd_scan",
     "d_bwd_grads",
@@ -95,6 +97,8 @@ class Launch:
     bwd_dqk: LaunchConfig = LaunchConfig()
     bwd_wy: LaunchConfig = LaunchConfig()
     d_scan: LaunchConfig = LaunchConfig()
+    d_seg_map: LaunchConfig = LaunchConfig()
+    d_seg_carry: LaunchConfig = LaunchConfig()
     d_bwd_local: LaunchConfig = LaunchConfig()
     d_bwd_scan: LaunchConfig = LaunchConfig()
     d_bwd_grads: LaunchConfig = LaunchConfig()

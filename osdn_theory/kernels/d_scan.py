@@ -14,9 +14,11 @@ from ._common import (
     BAD_K,
     _block,
     _flag,
+    _mm,
     _nonfinite,
     _or,
     _or_all,
+    _rows,
     _stages,
     _store_rows,
     _warps,
@@ -27,7 +29,7 @@ from .config import DEFAULT_LAUNCH, Launch
 from .gram_solve import gram_solve
 from .wy_factors import wy_factors
 
-__all__ = ["scan_forward", "d_scan_ref"]
+__all__ = ["scan_forward", "seg_carry", "d_scan_ref"]
 
 
 _VPAD = 16
@@ -131,11 +133,112 @@ def _d_scan_kernel(
         W, uu, u0 = W1, uu1, u01
 
 
+@triton.jit
+def _seg_update(M, r, X, Y, z, ACC: tl.constexpr, IEEE: tl.constexpr):
+    """One chunk of a segment map: ``M ← M − Xᵀ (Y M)`` (a ``[BK, BV]`` block of the ``K × K`` map) and
+    ``r ← r − Xᵀ (Y r) + z`` (``X, Y: [C, BK]`` and ``M`` in ``ACC``; dots in ``ACC``, i.e. tf32 for 16-bit
+    inputs' fp32 maps, IEEE for float32, fp64 for float64)."""
+    M -= _mm(tl.trans(X), _mm(Y, M, ACC, ACC, IEEE), ACC, ACC, IEEE)
+    r += z - tl.sum(X * tl.sum(Y * r[None, :], 1)[:, None], 0)
+    return M, r
+
+
+@triton.jit
+def _d_seg_map_kernel(
+    uhat, w, ut, seg_cu, m_out, r_out,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
+    IEEE: tl.constexpr,
+):  # fmt: skip
+    """Segment-parallel scan, part 1 (one program per column block of ``BV`` × segment·head): the segment's
+    affine map ``h_end = M h_start + r`` with ``M = Π_n (I − Ûₙᵀ Wₙ)`` (chunks in order) and ``r`` the end
+    state from ``h_start = 0``; ``m_out: [NS, H, K, K]``, ``r_out: [NS, H, K]`` (fp32/fp64; ``r`` stored by
+    column block 0)."""
+    i_v, i_sh = tl.program_id(0), tl.program_id(1)
+    i_s, i_h = i_sh // H, i_sh % H
+    bos = tl.load(seg_cu + i_s).to(tl.int64)
+    Tn = tl.load(seg_cu + i_s + 1).to(tl.int64) - bos
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    M = tl.where(ok[:, None] == ov[None, :], 1.0, 0.0).to(ACC)
+    r = tl.zeros([BK], dtype=ACC)
+    for n in range(tl.cdiv(Tn, C)):
+        rmask = oc < Tn - n * C
+        t = (bos + n * C + oc) * H + i_h
+        Y = _rows(w, t, rmask, K, ok, K, ACC)
+        X = _rows(uhat, t, rmask, K, ok, K, ACC)
+        u0 = tl.load(ut + t * VP, mask=rmask, other=0.0).to(ACC)
+        M, r = _seg_update(M, r, X, Y, tl.sum(X * u0[:, None], 0), ACC, IEEE)
+    base = i_sh.to(tl.int64) * K
+    tl.store(m_out + (base + ok[:, None]) * K + ov[None, :], M, mask=(ok[:, None] < K) & (ov[None, :] < K))
+    if i_v == 0:
+        tl.store(r_out + base + ok, r, mask=ok < K)
+
+
+@triton.jit
+def _d_seg_carry_kernel(
+    m, r, h0, h_out, seg_offs, H, K,
+    BK: tl.constexpr, ACC: tl.constexpr, REVERSE: tl.constexpr,
+):  # fmt: skip
+    """Segment-parallel scan, part 2 (one program per sequence·head): carries the ``K``-vector state through
+    the sequence's segment maps (``h ← M h + r``; last segment first with ``REVERSE``), storing the state
+    entering each segment in ``h_out: [NS, H, K]``; ``h0: [S, H, K]`` is the state entering the sequence."""
+    i_nh = tl.program_id(0)
+    i_n, i_h = i_nh // H, i_nh % H
+    s0 = tl.load(seg_offs + i_n)
+    ns = tl.load(seg_offs + i_n + 1) - s0
+    ok = tl.arange(0, BK)
+    km = ok < K
+    h = tl.load(h0 + i_nh.to(tl.int64) * K + ok, mask=km, other=0.0).to(ACC)
+    for i in range(ns):
+        if REVERSE:
+            j = s0 + ns - 1 - i
+        else:
+            j = s0 + i
+        base = (j.to(tl.int64) * H + i_h) * K
+        tl.store(h_out + base + ok, h, mask=km)
+        Mj = tl.load(m + (base + ok[:, None]) * K + ok[None, :], mask=km[:, None] & km[None, :], other=0.0)
+        h = tl.sum(Mj.to(ACC) * h[None, :], 1) + tl.load(r + base + ok, mask=km, other=0.0).to(ACC)
+
+
+def seg_carry(m, r, h0, seg_offs, reverse: bool, launch: Launch = DEFAULT_LAUNCH):
+    """Part 2 of the segment-parallel scans (forward and adjoint): the state entering each segment."""
+    NS, H, K = r.shape
+    h_out = torch.empty_like(r)
+    cfg = launch.cfg("d_seg_carry", num_warps=_warps(8))
+    _c = _d_seg_carry_kernel[(h0.shape[0] * H,)](
+        m, r, h0, h_out, seg_offs, H, K, BK=_block(K), ACC=acc_dtype(r.dtype), REVERSE=reverse, **cfg
+    )
+    launch.note("d_seg_carry", _c, cfg)
+    return h_out
+
+
+def _seg_starts(uhat, w, ut, h0, segs, C, launch: Launch):
+    """Parts 1–2 of the forward's segment-parallel scan: the state ``h`` entering each segment ``[NS, H, K]``."""
+    seg_cu, seg_offs, _, NS = segs
+    N, H, K = uhat.shape
+    f = h0.dtype
+    m = torch.empty(NS, H, K, K, dtype=f, device=uhat.device)
+    r = torch.empty(NS, H, K, dtype=f, device=uhat.device)
+    BK = _block(K)
+    cfg = launch.cfg("d_seg_map", uhat.dtype, BV=_block(K, 64), num_warps=_warps(4))
+    _c = _d_seg_map_kernel[(triton.cdiv(K, cfg["BV"]), NS * H)](
+        uhat, w, ut, seg_cu, m, r, H, K, C=C, BK=BK, VP=_VPAD, **cfg
+    )  # fmt: skip
+    launch.note("d_seg_map", _c, cfg)
+    return seg_carry(m, r, h0, seg_offs, False, launch)
+
+
 def scan_forward(
-    k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep: bool, launch: Launch = DEFAULT_LAUNCH
-):
-    """The four launches of the rule on packed ``k: [N, H, K]``, ``beta: [N, H]``, ``h0: [S, H, K]`` (wide
-    dtype). Returns ``d`` and, with ``keep``, what the backward needs: ``(A⁻¹, unfloored d, U)``."""
+    k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep: bool, launch: Launch = DEFAULT_LAUNCH,
+    segs=None,
+):  # fmt: skip
+    """The launches of the rule on packed ``k: [N, H, K]``, ``beta: [N, H]``, ``h0: [S, H, K]`` (wide dtype).
+    With ``segs`` (:func:`.tables.segment_tables`) the scan runs segment-parallel: each segment's affine map
+    (parallel), the state carried across the segments (one program per sequence·head, ``K × K`` matrix-vector
+    products), then the chunk scan restarted in every segment (parallel). Returns ``d`` and, with ``keep``,
+    what the backward needs: ``(A⁻¹, unfloored d, U)``."""
     N, H, K = k.shape
     S = h0.shape[0]
     f = wide_dtype(k.dtype)
@@ -159,6 +262,9 @@ def scan_forward(
     h_raw = torch.empty(N, H, K, dtype=f, device=k.device) if keep else d
     ucoef = torch.empty(N, H, dtype=f, device=k.device) if keep else d
     d_min_t = torch.full((1,), d_min, dtype=f, device=k.device)
+    if segs is not None:  # restart the scan in every segment from its entering state
+        h0 = _seg_starts(uhat, w, ut, h0, segs, C, launch)
+        cu, S = segs[0], segs[3]
     cfg = launch.cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype))
     _c = _d_scan_kernel[(S * H,)](
         uhat, w, ut, h0, d, cu, d_min_t, h_raw, ucoef, H, K,

@@ -59,7 +59,7 @@ from ._common import wide_dtype
 from .config import Launch, check_launch
 from .d_scan import scan_forward
 from .d_scan_bwd import d_scan_backward
-from .tables import chunk_tables
+from .tables import chunk_tables, segment_tables
 
 __all__ = ["DRule", "d_ratio_scan"]
 
@@ -78,12 +78,46 @@ def _check_d_init(d_init):
     return check_scalar("d_init", d_init, 0.0, None, lo_open=True)
 
 
+#: Programs the segment-parallel scan aims for under ``segment_chunks="auto"`` (about two per multiprocessor
+#: of an H100/H200), and the fewest chunks a segment gets.
+_AUTO_PROGRAMS = 256
+_AUTO_MIN_CHUNKS = 4
+
+
+def check_segment_chunks(segment_chunks):
+    """``segment_chunks``: ``"auto"``, ``None`` or a positive int."""
+    if segment_chunks is None or segment_chunks == "auto":
+        return segment_chunks
+    if isinstance(segment_chunks, bool) or not isinstance(segment_chunks, int) or segment_chunks < 1:
+        raise ValueError(f"segment_chunks: expected 'auto', None or a positive int, got {segment_chunks!r}")
+    return segment_chunks
+
+
+def _segments(segment_chunks, cu_seqlens, B, T, C, H, NC, device):
+    """The segment tables of the scan, or ``None`` for one sequential scan per sequence and head (``None``, or
+    no sequence longer than one segment). ``"auto"``: segments of ``max(4, ⌈NC·H / 256⌉)`` chunks, so that
+    about 256 sequence·head·segment programs run (depends on the shape only, never on the device)."""
+    if segment_chunks is None:
+        return None
+    G = segment_chunks
+    if G == "auto":
+        G = max(_AUTO_MIN_CHUNKS, -(-NC * H // _AUTO_PROGRAMS))
+    if cu_seqlens is None:
+        longest = T
+    else:
+        cu = cu_seqlens.tolist()
+        longest = max(b - a for a, b in zip(cu[:-1], cu[1:], strict=True))
+    if -(-longest // C) <= G:
+        return None
+    return segment_tables(cu_seqlens, B, T, C, G, device)
+
+
 class _RatioScan(torch.autograd.Function):
     """``d`` of the rule with exact gradients to ``k``, ``β`` and ``d_init`` (see ``_d_bwd_*_kernel``)."""
 
     @staticmethod
-    def forward(ctx, k, beta, h0, c, d_min, C, tables, flag, launch):
-        d, saved = scan_forward(k, beta, h0, c, d_min, C, tables, flag, keep=True, launch=launch)
+    def forward(ctx, k, beta, h0, c, d_min, C, tables, flag, launch, segs):
+        d, saved = scan_forward(k, beta, h0, c, d_min, C, tables, flag, keep=True, launch=launch, segs=segs)
         ai, h_raw, ucoef, c_t, d_min_t = saved
         ctx.save_for_backward(k, beta, ai, h_raw, ucoef, c_t, d_min_t)
         ctx.meta = (C, tables, h0.shape, launch)
@@ -97,7 +131,7 @@ class _RatioScan(torch.autograd.Function):
         gk, gb, gh0 = d_scan_backward(
             gd.contiguous(), ctx.saved_tensors, C, tables, h0_shape, ctx.needs_input_grad[2], launch=launch
         )
-        return gk, gb, gh0, None, None, None, None, None, None
+        return gk, gb, gh0, None, None, None, None, None, None, None
 
 
 def d_ratio_scan(
@@ -111,6 +145,7 @@ def d_ratio_scan(
     chunk_size: int = 64,
     validate=True,
     detach: bool = False,
+    segment_chunks="auto",
     launch: Launch | None = None,
 ):
     """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``) from the ratio rule; see the module docstring.
@@ -129,6 +164,12 @@ def d_ratio_scan(
         detach: ``False`` (default): ``d`` is differentiable with respect to ``k``, ``β`` and a ``d_init``
             tensor when they require gradients (exact gradients through the rule and its read-out floor, by a
             reverse scan); ``True``: ``d`` is detached (a constant of the keys).
+        segment_chunks: ``"auto"`` (default), ``None`` or a positive int: the scan carries its ``K``-vector
+            state through the chunks one after another, one program per sequence and head; with segments of
+            ``segment_chunks`` chunks it runs segment-parallel instead (each segment's affine map in parallel,
+            the state carried across segments, the scan restarted in every segment). ``"auto"`` picks
+            segments so that about 256 programs run, and none where that would not split a sequence. Only
+            speed and round-off change (the segment maps' products are tf32 for 16-bit keys).
         launch: optional :class:`osdn_theory.kernels.config.Launch` (the kernels' launch configurations for this
             call); default ``None``: each kernel's own rule.
     """
@@ -144,6 +185,7 @@ def d_ratio_scan(
     d_min = check_scalar("d_min", d_min, 0.0, None, lo_open=True)
     d_init = _check_d_init(d_init)
     chunk_size = check_chunk_size(chunk_size)
+    segment_chunks = check_segment_chunks(segment_chunks)
     cu_seqlens, N = check_cu_seqlens(cu_seqlens, B, T, k.device)
     if isinstance(d_init, torch.Tensor):
         try:
@@ -161,6 +203,7 @@ def d_ratio_scan(
     else:  # a fill on the device: a host-to-device copy of the number would wait for the queued work
         h0 = torch.full((N, H, K), d_init, dtype=f, device=k.device)
     tables = chunk_tables(cu_seqlens, B, T, chunk_size, k.device)
+    segs = _segments(segment_chunks, cu_seqlens, B, T, chunk_size, H, tables[3], k.device)
     flag = _checks.new_flag(validate, k.device)
     kf = k.reshape(B * T, H, K)
     bf = beta.reshape(B * T, H).contiguous()
@@ -168,11 +211,12 @@ def d_ratio_scan(
         not detach and torch.is_grad_enabled() and (k.requires_grad or beta.requires_grad or h0.requires_grad)
     )
     if grad:
-        d = _RatioScan.apply(kf, bf, h0, c, d_min, chunk_size, tables, flag, launch)
+        d = _RatioScan.apply(kf, bf, h0, c, d_min, chunk_size, tables, flag, launch, segs)
     else:
         d, _ = scan_forward(
-            kf.detach(), bf.detach(), h0.detach(), c, d_min, chunk_size, tables, flag, False, launch=launch
-        )
+            kf.detach(), bf.detach(), h0.detach(), c, d_min, chunk_size, tables, flag, False, launch=launch,
+            segs=segs,
+        )  # fmt: skip
     _checks.report(flag, "d_ratio_scan", dict(k=k, beta=beta), sync=validate == "sync")
     return d.reshape(B, T, H, K)
 
@@ -194,6 +238,8 @@ class DRule:
         detach: ``False`` (default): gradients flow through the rule into ``k``, ``β`` (and a ``d_init``
             tensor that requires them), so a model learns through it; ``True``: ``d`` is a constant of the keys,
             like an optimizer's preconditioner state.
+        segment_chunks: ``"auto"`` (default), ``None`` or a positive int: the scan's segment-parallel form
+            (see :func:`d_ratio_scan`); changes only speed and round-off.
     """
 
     rule: str = "ratio"
@@ -202,6 +248,7 @@ class DRule:
     d_min: float = 1e-4
     chunk_size: int | None = 32
     detach: bool = False
+    segment_chunks: int | str | None = "auto"
 
     def __post_init__(self):
         check_choice("rule", self.rule, ["ratio"])
@@ -212,6 +259,7 @@ class DRule:
             object.__setattr__(self, "chunk_size", check_chunk_size(self.chunk_size))
         if not isinstance(self.detach, bool):
             raise ValueError(f"detach: expected a bool, got {type(self.detach).__name__} {self.detach!r}")
+        check_segment_chunks(self.segment_chunks)
 
     def compute(
         self,
@@ -236,5 +284,6 @@ class DRule:
             chunk_size=self.chunk_size or chunk_size,
             validate=validate,
             detach=self.detach,
+            segment_chunks=self.segment_chunks,
             launch=launch,
         )

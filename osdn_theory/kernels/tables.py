@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["chunk_tables"]
+__all__ = ["chunk_tables", "segment_tables"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -43,3 +43,37 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, device
         bounds,
         offs[-1],
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_segments(B: int, T: int, C: int, G: int, device: torch.device) -> tuple[Any, ...]:
+    nt = -(-T // C)
+    ns = -(-nt // G)
+    j = torch.arange(ns, device=device, dtype=torch.int32)
+    b = torch.arange(B, device=device, dtype=torch.int32)
+    starts = (b[:, None] * T + j[None, :] * G * C).reshape(-1)
+    seg_cu = torch.cat([starts, torch.tensor([B * T], device=device, dtype=torch.int32)])
+    seg_offs = torch.arange(0, B * ns + 1, ns, device=device, dtype=torch.int32)
+    chunk0 = (b[:, None] * nt + j[None, :] * G).reshape(-1).contiguous()
+    return seg_cu, seg_offs, chunk0, B * ns
+
+
+def segment_tables(cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, G: int, device) -> tuple[Any, ...]:
+    """Segments of ``G`` chunks of ``C`` tokens (the last one of a sequence shorter), for the d rule's
+    segment-parallel scan: ``seg_cu [NS + 1]`` (segment boundaries, a ``cu_seqlens`` of the segments),
+    ``seg_offs [S + 1]`` (each sequence's first segment), ``chunk0 [NS]`` (each segment's first chunk in the
+    numbering of :func:`chunk_tables`) and ``NS``."""
+    if cu_seqlens is None:
+        return _uniform_segments(B, T, C, G, torch.device(device))
+    cu = cu_seqlens.tolist()
+    starts, offs, chunk0 = [], [0], []
+    first_chunk = 0
+    for s0, s1 in zip(cu[:-1], cu[1:], strict=True):
+        nt = -(-(s1 - s0) // C)
+        ns = -(-nt // G)
+        starts += [s0 + j * G * C for j in range(ns)]
+        chunk0 += [first_chunk + j * G for j in range(ns)]
+        offs.append(offs[-1] + ns)
+        first_chunk += nt
+    mk = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    return mk(starts + [cu[-1]]), mk(offs), mk(chunk0), offs[-1]
