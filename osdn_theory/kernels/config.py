@@ -34,6 +34,7 @@ STAGE_NAMES = (
     "d_seg_map",
     "d_seg_carry",
     "d_bwd_local",
+    "d_bwd_seg_map",
     "d_bwd_scan",
     "d_bwd_grads",
 )
@@ -100,6 +101,7 @@ class Launch:
     d_seg_map: LaunchConfig = LaunchConfig()
     d_seg_carry: LaunchConfig = LaunchConfig()
     d_bwd_local: LaunchConfig = LaunchConfig()
+    d_bwd_seg_map: LaunchConfig = LaunchConfig()
     d_bwd_scan: LaunchConfig = LaunchConfig()
     d_bwd_grads: LaunchConfig = LaunchConfig()
     gpu_rules: bool | None = None

@@ -9,9 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _block, _rows, _stages, _store_rows, acc_dtype
+from ._common import _block, _rows, _stages, _store_rows, _warps, acc_dtype
 from .config import DEFAULT_LAUNCH, Launch
-from .d_scan import _SCAN_WARPS
+from .d_scan import _SCAN_WARPS, _seg_update, seg_carry
 
 __all__ = ["d_scan_backward"]
 
@@ -72,13 +72,14 @@ def _d_bwd_local_kernel(
 
 @triton.jit
 def _d_bwd_scan_kernel(
-    k, p, g0, lam_out, gh0_out, cu_seqlens, chunk_offsets, c_ptr,
+    k, p, g0, lam_out, gh0_out, cu_seqlens, chunk_offsets, c_ptr, lam0,
     H, K,
-    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, USE_LAM0: tl.constexpr = False,
 ):  # fmt: skip
     """Backward, part 2 (one program per sequence and head, chunks in reverse): carries the ``K``-vector
     adjoint ``λ`` through the chunk maps of part 1, stores the ``λ_C`` entering each chunk (from the next one)
-    and ``λ_1`` (the gradient of ``d_init``)."""
+    and ``λ_1`` (the gradient of ``d_init``). Segment-parallel (``cu_seqlens`` and ``chunk_offsets`` of the
+    segments), ``λ`` starts from ``lam0`` (the adjoint entering each segment from its right) with ``USE_LAM0``."""
     i_nh = tl.program_id(0)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
@@ -88,6 +89,8 @@ def _d_bwd_scan_kernel(
     ok = tl.arange(0, BK)
     c = tl.load(c_ptr).to(ACC)
     lam = tl.zeros([BK], dtype=ACC)
+    if USE_LAM0:
+        lam += tl.load(lam0 + i_nh.to(tl.int64) * K + ok, mask=ok < K, other=0.0).to(ACC)
     nt = tl.cdiv(Tn, C)
     for i in range(nt):
         n = nt - 1 - i
@@ -103,6 +106,44 @@ def _d_bwd_scan_kernel(
         xl = tl.sum(Pt * lam[None, :], 1)
         lam += tl.load(g0 + ci + ok, mask=ok < K, other=0.0).to(ACC) - tl.sum((cu_ * xl)[:, None] * u, 0)
     tl.store(gh0_out + i_nh.to(tl.int64) * K + ok, lam.to(gh0_out.dtype.element_ty), mask=ok < K)
+
+
+@triton.jit
+def _d_bwd_seg_map_kernel(
+    k, p, g0, seg_cu, chunk0, c_ptr, m_out, r_out,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """Segment-parallel adjoint scan, part 1 (one program per column block × segment·head): the segment's affine
+    map of the adjoint, ``λ_start = M λ_end + r``, composed from the chunk maps of ``_d_bwd_local_kernel``
+    (``λ ← (I − Xᵀ P) λ + g₀`` with rows ``X_i = c u_i / ‖u_i‖``), last chunk first."""
+    i_v, i_sh = tl.program_id(0), tl.program_id(1)
+    i_s, i_h = i_sh // H, i_sh % H
+    bos = tl.load(seg_cu + i_s).to(tl.int64)
+    Tn = tl.load(seg_cu + i_s + 1).to(tl.int64) - bos
+    boc = tl.load(chunk0 + i_s).to(tl.int64)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    c = tl.load(c_ptr).to(ACC)
+    M = tl.where(ok[:, None] == ov[None, :], 1.0, 0.0).to(ACC)
+    r = tl.zeros([BK], dtype=ACC)
+    nt = tl.cdiv(Tn, C)
+    for i in range(nt):
+        n = nt - 1 - i
+        rmask = oc < Tn - n * C
+        t = (bos + n * C + oc) * H + i_h
+        kk = _rows(k, t, rmask, K, ok, K, ACC)
+        u = kk * kk
+        nrm = tl.sqrt(tl.sum(u * u, 1))
+        X = tl.where(nrm > 0, c / tl.where(nrm > 0, nrm, 1.0), 0.0)[:, None] * u
+        Y = _rows(p, t, rmask, K, ok, K, ACC)
+        z = tl.load(g0 + ((boc + n) * H + i_h) * K + ok, mask=ok < K, other=0.0).to(ACC)
+        M, r = _seg_update(M, r, X, Y, z, ACC, IEEE)
+    base = i_sh.to(tl.int64) * K
+    tl.store(m_out + (base + ok[:, None]) * K + ov[None, :], M, mask=(ok[:, None] < K) & (ov[None, :] < K))
+    if i_v == 0:
+        tl.store(r_out + base + ok, r, mask=ok < K)
 
 
 @triton.jit
@@ -141,7 +182,7 @@ def _d_bwd_grads_kernel(
     tl.store(gb_out + t, tl.where(pos, -bval * xc / bt, 0.0).to(gb_out.dtype.element_ty), mask=rmask)
 
 
-def d_scan_backward(gd, saved, C, tables, h0_shape, need_dh0, launch: Launch = DEFAULT_LAUNCH):
+def d_scan_backward(gd, saved, C, tables, h0_shape, need_dh0, launch: Launch = DEFAULT_LAUNCH, segs=None):
     """The gradient of the rule's ``d`` (``gd: [N, H, K]``) with respect to ``k``, ``β`` and the initial
     state ``d_init`` (``None`` unless ``need_dh0``), from what the forward scan saved: ``saved = (k, β, A⁻¹,
     unfloored d, update coefficients, c, d_min)``. Three launches: the chunk maps of the adjoint (parallel),
@@ -165,12 +206,27 @@ def d_scan_backward(gd, saved, C, tables, h0_shape, need_dh0, launch: Launch = D
         **cfg,
     )  # fmt: skip
     launch.note("d_bwd_local", _c, cfg)
+    lam0, nprog, gh0_seg = None, h0_shape[0], gh0
+    if segs is not None:
+        seg_cu, seg_offs, chunk0, NS = segs
+        m = torch.empty(NS, H, K, K, dtype=f, device=k.device)
+        r = torch.empty(NS, H, K, dtype=f, device=k.device)
+        cfg = launch.cfg("d_bwd_seg_map", k.dtype, BV=_block(K, 64), num_warps=_warps(4))
+        _c = _d_bwd_seg_map_kernel[(triton.cdiv(K, cfg["BV"]), NS * H)](
+            k, p, g0, seg_cu, chunk0, c_t, m, r, H, K, C=C, BK=BK, **cfg
+        )  # fmt: skip
+        launch.note("d_bwd_seg_map", _c, cfg)
+        lam0 = seg_carry(m, r, torch.zeros(h0_shape, dtype=f, device=k.device), seg_offs, True, launch)
+        cu, offs, nprog = seg_cu, chunk0, NS
+        gh0_seg = torch.empty(NS, H, K, dtype=f, device=k.device)
     cfg = launch.cfg("d_bwd_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype))
-    _c = _d_bwd_scan_kernel[(h0_shape[0] * H,)](
-        k, p, g0, lam, gh0, cu, offs, c_t, H, K, C=C, BK=BK, ACC=acc,
-        **cfg,
+    _c = _d_bwd_scan_kernel[(nprog * H,)](
+        k, p, g0, lam, gh0_seg, cu, offs, c_t, lam0 if lam0 is not None else g0, H, K, C=C, BK=BK, ACC=acc,
+        USE_LAM0=lam0 is not None, **cfg,
     )  # fmt: skip
     launch.note("d_bwd_scan", _c, cfg)
+    if segs is not None and need_dh0:  # λ_1 of each sequence: what its first segment's reverse scan ended with
+        gh0 = gh0_seg[seg_offs[:-1].long()]
     cfg = launch.cfg("d_bwd_grads", num_warps=4)
     _c = _d_bwd_grads_kernel[(NC, H)](
         k, beta, gd, h_raw, ucoef, ai, lam, gk, gb, bounds, c_t, d_min_t, H, K, C=C, BK=BK, ACC=acc,

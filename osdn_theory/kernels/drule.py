@@ -120,17 +120,18 @@ class _RatioScan(torch.autograd.Function):
         d, saved = scan_forward(k, beta, h0, c, d_min, C, tables, flag, keep=True, launch=launch, segs=segs)
         ai, h_raw, ucoef, c_t, d_min_t = saved
         ctx.save_for_backward(k, beta, ai, h_raw, ucoef, c_t, d_min_t)
-        ctx.meta = (C, tables, h0.shape, launch)
+        ctx.meta = (C, tables, h0.shape, launch, segs)
         return d
 
     @staticmethod
     def backward(ctx, gd):
         """See :func:`.d_scan_bwd.d_scan_backward`."""
         _checks.poll()
-        C, tables, h0_shape, launch = ctx.meta
+        C, tables, h0_shape, launch, segs = ctx.meta
         gk, gb, gh0 = d_scan_backward(
-            gd.contiguous(), ctx.saved_tensors, C, tables, h0_shape, ctx.needs_input_grad[2], launch=launch
-        )
+            gd.contiguous(), ctx.saved_tensors, C, tables, h0_shape, ctx.needs_input_grad[2], launch=launch,
+            segs=segs,
+        )  # fmt: skip
         return gk, gb, gh0, None, None, None, None, None, None, None
 
 
