@@ -361,3 +361,109 @@ def test_chunk_osdn_with_d_rule_gradients_through_the_rule():
     for n in names:
         assert rel_err(g[n], xr[n].grad) < rtol(F64), (n, rel_err(g[n], xr[n].grad))
     assert rel_err(g_det["k"], xr["k"].grad) > NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64
+
+
+# ------------------------------------------------------------------------------- segment-parallel scan
+
+
+@pytest.mark.parametrize("G", [1, 2, 3])
+@pytest.mark.parametrize("packed", [False, True])
+def test_segment_parallel_scan_values_and_gradients(G, packed):
+    """The segment-parallel scan (segments of ``G`` chunks; packed: three sequences of different lengths, each
+    with its own ``d_init`` row) against float64 autograd of the token loop: ``d`` and the gradients to ``k``,
+    ``β`` and ``d_init`` (forward and adjoint segment maps, carries and restarted scans)."""
+    C = 16
+    lens = [C * 5 + 3, 2 * C + 1, C * 4] if packed else [C * 7 + 5]
+    k, beta = _keys(40 + G, B=1, T=sum(lens), H=2, K=20)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()]) if packed else None
+    d0 = torch.rand(len(lens), 2, 20, generator=_gen(41), dtype=F64) + 0.5
+    if not packed:
+        d0 = d0[0]
+    w = torch.randn(k.shape, generator=_gen(42), dtype=F64)
+    got = _grads(
+        lambda a, b, c0: d_ratio_scan(
+            a, b, c=0.7, d_init=c0, d_min=0.9, cu_seqlens=cu, chunk_size=C, segment_chunks=G
+        ),
+        k, beta, d0, w,
+    )  # fmt: skip
+    bounds = list(zip([0, *lens[:-1]], lens, strict=True))
+    starts = torch.tensor([0, *lens]).cumsum(0).tolist()
+
+    def ref_fn(a, b, c0):
+        parts = [
+            _rule_autograd64(a[:, s:e], b[:, s:e], 0.7, c0[i] if packed else c0, 0.9)
+            for i, (s, e) in enumerate(zip(starts[:-1], starts[1:], strict=True))
+        ]
+        return torch.cat(parts, 1)
+
+    assert bounds
+    ref = _grads(ref_fn, k, beta, d0, w)
+    for name, g, r in zip(["d", "k", "beta", "d_init"], got, ref, strict=True):
+        assert rel_err(g, r) < rtol(F64), (name, G, rel_err(g, r))
+
+
+def test_segment_parallel_scan_float32():
+    """float32 keys, segments of two chunks (IEEE fp32 segment maps): ``d`` and the key gradient within the
+    float32 tolerance of the float64 loop from the same rounded inputs."""
+    k, beta = _keys(43, B=1, T=16 * 6 + 7, H=2, K=20, dtype=torch.float32)
+    w = torch.randn(k.shape, generator=_gen(44), dtype=F64)
+    kr = k.clone().requires_grad_(True)
+    d = d_ratio_scan(kr, beta, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=16, segment_chunks=2)
+    (d.double() * w).sum().backward()
+    k64 = k.double().requires_grad_(True)
+    ref = _rule_autograd64(k64, beta.double(), 0.5, 1.0, 1e-4)
+    (ref * w).sum().backward()
+    assert rel_err(d, ref) <= rtol(torch.float32)
+    assert rel_err(kr.grad, k64.grad) <= rtol(torch.float32)
+
+
+@pytest.mark.parametrize("part", ["forward", "adjoint"])
+def test_segment_parallel_scan_needs_the_carry(monkeypatch, part):
+    """Negative control: with the state carried across segments replaced by zeros (forward: every segment
+    restarts from ``h = 0``; adjoint: from ``λ = 0``), ``d`` or the key gradient is wrong."""
+    from osdn_theory.kernels import d_scan, d_scan_bwd
+
+    k, beta = _keys(45, B=1, T=16 * 6 + 7, H=2, K=20)
+    w = torch.randn(k.shape, generator=_gen(46), dtype=F64)
+
+    def run():
+        kr = k.clone().requires_grad_(True)
+        d = d_ratio_scan(kr, beta, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=16, segment_chunks=2)
+        (d * w).sum().backward()
+        return d.detach(), kr.grad
+
+    good = run()
+    mod = d_scan if part == "forward" else d_scan_bwd
+    monkeypatch.setattr(mod, "seg_carry", lambda m, r, h0, *a, **kw: torch.zeros_like(r))
+    bad = run()
+    i = 0 if part == "forward" else 1
+    assert rel_err(bad[i], good[i]) >= NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "4", True, "Auto"])
+def test_segment_chunks_errors(bad):
+    with pytest.raises(ValueError, match=r"^segment_chunks: expected 'auto', None or a positive int, got"):
+        DRule(segment_chunks=bad)
+    k, beta = _keys(47, T=8)
+    with pytest.raises(ValueError, match=r"^segment_chunks: expected"):
+        d_ratio_scan(k, beta, c=0.5, d_init=1.0, d_min=1e-4, segment_chunks=bad)
+
+
+def test_segment_chunks_auto_rule():
+    """``"auto"``: about 256 programs, at least 4 chunks a segment, no segments when no sequence is longer
+    than one; the uniform and the packed tables of the same batch agree."""
+    from osdn_theory.kernels.tables import segment_tables
+
+    seg = drule._segments
+    # (2, 16384, 8) at C = 32: 1024 chunks x 8 heads / 256 = 32 chunks a segment, 16 segments a sequence
+    tabs = seg("auto", None, 2, 16384, 32, 8, 1024, "cpu")
+    assert tabs[3] == 2 * 16 and tabs[0][:3].tolist() == [0, 1024, 2048]
+    assert seg("auto", None, 4, 4096, 32, 16, 512, "cpu")[3] == 4 * 4  # 32 chunks a segment
+    assert seg("auto", None, 2, 100, 32, 2, 8, "cpu") is None  # 4 chunks: one segment
+    assert seg(None, None, 2, 16384, 32, 8, 1024, "cpu") is None
+    assert seg(3, None, 1, 9 * 32, 32, 1, 9, "cpu")[3] == 3
+    uni = segment_tables(None, 3, 100, 16, 2, "cpu")
+    packed = segment_tables(torch.tensor([0, 100, 200, 300]), 3, 100, 16, 2, "cpu")
+    for a, b in zip(uni[:3], packed[:3], strict=True):
+        assert a.tolist() == b.tolist()
+    assert uni[3] == packed[3] == 3 * 4
