@@ -120,8 +120,26 @@ def cases(dt: str = "bf16", K: int = 128, C: int = 64):
     out["d_bwd_scan"] = (
         d_scan_bwd._d_bwd_scan_kernel,
         dict(k=P(dt), p=P(f), g0=P(f), lam_out=P(f), gh0_out=P(f), cu_seqlens=P("i32"), chunk_offsets=P("i32"),
-             c_ptr=P(f), H="i32", K="i32", C=32, BK=bk, **a),
+             c_ptr=P(f), lam0=P(f), H="i32", K="i32", C=32, BK=bk, USE_LAM0=True, **a),
         4,
+    )  # fmt: skip
+    ieee = dict(IEEE=dt == "fp32")
+    out["d_seg_map"] = (
+        d_scan._d_seg_map_kernel,
+        dict(uhat=P(dt), w=P(dt), ut=P(dt), seg_cu=P("i32"), m_out=P(f), r_out=P(f), H="i32", K="i32", C=32,
+             BK=bk, BV=min(bk, 64), VP=16, **a, **ieee),
+        8,
+    )  # fmt: skip
+    out["d_seg_carry"] = (
+        d_scan._d_seg_carry_kernel,
+        dict(m=P(f), r=P(f), h0=P(f), h_out=P(f), seg_offs=P("i32"), H="i32", K="i32", BK=bk, REVERSE=True, **a),
+        8,
+    )  # fmt: skip
+    out["d_bwd_seg_map"] = (
+        d_scan_bwd._d_bwd_seg_map_kernel,
+        dict(k=P(dt), p=P(f), g0=P(f), seg_cu=P("i32"), chunk0=P("i32"), c_ptr=P(f), m_out=P(f), r_out=P(f),
+             H="i32", K="i32", C=32, BK=bk, BV=min(bk, 64), **a, **ieee),
+        8,
     )  # fmt: skip
     out["d_bwd_grads"] = (
         d_scan_bwd._d_bwd_grads_kernel,

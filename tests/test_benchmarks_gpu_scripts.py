@@ -141,5 +141,6 @@ def test_every_stage_compiles_for_the_gpu():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     regs = dict(line.rsplit(" | ", 1) for line in r.stdout.strip().splitlines())
-    assert {"state", "dv_local", "dh", "bwd_dqk", "bwd_wy", "d_scan store_h", "d_bwd_grads"} <= regs.keys()
+    stages_ = {"state", "dv_local", "dh", "bwd_dqk", "bwd_wy", "d_scan store_h", "d_bwd_grads", "d_seg_map"}
+    assert stages_ | {"d_seg_carry", "d_bwd_seg_map"} <= regs.keys()
     assert all(v.isdigit() and int(v) > 0 for v in regs.values()), regs

@@ -222,7 +222,7 @@ def _seg_starts(uhat, w, ut, h0, segs, C, launch: Launch):
     m = torch.empty(NS, H, K, K, dtype=f, device=uhat.device)
     r = torch.empty(NS, H, K, dtype=f, device=uhat.device)
     BK = _block(K)
-    cfg = launch.cfg("d_seg_map", uhat.dtype, BV=_block(K, 64), num_warps=_warps(4))
+    cfg = launch.cfg("d_seg_map", uhat.dtype, BV=_block(K, 64), num_warps=_warps(8))
     _c = _d_seg_map_kernel[(triton.cdiv(K, cfg["BV"]), NS * H)](
         uhat, w, ut, seg_cu, m, r, H, K, C=C, BK=BK, VP=_VPAD, **cfg
     )  # fmt: skip

@@ -211,7 +211,7 @@ def d_scan_backward(gd, saved, C, tables, h0_shape, need_dh0, launch: Launch = D
         seg_cu, seg_offs, chunk0, NS = segs
         m = torch.empty(NS, H, K, K, dtype=f, device=k.device)
         r = torch.empty(NS, H, K, dtype=f, device=k.device)
-        cfg = launch.cfg("d_bwd_seg_map", k.dtype, BV=_block(K, 64), num_warps=_warps(4))
+        cfg = launch.cfg("d_bwd_seg_map", k.dtype, BV=_block(K, 64), num_warps=_warps(8))
         _c = _d_bwd_seg_map_kernel[(triton.cdiv(K, cfg["BV"]), NS * H)](
             k, p, g0, seg_cu, chunk0, c_t, m, r, H, K, C=C, BK=BK, **cfg
         )  # fmt: skip
