@@ -31,7 +31,7 @@ import triton
 #: Head dim 128 first: those shapes share compiled kernels (ours and fla's), so on a fresh machine the three
 #: of them finish before the D = 64 shape pays for a second round of compilation and fla autotuning
 #: (measured on an H200: fla's first-use autotuning took 103 s at the first shape and 57 s at D = 64).
-SHAPES = [(4, 4096, 16, 128), (2, 16384, 8, 128), (1, 8192, 32, 128), (8, 2048, 16, 64)]
+SHAPES = [(4, 4096, 16, 128), (2, 16384, 8, 128), (1, 8192, 32, 128), (1, 65536, 16, 128), (8, 2048, 16, 64)]
 
 
 def _inputs(B, T, H, D, seed=0):
@@ -98,6 +98,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     x = _inputs(B, T, H, D)
     res = {"shape": [B, T, H, D]}
     rule = DRule(c=0.5)
+    rule_seq = DRule(c=0.5, segment_chunks=None)  # the one-program-per-sequence·head scan, for comparison
 
     def ours(xs, d=True, **kw):
         """Our forward as a user calls it: defaults (validate=True) unless ``kw`` says otherwise."""
@@ -115,6 +116,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     fb_ours = _fwd_bwd(lambda xs: ours(xs, validate=False), x, ["q", "k", "v", "beta", "d"])
     fb_ours_none = _fwd_bwd(lambda xs: ours(xs, d=False, validate=False), x, ["q", "k", "v", "beta"])
     fb_drule = _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=rule), x, ["q", "k", "v", "beta"])
+    fb_drule_seq = _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=rule_seq), x, ["q", "k", "v", "beta"])
     fb_fla = _fwd_bwd(fla, x, ["q", "k", "v", "beta"])
     t0 = time.perf_counter()
     _warm(lambda: fla(x), fb_fla)
@@ -130,6 +132,8 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
         fb_ours,
         fb_ours_none,
         fb_drule,
+        fb_drule_seq,
+        lambda: ours(x, d=False, d_rule=rule_seq),
         rule_fb,
     )
     res["warm_ours_s"] = time.perf_counter() - t0
@@ -138,6 +142,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     res["ours_fwd_d"] = _bench(lambda: ours(x, validate=False))
     res["ours_fwd_drule_default"] = _bench(lambda: ours(x, d=False, d_rule=rule))
     res["ours_fwd_drule"] = _bench(lambda: ours(x, d=False, d_rule=rule, validate=False))
+    res["ours_fwd_drule_seq_default"] = _bench(lambda: ours(x, d=False, d_rule=rule_seq))
     res["ours_fwd_none"] = _bench(lambda: ours(x, d=False, validate=False))
     res["ours_fwd_d_sync"] = _bench(lambda: ours(x, validate="sync"))
     res["fla_fwd"] = _bench(lambda: fla(x))
@@ -147,6 +152,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     res["ours_fwdbwd_d_default"] = _bench(fb_default)
     res["ours_fwdbwd_d"] = _bench(fb_ours)
     res["ours_fwdbwd_drule_default"] = _bench(fb_drule)
+    res["ours_fwdbwd_drule_seq_default"] = _bench(fb_drule_seq)
     res["ours_fwdbwd_none"] = _bench(fb_ours_none)
     res["fla_fwdbwd"] = _bench(fb_fla)
     res["drule_alone_fwd"] = _bench(
@@ -177,7 +183,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
         "ratio_fla": {
             n: res[n] / f
             for n in ("ours_fwd_d_default", "ours_fwd_d", "ours_fwd_drule_default", "ours_fwd_drule")
-            + ("ours_fwd_none", "ours_fwd_d_sync")
+            + ("ours_fwd_drule_seq_default", "ours_fwd_none", "ours_fwd_d_sync")
         }
         | {
             n: res[n] / fb
@@ -185,6 +191,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
                 "ours_fwdbwd_d_default",
                 "ours_fwdbwd_d",
                 "ours_fwdbwd_drule_default",
+                "ours_fwdbwd_drule_seq_default",
                 "ours_fwdbwd_none",
             )
         },
@@ -303,8 +310,9 @@ def _markdown(meta, rows):
         "| B, T, H, D | fwd d, **default** | fwd d, unchecked | default / unchecked | fwd d rule, default "
         "| fwd d rule, unchecked | fwd d=None | fwd d, `validate='sync'` | fla fwd "
         "| fwd+bwd d, default | fwd+bwd d, unchecked | fwd+bwd d rule, default | fla fwd+bwd "
-        "| d rule alone fwd / fwd+bwd | copy floor | peak MiB ours (d, d rule) / fla |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| d rule alone fwd / fwd+bwd | copy floor | peak MiB ours (d, d rule) / fla "
+        "| d rule, sequential scan: fwd / fwd+bwd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def c(r, n, ref):
@@ -321,7 +329,8 @@ def _markdown(meta, rows):
             f"| {c(r, 'ours_fwdbwd_drule_default', fb)} | {fb:.3f} "
             f"| {r['drule_alone_fwd']:.3f} / {r['drule_alone_fwdbwd']:.3f} | {r['copy_same_bytes']:.3f} "
             f"| {r['peak_ours_fwdbwd_d'] / 2**20:.0f}, {r['peak_ours_fwdbwd_drule'] / 2**20:.0f} "
-            f"/ {r['peak_fla_fwdbwd'] / 2**20:.0f} |"
+            f"/ {r['peak_fla_fwdbwd'] / 2**20:.0f} "
+            f"| {c(r, 'ours_fwd_drule_seq_default', f)} / {c(r, 'ours_fwdbwd_drule_seq_default', fb)} |"
         )
     lines += [
         "",
