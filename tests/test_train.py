@@ -79,6 +79,15 @@ def test_grid_expands_and_hashes_are_stable():
     assert len(more.runs) == 16
 
 
+def test_runs_are_ordered_seed_first():
+    """Seeds are the outermost loop of the run order, so that a sweep cut short holds whole replicates (every
+    model and task cell of seed 0 before any of seed 1); within a seed, the cells keep the file's order."""
+    spec = parse_train_spec(_raw())
+    assert [r.seed for r in spec.runs] == [0, 0, 0, 0, 1, 1, 1, 1]
+    first = [(r.model["d_mode"], r.task["num_kv_pairs"]) for r in spec.runs[:4]]
+    assert first == [("none", 2), ("none", 4), ("rule", 2), ("rule", 4)]
+
+
 @pytest.mark.parametrize(
     "over, key",
     [

@@ -230,7 +230,7 @@ def parse_train_spec(raw: Mapping, *, source: str = "<dict>") -> TrainSpec:
                 raise ValueError(
                     f"grid.{k}: expected a key starting with 'model.', 'task.', 'optim.' or 'train.'"
                 )
-    runs: dict[str, TrainRun] = {}
+    cells: list[dict] = []
     models, tasks, optims = _expand(raw, "model"), _expand(raw, "task"), _expand(raw, "optim")
     for (wm, m), (wt, t), (wo, o) in itertools.product(models, tasks, optims):
         base = {"model": m, "task": t, "optim": o, "train": train}
@@ -240,9 +240,14 @@ def parse_train_spec(raw: Mapping, *, source: str = "<dict>") -> TrainSpec:
             task_from_dict(cfg["task"], wt if not grid else f"{wt} (with grid)")
             optim_settings(cfg["optim"], wo if not grid else f"{wo} (with grid)")
             train_settings(cfg["train"], "train" if not grid else "train (with grid)")
-            for seed in seeds:
-                r = TrainRun(cfg["model"], cfg["task"], cfg["optim"], cfg["train"], seed, metrics)
-                runs.setdefault(r.hash, r)
+            cells.append(cfg)
+    # seeds outermost: a sweep cut short holds whole replicates of the grid (every model and cell for the first
+    # seeds), not every seed of the first models only
+    runs: dict[str, TrainRun] = {}
+    for seed in seeds:
+        for cfg in cells:
+            r = TrainRun(cfg["model"], cfg["task"], cfg["optim"], cfg["train"], seed, metrics)
+            runs.setdefault(r.hash, r)
     return TrainSpec(
         name=name,
         runs=list(runs.values()),
