@@ -225,7 +225,7 @@ def d_scan_backward(gd, saved, C, tables, h0_shape, need_dh0, launch: Launch = D
         USE_LAM0=lam0 is not None, **cfg,
     )  # fmt: skip
     launch.note("d_bwd_scan", _c, cfg)
-    if segs is not None and need_dh0:  # λ_1 of each sequence: what its first segment's reverse scan ended with
+    if segs is not None and need_dh0:  # λ_1 of a sequence: what its first segment's reverse scan ended with
         gh0 = gh0_seg[seg_offs[:-1].long()]
     cfg = launch.cfg("d_bwd_grads", num_warps=4)
     _c = _d_bwd_grads_kernel[(NC, H)](

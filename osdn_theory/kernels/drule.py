@@ -8,7 +8,7 @@ i.e. a delta rule on a one-column memory with key ``û_t = u_t / ‖u_t‖``, st
 ``1 / (β_t ‖u_t‖)`` (tokens with ``u_t = 0`` leave ``d`` unchanged). Token ``t`` is written with ``d_t``
 (the value *before* its own update).
 
-The scan runs in four launches (kernels in :mod:`.d_scan`):
+The scan runs in four launches (kernels in :mod:`.d_scan`), six when it runs segment-parallel (below):
 
 1. ``_d_prep_kernel``: one pass over ``k`` and ``β`` forms ``û``, the strength and the value (in column 0 of
    a 16-wide value, since ``tl.dot`` needs at least 16 columns).
@@ -25,6 +25,24 @@ The scan runs in four launches (kernels in :mod:`.d_scan`):
    and stores ``max(d_r, d_min)``. The state of a one-column memory is only ``K`` numbers, so the
    inter-chunk recurrence needs no ``[K, V]`` tile and no dot; the state pass and the read-out that it
    replaces ran as two launches and wrote every chunk's state to memory.
+
+**Segment-parallel scan** (``segment_chunks``, default ``"auto"``). With one program per sequence and head,
+a long sequence with few heads leaves most of the GPU idle (16 programs at ``B·H = 16``). The chunk map
+``h ← (I − Ûᵀ W) h + Ûᵀ Ũ₀`` is affine, so the sequence is cut into segments of ``G`` chunks and
+
+a. ``_d_seg_map_kernel`` (column blocks × segments × heads, in parallel) composes each segment's map
+   ``h_end = M h_start + r`` (``M = Π (I − Ûₙᵀ Wₙ)``, ``[K, K]``; ``r`` from ``h_start = 0``) with two
+   ``C × K × 64`` dots per chunk;
+b. ``_d_seg_carry_kernel`` (one program per sequence and head) carries ``h`` across the segments
+   (``h ← M h + r``: one ``K × K`` matrix-vector product per segment) and stores each segment's entering state;
+c. ``_d_scan_kernel`` restarts in every segment from its entering state (segments × heads programs) and
+   writes ``d`` exactly as above.
+
+``"auto"`` takes ``G = max(4, ⌈NC·H / 256⌉)`` (about 256 programs in c., a function of the shape only) and
+no segments where no sequence is longer than ``G`` chunks. Segment maps are formed in the accumulator dtype
+with tf32 products for 16-bit keys (IEEE for float32, fp64 for float64), so only round-off changes; the
+backward does the same for its reverse scan (``_d_bwd_seg_map_kernel``, the carry in reverse, the reverse
+chunk scan restarted per segment).
 
 The chunk size of the scan (:attr:`DRule.chunk_size`) may differ from that of :func:`chunk_osdn`.
 Measured on an H200 (B=4, T=4096, H=16, K=128, bf16; whole :func:`d_ratio_scan`, ms, C = 16/32/64):

@@ -58,7 +58,9 @@ def _uniform_segments(B: int, T: int, C: int, G: int, device: torch.device) -> t
     return seg_cu, seg_offs, chunk0, B * ns
 
 
-def segment_tables(cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, G: int, device) -> tuple[Any, ...]:
+def segment_tables(
+    cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, G: int, device
+) -> tuple[Any, ...]:
     """Segments of ``G`` chunks of ``C`` tokens (the last one of a sequence shorter), for the d rule's
     segment-parallel scan: ``seg_cu [NS + 1]`` (segment boundaries, a ``cu_seqlens`` of the segments),
     ``seg_offs [S + 1]`` (each sequence's first segment), ``chunk0 [NS]`` (each segment's first chunk in the
