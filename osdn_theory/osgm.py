@@ -186,6 +186,20 @@ def osgm_diagonal_gd(
     )
 
 
+def _hadamard_signs(g: torch.Generator, N: int, K: int) -> torch.Tensor:
+    """``[N, K]`` of ``±1`` with exactly orthogonal columns (``N`` a power of two): ``K`` distinct random columns
+    of the Sylvester–Hadamard matrix, ``(−1)^popcount(i & j)``, with a random sign per row."""
+    i = torch.arange(N)
+    cols = torch.randperm(N, generator=g)[:K]
+    bits = torch.bitwise_and(i[:, None], cols[None, :])
+    parity = torch.zeros_like(bits)
+    while bool(bits.any()):
+        parity ^= bits & 1
+        bits = bits >> 1
+    signs = torch.where(torch.randn(N, generator=g, dtype=F64) < 0, -1.0, 1.0).to(F64)
+    return (1.0 - 2.0 * parity.to(F64)) * signs[:, None]
+
+
 def realizable_set(
     g: torch.Generator,
     N: int,
@@ -201,15 +215,32 @@ def realizable_set(
 
     ``R = I`` unless ``rotated``: then ``R`` is a Haar-random rotation, or, with ``angle = θ``, the near-diagonal
     rotation ``exp(θ A)`` for a random skew ``A`` of unit spectral norm (``θ → 0`` is the diagonal class'
-    boundary). Returns ``(K_mat, E0, sigma, R)``; needs ``N ≥ K`` (orthonormal columns)."""
+    boundary). Returns ``(K_mat, E0, sigma, R)``; needs ``N ≥ K`` (orthonormal columns).
+
+    When ``N`` is a power of two, ``Q diag(σ)`` is built *exactly diagonal-Gram* in floating point: ``Q`` is
+    ``K`` distinct random columns of the Sylvester–Hadamard matrix of order ``N`` with a random sign per row,
+    over ``√N``, and each column scale ``σ_k/√N`` is rounded to a float32 number (so ``σ`` is log-spaced to
+    float32 precision and is returned as realised). Every product of two entries of ``Q diag(σ)`` is then
+    exact in float64, and each off-diagonal entry of ``KᵀK`` is a sum of equal exact terms of opposite signs:
+    exactly 0, with or without fused multiply–adds. With ``R = I`` the computed ``KᵀK`` is exactly diagonal,
+    i.e. the problem is in the diagonal class itself and not at distance ``ε_mach`` from it: the solver
+    follows ``F`` a thousand decades down, and a ``1e-16`` off-diagonal acts as the near-diagonal rotation of
+    the negative control, whose super-geometric phase ends (docs/theory.md §8). Other ``N``: ``Q`` from the QR
+    factorisation of a Gaussian matrix (orthonormal to round-off only)."""
     if not isinstance(g, torch.Generator):
         raise ValueError(f"g: expected a torch.Generator, got {type(g).__name__}")
     K = check_scalar("K", K, 1, None, integer=True)
     N = check_scalar("N", N, K, None, integer=True)
     V = check_scalar("V", V, 1, None, integer=True)
     log10_cond = check_scalar("log10_cond", log10_cond, 0.0, None)
-    Q, _ = torch.linalg.qr(torch.randn(N, K, generator=g, dtype=F64))
     sigma = torch.logspace(0, log10_cond / 2, K, dtype=F64)
+    if N & (N - 1) == 0:
+        scale = (sigma / np.sqrt(N)).to(torch.float32).to(F64)  # products of two scales are exact in float64
+        QS = _hadamard_signs(g, N, K) * scale  # Q diag(σ), Q = signs/√N
+        sigma = scale * np.sqrt(N)
+    else:
+        Q, _ = torch.linalg.qr(torch.randn(N, K, generator=g, dtype=F64))
+        QS = Q * sigma
     R = torch.eye(K, dtype=F64)
     if angle is not None:
         angle = check_scalar("angle", angle, 0.0, None, lo_open=True)
@@ -223,6 +254,6 @@ def realizable_set(
             A = A - A.T
             A = A / torch.linalg.matrix_norm(A, ord=2)
             R = torch.linalg.matrix_exp(angle * A)
-    Km = (Q * sigma) @ R.T
+    Km = QS @ R.T if rotated else QS
     S_star = torch.randn(V, K, generator=g, dtype=F64)
     return Km, -S_star, sigma, R

@@ -29,13 +29,18 @@ def test_realizable_set_validates():
 
 
 def test_osgm_solver_validates_and_separates_cases():
+    """At the claims' size (N = 64, K = 16, cond 1e3, 400 iterations) a diagonal Hessian is judged
+    super-geometric and a Haar-rotated one is not. (A smaller problem, N = 32, K = 8, cond 100, 120 iterations,
+    which passed with keys diagonal only to round-off, drops F by 1087 decades by step 100 and then stalls in
+    null steps in exact arithmetic, so its last window fails the tail condition; the claims use the larger
+    size.)"""
     g = torch.Generator().manual_seed(0)
-    Km, E0, sigma, _ = realizable_set(g, 32, 8, 4, log10_cond=2.0, rotated=False)
-    run = osgm_diagonal_gd(Km, E0, iters=120, eta=50.0 / float(sigma.max() ** 2))
+    Km, E0, sigma, _ = realizable_set(g, 64, 16, 16, log10_cond=3.0, rotated=False)
+    run = osgm_diagonal_gd(Km, E0, iters=400, eta=50.0 / float(sigma.max() ** 2))
     assert super_geometric_test(run.rho)
     assert np.all(run.rho <= 1.0) and run.log_F[-1] < -50
-    Km_r, E0_r, sigma_r, _ = realizable_set(g, 32, 8, 4, log10_cond=2.0, rotated=True)
-    run_r = osgm_diagonal_gd(Km_r, E0_r, iters=120, eta=50.0 / float(sigma_r.max() ** 2))
+    Km_r, E0_r, sigma_r, _ = realizable_set(g, 64, 16, 16, log10_cond=3.0, rotated=True)
+    run_r = osgm_diagonal_gd(Km_r, E0_r, iters=400, eta=50.0 / float(sigma_r.max() ** 2))
     assert not super_geometric_test(run_r.rho)
     with pytest.raises(ValueError, match="K_mat"):
         osgm_diagonal_gd(Km[0], E0, iters=3, eta=1.0)
@@ -117,6 +122,57 @@ def test_vanishing_adagrad_floor_is_what_made_verdicts_fragile():
     assert max(spread) > 1e-3
 
 
+def _window_log_means(rho):
+    return np.log10(np.maximum(rho, 1e-28)).reshape(8, -1).mean(1)
+
+
+def _c7_batch_spread(keys: str) -> float:
+    """Largest change (decades) of a window mean of ``log10 ρ`` under a 1e-15 perturbation of every input draw,
+    over the first 30 C7-batch realisations of root seed 10 (the seed whose verdict the perturbation flipped)."""
+    from osdn_theory.claims._common import generator, perturbed_draws
+
+    worst = 0.0
+    for i in range(30):
+        runs = []
+        for rel in (0.0, 1e-15):
+            with perturbed_draws(rel, seed=1):
+                g = generator(10, 7, i, 0)
+                Km, E0, sigma, _ = realizable_set(g, 64, 16, 16, log10_cond=3.0, rotated=False)
+                if keys == "qr":  # the former construction: KᵀK diagonal only to round-off
+                    Q, _ = torch.linalg.qr(torch.randn(64, 16, generator=g, dtype=torch.float64))
+                    Km = Q * sigma
+            runs.append(osgm_diagonal_gd(Km, E0, iters=400, eta=50.0 / float(sigma.max() ** 2)))
+        worst = max(worst, float(np.abs(_window_log_means(runs[0].rho) - _window_log_means(runs[1].rho)).max()))
+    return worst
+
+
+def test_exactly_diagonal_keys_make_the_whole_run_insensitive_to_rounding():
+    """Issue 9, second cause: with keys whose ``KᵀK`` is diagonal only to round-off (QR factor), the solver,
+    which follows ``F`` about 1000 decades down, amplifies the ``1e-16`` off-diagonal (it acts as a
+    near-diagonal rotation): late window means moved by a decade under a 1e-15 perturbation of the draws and
+    C7-batch at root seed 10 went from 30/30 to 28/30 (FAIL). With the exactly diagonal construction of
+    ``realizable_set`` (signed Hadamard columns, float32 scales) the window means agree to 1e-7 decades; the QR
+    keys, the negative control, move them by more than 1e-3 decades."""
+    assert _c7_batch_spread("hadamard") < 1e-7
+    assert _c7_batch_spread("qr") > 1e-3
+
+
+def test_realizable_set_diagonal_class_is_exactly_diagonal():
+    """For ``N`` a power of two the computed ``KᵀK`` of the diagonal class has exactly zero off-diagonal entries
+    and diagonal ``σ²`` (the realised ``σ``), and its condition number is ``10^log10_cond`` to float32 precision;
+    for other ``N`` (QR construction) it is diagonal only to round-off."""
+    g = torch.Generator().manual_seed(5)
+    for N in (16, 32, 64, 128):
+        Km, _, sigma, _ = realizable_set(g, N, 16, 4, log10_cond=3.0, rotated=False)
+        H = Km.T @ Km
+        assert bool((H - torch.diag(torch.diagonal(H)) == 0).all()), N
+        assert float((torch.diagonal(H) / sigma**2 - 1).abs().max()) <= 1e-14
+        assert float(sigma.max() ** 2 / sigma.min() ** 2) == pytest.approx(1e3, rel=1e-6)
+    Km, _, _, _ = realizable_set(g, 48, 16, 4, log10_cond=3.0, rotated=False)
+    H = Km.T @ Km
+    assert float((H - torch.diag(torch.diagonal(H))).abs().max()) > 0
+
+
 def test_osgm_solver_null_step_keeps_objective():
     """A huge initial preconditioner overshoots: the step is rejected (ρ = 1) and F is unchanged."""
     g = torch.Generator().manual_seed(1)
@@ -143,11 +199,11 @@ def test_c7_neg_fails_for_a_stuck_solver(monkeypatch):
     assert r.evidence["per_realisation_null_steps"] == [get_claim("C7-neg").size("quick").iters] * n
 
 
-@pytest.mark.parametrize("misses", [0, 1, 2, 3])
+@pytest.mark.parametrize("misses", [0, 1, 4, 5])
 def test_c7_batch_verdict_is_the_clopper_pearson_rule(monkeypatch, misses):
     """C7-batch PASSes iff the 95 % Clopper–Pearson lower end of the fraction judged super-geometric is
-    ≥ SG_REQUIRED (theory.md §8 "Verdict"): with 30 realisations 29/30 passes (lower end 0.828) and 28/30 fails
-    (0.779) — the rule, not a hand-picked number of allowed misses."""
+    ≥ SG_REQUIRED (theory.md §8 "Verdict"): with 50 realisations 46/50 passes (lower end 0.808) and 45/50 fails
+    (0.782) — the rule, not a hand-picked number of allowed misses."""
     import dataclasses
 
     from osdn_theory.claims import c7_super_geometric as sgm
@@ -170,4 +226,4 @@ def test_c7_batch_verdict_is_the_clopper_pearson_rule(monkeypatch, misses):
         "high"
     ] == pytest.approx(high)
     assert r.passed is (low >= sgm.SG_REQUIRED)
-    assert r.passed is (misses <= 1)  # the numbers stated in theory.md §8
+    assert r.passed is (misses <= 4)  # the numbers stated in theory.md §8

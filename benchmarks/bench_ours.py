@@ -1,0 +1,134 @@
+"""Our own calls on one GPU, without the peer: what a short device session can measure (no fla autotuning).
+
+Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
+
+- forward with a given ``d``: default (``validate=True``) and unchecked (``validate=False``): target 1 of
+  issue #10 is default / unchecked ≤ 1.05;
+- forward with the d rule (``DRule()``, segment-parallel scan by default) and with the sequential scan
+  (``DRule(segment_chunks=None)``), both default calls;
+- forward+backward with the d rule (gradients through it), segment-parallel and sequential;
+- the d rule alone (``d_ratio_scan``), forward and forward+backward, both scans, and its largest deviation
+  from the same rule computed from float32 keys with the sequential scan (a precision check of the
+  segment maps' tf32 products).
+
+Ratios to fla are not in this file (see ``bench_kernels.py``, which times fla in the same run).
+
+    python -m benchmarks.bench_ours [--out FILE] [--shapes "4,4096,16,128;2,16384,8,128"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_kernels import SHAPES, _bench, _fwd_bwd, _inputs, _versions, _warm, default_out
+
+
+def bench_shape(B, T, H, D) -> dict:
+    from osdn_theory.kernels import DRule, check_values, chunk_osdn, d_ratio_scan
+
+    x = _inputs(B, T, H, D)
+    seg, seq = DRule(c=0.5), DRule(c=0.5, segment_chunks=None)
+
+    def ours(xs, d=True, **kw):
+        return chunk_osdn(xs["q"], xs["k"], xs["v"], xs["beta"], xs["d"] if d else None, **kw)[0]
+
+    def rule_alone(rule, grad):
+        def run():
+            k = x["k"].detach().requires_grad_(grad)
+            b = x["beta"].detach().requires_grad_(grad)
+            d = d_ratio_scan(
+                k, b, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=32, segment_chunks=rule.segment_chunks
+            )
+            if grad:
+                d.backward(x["d"])
+
+        return run
+
+    names = ["q", "k", "v", "beta"]
+    calls = {
+        "fwd_d_default": lambda: ours(x),
+        "fwd_d_unchecked": lambda: ours(x, validate=False),
+        "fwd_drule_seg": lambda: ours(x, d=False, d_rule=seg),
+        "fwd_drule_seq": lambda: ours(x, d=False, d_rule=seq),
+        "fwdbwd_d_default": _fwd_bwd(ours, x, names + ["d"]),
+        "fwdbwd_drule_seg": _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=seg), x, names),
+        "fwdbwd_drule_seq": _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=seq), x, names),
+        "rule_alone_fwd_seg": rule_alone(seg, False),
+        "rule_alone_fwd_seq": rule_alone(seq, False),
+        "rule_alone_fwdbwd_seg": rule_alone(seg, True),
+        "rule_alone_fwdbwd_seq": rule_alone(seq, True),
+    }
+    res: dict = {"shape": [B, T, H, D]}
+    t0 = time.perf_counter()
+    _warm(*calls.values())
+    res["warm_s"] = time.perf_counter() - t0
+    for name, fn in calls.items():  # the default call first
+        res[name] = _bench(fn)
+    ref = d_ratio_scan(x["k"].float(), x["beta"].float(), c=0.5, d_init=1.0, d_min=1e-4, segment_chunks=None)
+    for label, sc in (("seg", "auto"), ("seq", None)):
+        d = d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4, segment_chunks=sc)
+        res[f"rule_max_rel_dev_vs_fp32_{label}"] = float(((d.float() - ref).abs() / ref.abs()).max())
+    try:
+        check_values()
+        res["value_checks"] = "no flag raised"
+    except ValueError as e:
+        res["value_checks"] = f"FALSE ALARM: {e}"
+    res["derived"] = {
+        "default_over_unchecked_fwd": res["fwd_d_default"] / res["fwd_d_unchecked"],
+        "drule_fwd_seg_over_seq": res["fwd_drule_seg"] / res["fwd_drule_seq"],
+        "drule_fwdbwd_seg_over_seq": res["fwdbwd_drule_seg"] / res["fwdbwd_drule_seq"],
+        "drule_fwd_over_given_d_fwd": res["fwd_drule_seg"] / res["fwd_d_default"],
+    }
+    return res
+
+
+def _row(r) -> str:
+    s = ", ".join(map(str, r["shape"]))
+    dv = r["derived"]
+    return (
+        f"| {s} | {r['fwd_d_default']:.3f} | {r['fwd_d_unchecked']:.3f} | {dv['default_over_unchecked_fwd']:.2f} "
+        f"| {r['fwd_drule_seg']:.3f} / {r['fwd_drule_seq']:.3f} | {r['fwdbwd_drule_seg']:.3f} / "
+        f"{r['fwdbwd_drule_seq']:.3f} | {r['rule_alone_fwd_seg']:.3f} / {r['rule_alone_fwd_seq']:.3f} "
+        f"| {r['rule_alone_fwdbwd_seg']:.3f} / {r['rule_alone_fwdbwd_seq']:.3f} "
+        f"| {r['rule_max_rel_dev_vs_fp32_seg']:.1e} / {r['rule_max_rel_dev_vs_fp32_seq']:.1e} |"
+    )
+
+
+HEADER = [
+    "| B, T, H, D | fwd d, default | fwd d, unchecked | default / unchecked | fwd d rule: segments / sequential "
+    "| fwd+bwd d rule: seg / seq | rule alone fwd: seg / seq | rule alone fwd+bwd: seg / seq "
+    "| rule max rel. dev. from fp32 keys: seg / seq |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--shapes", default=None, help='e.g. "4,4096,16,128;2,16384,8,128"')
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_ours: needs a CUDA GPU")
+    shapes = (
+        SHAPES if a.shapes is None else [tuple(int(v) for v in s.split(",")) for s in a.shapes.split(";")]
+    )
+    meta = _versions()
+    out = Path(a.out) if a.out else default_out("ours", meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    print(f"{meta['card']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date_utc']} UTC; bf16, ms")
+    print("\n".join(HEADER), flush=True)
+    for shape in shapes:
+        rows.append(bench_shape(*shape))
+        print(_row(rows[-1]), flush=True)
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))  # a run cut short keeps its shapes
+        out.with_suffix(".md").write_text("\n".join([f"{meta}", "", *HEADER, *map(_row, rows)]) + "\n")
+
+
+if __name__ == "__main__":
+    main()
