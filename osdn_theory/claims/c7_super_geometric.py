@@ -192,10 +192,10 @@ def c7_neg(size: Size, seed: int) -> Outcome:
 
 @claim(
     "C7-neg-near-diagonal",
-    title="SG-batch boundary control: near-diagonal rotations θ = 1e-3, 1e-2, 1e-1",
+    title="SG-batch boundary control: near-diagonal rotations θ = 3e-3, 1e-2, 1e-1",
     statement=(
         "with KᵀK = R diag(σ²) Rᵀ, R = exp(θA) a rotation by θ ∈ {1e-3, 1e-2, 1e-1} (the diagonal class' "
-        "boundary), P* is not diagonal and ρ_j levels off; at θ = 1e-3 the overall 100× drop (condition a) "
+        "boundary), P* is not diagonal and ρ_j levels off; at θ = 3e-3 the overall 100× drop (condition a) "
         "still holds, and only the tail condition (b) rejects. Each θ "
         f"{_JUDGED.removeprefix('judged ')}; behaves as predicted iff every θ's upper end < {SG_REQUIRED}"
     ),

@@ -104,7 +104,7 @@ def write_figures(results: Sequence[ClaimResult], out: Path) -> list[str]:
         for lab, name in (
             ("C7-batch", "diagonal Hessian (P* in class)"),
             ("C7-neg", "rotated Hessian (control)"),
-            ("C7-neg-near-diagonal", "rotation θ = 1e-3 (control)"),
+            ("C7-neg-near-diagonal", "rotation θ = 3e-3 (control)"),
             ("C7-neg-box", "box excluding P* (control)"),
             ("C7-neg-nolearn", "no learning (control)"),
         ):
