@@ -142,7 +142,9 @@ def _c7_batch_spread(keys: str) -> float:
                     Q, _ = torch.linalg.qr(torch.randn(64, 16, generator=g, dtype=torch.float64))
                     Km = Q * sigma
             runs.append(osgm_diagonal_gd(Km, E0, iters=400, eta=50.0 / float(sigma.max() ** 2)))
-        worst = max(worst, float(np.abs(_window_log_means(runs[0].rho) - _window_log_means(runs[1].rho)).max()))
+        worst = max(
+            worst, float(np.abs(_window_log_means(runs[0].rho) - _window_log_means(runs[1].rho)).max())
+        )
     return worst
 
 
