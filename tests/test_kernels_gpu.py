@@ -407,3 +407,39 @@ def test_gpu_chunk_osdn_with_d_rule_gradients_fp32():
     errs["o"] = rel_err(o, o64)
     print(f"chunk_osdn with the d rule, fp32 gradients: {errs}")
     assert all(e < 1e-4 for e in errs.values()), errs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_segment_parallel_scan_matches_sequential(dtype):
+    """A long sequence with few heads (T = 16384, B·H = 4: the shape the segment-parallel scan is for, 16
+    segments of 32 chunks): ``d`` and the gradients to ``k`` and ``β`` of the segment-parallel scan against
+    float64 autograd of the token loop from the same rounded keys, printed beside the sequential scan's errors
+    (fp32: rtol; bf16: the bf16 output tolerance for ``d``, 0.1 for the gradients, as in
+    ``test_gpu_d_rule_gradients``)."""
+    from osdn_theory.kernels import d_ratio_scan
+
+    x = make(15, 1, 16384, 4, 128, 128, dtype)
+    w = torch.randn(x["k"].shape, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+
+    def run(k, beta, seg):
+        k = k.detach().requires_grad_(True)
+        beta = beta.detach().requires_grad_(True)
+        d = d_ratio_scan(k, beta, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=32, segment_chunks=seg)
+        (d.double() * w.double()).sum().backward()
+        return d.detach(), k.grad, beta.grad
+
+    seg = run(x["k"], x["beta"], 32)
+    seq = run(x["k"], x["beta"], None)
+    k64 = x["k"].to(F64).requires_grad_(True)
+    b64 = x["beta"].to(F64).requires_grad_(True)
+    d64 = _rule_loop64(k64, b64, 0.5, 1.0, 1e-4)
+    (d64 * w.double()).sum().backward()
+    ref = (d64.detach(), k64.grad, b64.grad)
+    tol_d = KERNEL_BF16_OUT if dtype == torch.bfloat16 else rtol(torch.float32)
+    tol_g = 0.1 if dtype == torch.bfloat16 else rtol(torch.float32)
+    errs = {
+        n: (rel_err(a, r), rel_err(b, r))
+        for n, a, b, r in zip(["d", "k", "beta"], seg, seq, ref, strict=True)
+    }
+    print(f"segment-parallel vs sequential vs float64, {dtype}: {errs}")
+    assert errs["d"][0] < tol_d and errs["k"][0] < tol_g and errs["beta"][0] < tol_g, errs
