@@ -113,7 +113,7 @@ def main():
     ap.add_argument("--shapes", default=None, help='e.g. "4,4096,16,128;2,16384,8,128"')
     a = ap.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("bench_ours: needs a CUDA GPU")
+        raise SystemExit("bench_ours: needs a CUDA device (run it on a GPU machine)")
     shapes = (
         SHAPES if a.shapes is None else [tuple(int(v) for v in s.split(",")) for s in a.shapes.split(";")]
     )
