@@ -98,7 +98,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     x = _inputs(B, T, H, D)
     res = {"shape": [B, T, H, D]}
     rule = DRule(c=0.5)
-    rule_seq = DRule(c=0.5, segment_chunks=None)  # the one-program-per-sequence·head scan, for comparison
+    rule_seg = DRule(c=0.5, segment_chunks="auto")  # the segment-parallel scan, for comparison
 
     def ours(xs, d=True, **kw):
         """Our forward as a user calls it: defaults (validate=True) unless ``kw`` says otherwise."""
@@ -116,7 +116,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     fb_ours = _fwd_bwd(lambda xs: ours(xs, validate=False), x, ["q", "k", "v", "beta", "d"])
     fb_ours_none = _fwd_bwd(lambda xs: ours(xs, d=False, validate=False), x, ["q", "k", "v", "beta"])
     fb_drule = _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=rule), x, ["q", "k", "v", "beta"])
-    fb_drule_seq = _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=rule_seq), x, ["q", "k", "v", "beta"])
+    fb_drule_seg = _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=rule_seg), x, ["q", "k", "v", "beta"])
     fb_fla = _fwd_bwd(fla, x, ["q", "k", "v", "beta"])
     t0 = time.perf_counter()
     _warm(lambda: fla(x), fb_fla)
@@ -132,8 +132,8 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
         fb_ours,
         fb_ours_none,
         fb_drule,
-        fb_drule_seq,
-        lambda: ours(x, d=False, d_rule=rule_seq),
+        fb_drule_seg,
+        lambda: ours(x, d=False, d_rule=rule_seg),
         rule_fb,
     )
     res["warm_ours_s"] = time.perf_counter() - t0
@@ -142,7 +142,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     res["ours_fwd_d"] = _bench(lambda: ours(x, validate=False))
     res["ours_fwd_drule_default"] = _bench(lambda: ours(x, d=False, d_rule=rule))
     res["ours_fwd_drule"] = _bench(lambda: ours(x, d=False, d_rule=rule, validate=False))
-    res["ours_fwd_drule_seq_default"] = _bench(lambda: ours(x, d=False, d_rule=rule_seq))
+    res["ours_fwd_drule_seg_default"] = _bench(lambda: ours(x, d=False, d_rule=rule_seg))
     res["ours_fwd_none"] = _bench(lambda: ours(x, d=False, validate=False))
     res["ours_fwd_d_sync"] = _bench(lambda: ours(x, validate="sync"))
     res["fla_fwd"] = _bench(lambda: fla(x))
@@ -152,7 +152,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
     res["ours_fwdbwd_d_default"] = _bench(fb_default)
     res["ours_fwdbwd_d"] = _bench(fb_ours)
     res["ours_fwdbwd_drule_default"] = _bench(fb_drule)
-    res["ours_fwdbwd_drule_seq_default"] = _bench(fb_drule_seq)
+    res["ours_fwdbwd_drule_seg_default"] = _bench(fb_drule_seg)
     res["ours_fwdbwd_none"] = _bench(fb_ours_none)
     res["fla_fwdbwd"] = _bench(fb_fla)
     res["drule_alone_fwd"] = _bench(
@@ -183,7 +183,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
         "ratio_fla": {
             n: res[n] / f
             for n in ("ours_fwd_d_default", "ours_fwd_d", "ours_fwd_drule_default", "ours_fwd_drule")
-            + ("ours_fwd_drule_seq_default", "ours_fwd_none", "ours_fwd_d_sync")
+            + ("ours_fwd_drule_seg_default", "ours_fwd_none", "ours_fwd_d_sync")
         }
         | {
             n: res[n] / fb
@@ -191,7 +191,7 @@ def bench_shape(B, T, H, D, stages_breakdown=False):
                 "ours_fwdbwd_d_default",
                 "ours_fwdbwd_d",
                 "ours_fwdbwd_drule_default",
-                "ours_fwdbwd_drule_seq_default",
+                "ours_fwdbwd_drule_seg_default",
                 "ours_fwdbwd_none",
             )
         },
@@ -311,7 +311,7 @@ def _markdown(meta, rows):
         "| fwd d rule, unchecked | fwd d=None | fwd d, `validate='sync'` | fla fwd "
         "| fwd+bwd d, default | fwd+bwd d, unchecked | fwd+bwd d rule, default | fla fwd+bwd "
         "| d rule alone fwd / fwd+bwd | copy floor | peak MiB ours (d, d rule) / fla "
-        "| d rule, sequential scan: fwd / fwd+bwd |",
+        "| d rule, segment-parallel scan: fwd / fwd+bwd |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -330,7 +330,7 @@ def _markdown(meta, rows):
             f"| {r['drule_alone_fwd']:.3f} / {r['drule_alone_fwdbwd']:.3f} | {r['copy_same_bytes']:.3f} "
             f"| {r['peak_ours_fwdbwd_d'] / 2**20:.0f}, {r['peak_ours_fwdbwd_drule'] / 2**20:.0f} "
             f"/ {r['peak_fla_fwdbwd'] / 2**20:.0f} "
-            f"| {c(r, 'ours_fwd_drule_seq_default', f)} / {c(r, 'ours_fwdbwd_drule_seq_default', fb)} |"
+            f"| {c(r, 'ours_fwd_drule_seg_default', f)} / {c(r, 'ours_fwdbwd_drule_seg_default', fb)} |"
         )
     lines += [
         "",

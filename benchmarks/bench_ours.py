@@ -4,8 +4,8 @@ Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
 
 - forward with a given ``d``: default (``validate=True``) and unchecked (``validate=False``): target 1 of
   issue #10 is default / unchecked ≤ 1.05;
-- forward with the d rule (``DRule()``, segment-parallel scan by default) and with the sequential scan
-  (``DRule(segment_chunks=None)``), both default calls;
+- forward with the d rule with the segment-parallel scan (``DRule(segment_chunks="auto")``) and with the
+  sequential scan (``DRule()``, the default), both default calls;
 - forward+backward with the d rule (gradients through it), segment-parallel and sequential;
 - the d rule alone (``d_ratio_scan``), forward and forward+backward, both scans, and its largest deviation
   from the same rule computed from float32 keys with the sequential scan (a precision check of the
@@ -32,7 +32,7 @@ def bench_shape(B, T, H, D) -> dict:
     from osdn_theory.kernels import DRule, check_values, chunk_osdn, d_ratio_scan
 
     x = _inputs(B, T, H, D)
-    seg, seq = DRule(c=0.5), DRule(c=0.5, segment_chunks=None)
+    seg, seq = DRule(c=0.5, segment_chunks="auto"), DRule(c=0.5, segment_chunks=None)
 
     def ours(xs, d=True, **kw):
         return chunk_osdn(xs["q"], xs["k"], xs["v"], xs["beta"], xs["d"] if d else None, **kw)[0]

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.interpreter
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-@pytest.mark.parametrize("module", ["benchmarks.bench_kernels", "benchmarks.tune_kernels", "benchmarks.bench_ours"])
+@pytest.mark.parametrize(
+    "module", ["benchmarks.bench_kernels", "benchmarks.tune_kernels", "benchmarks.bench_ours"]
+)
 def test_scripts_refuse_without_cuda(module):
     r = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "needs a CUDA device" in r.stderr

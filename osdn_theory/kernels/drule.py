@@ -26,7 +26,9 @@ The scan runs in four launches (kernels in :mod:`.d_scan`), six when it runs seg
    inter-chunk recurrence needs no ``[K, V]`` tile and no dot; the state pass and the read-out that it
    replaces ran as two launches and wrote every chunk's state to memory.
 
-**Segment-parallel scan** (``segment_chunks``, default ``"auto"``). With one program per sequence and head,
+**Segment-parallel scan** (``segment_chunks``; default ``None``, the sequential scan: the segment-parallel
+kernels are verified under the Triton interpreter and compiled for sm_90a without a GPU, but have not yet run
+on one, so they are opt-in until a GPU run has checked and timed them). With one program per sequence and head,
 a long sequence with few heads leaves most of the GPU idle (16 programs at ``B·H = 16``). The chunk map
 ``h ← (I − Ûᵀ W) h + Ûᵀ Ũ₀`` is affine, so the sequence is cut into segments of ``G`` chunks and
 
@@ -164,7 +166,7 @@ def d_ratio_scan(
     chunk_size: int = 64,
     validate=True,
     detach: bool = False,
-    segment_chunks="auto",
+    segment_chunks=None,
     launch: Launch | None = None,
 ):
     """``d`` of shape ``[B, T, H, K]`` (dtype of ``k``) from the ratio rule; see the module docstring.
@@ -183,8 +185,8 @@ def d_ratio_scan(
         detach: ``False`` (default): ``d`` is differentiable with respect to ``k``, ``β`` and a ``d_init``
             tensor when they require gradients (exact gradients through the rule and its read-out floor, by a
             reverse scan); ``True``: ``d`` is detached (a constant of the keys).
-        segment_chunks: ``"auto"`` (default), ``None`` or a positive int: the scan carries its ``K``-vector
-            state through the chunks one after another, one program per sequence and head; with segments of
+        segment_chunks: ``None`` (default), ``"auto"`` or a positive int. ``None``: the scan carries its
+            ``K``-vector state through the chunks one after another, one program per sequence and head; with segments of
             ``segment_chunks`` chunks it runs segment-parallel instead (each segment's affine map in parallel,
             the state carried across segments, the scan restarted in every segment). ``"auto"`` picks
             segments so that about 256 programs run, and none where that would not split a sequence. Only
@@ -257,8 +259,9 @@ class DRule:
         detach: ``False`` (default): gradients flow through the rule into ``k``, ``β`` (and a ``d_init``
             tensor that requires them), so a model learns through it; ``True``: ``d`` is a constant of the keys,
             like an optimizer's preconditioner state.
-        segment_chunks: ``"auto"`` (default), ``None`` or a positive int: the scan's segment-parallel form
-            (see :func:`d_ratio_scan`); changes only speed and round-off.
+        segment_chunks: ``None`` (default: the sequential scan), ``"auto"`` or a positive int: the scan's
+            segment-parallel form (see :func:`d_ratio_scan`; not yet run on a GPU); changes only speed and
+            round-off.
     """
 
     rule: str = "ratio"
@@ -267,7 +270,7 @@ class DRule:
     d_min: float = 1e-4
     chunk_size: int | None = 32
     detach: bool = False
-    segment_chunks: int | str | None = "auto"
+    segment_chunks: int | str | None = None
 
     def __post_init__(self):
         check_choice("rule", self.rule, ["ratio"])
