@@ -408,6 +408,34 @@ def test_sigint_to_a_pool_sweep_leaves_no_workers_and_a_true_manifest(tmp_path):
     assert s["state"] == "interrupted" and s["executed"] == (out / RESULTS).read_bytes().count(b"\n")
 
 
+@pytest.mark.parametrize("after", [1, 3])
+def test_interrupt_between_a_records_write_and_its_count_keeps_the_manifest_true(
+    tmp_path, monkeypatch, after
+):
+    """Ctrl-C can land after a record's line is fsync'd and before the session counts it (the race the pool
+    SIGINT test once hit: manifest ``executed`` 0, one line on disk). The manifest of an interrupted session
+    counts the lines this session added to ``results.jsonl``, so it says what is on disk; the earlier session's
+    lines are not counted again."""
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, {"name": "token_local"}], seeds=(0, 1, 2))
+    out = tmp_path / "out"
+    run_sweep(load_spec(f), out, executor="serial", progress=False, max_runs=2)  # an earlier session: 2 lines
+    real, calls = ResultsStore.append, []
+
+    def append_then_interrupt(self, record):
+        real(self, record)
+        calls.append(1)
+        if len(calls) == after:
+            raise KeyboardInterrupt  # after the fsync, before the runner's counter moves
+
+    monkeypatch.setattr(ResultsStore, "append", append_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(load_spec(f), out, executor="serial", progress=False)
+    s = _manifest(out)["sessions"][-1]
+    assert s["state"] == "interrupted"
+    assert s["executed"] == after == len(_lines(out)) - 2
+    assert s["failed"] == 0
+
+
 def test_config_hashes_are_computed_once_per_run(tmp_path, monkeypatch):
     """Stamping records with the spec hash must not rehash every run per record (that was quadratic)."""
     import osdn_theory.sweeps.spec as spec_mod

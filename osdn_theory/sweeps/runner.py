@@ -120,6 +120,26 @@ def _plugin_records(spec: SweepSpec) -> list[dict]:
     return [{k: p[k] for k in keys if p.get(k) is not None} for p in getattr(spec, "plugins", [])]
 
 
+def _count_on_disk(session: dict, path: Path, offset: int) -> None:
+    """Set the session's ``executed``/``failed``/``diverged`` from the complete lines that this session added to
+    ``results.jsonl`` (after byte ``offset``): on an interrupt the counters in memory can lag the file (Ctrl-C
+    between a record's fsync and its count), and the manifest must say what is on disk."""
+    try:
+        data = path.read_bytes()[offset:]
+    except OSError:
+        return
+    counts = {"executed": 0, "failed": 0, "diverged": 0}
+    for line in data.split(b"\n")[:-1]:  # the part after the last newline is not a complete record
+        try:
+            status = json.loads(line).get("status")
+        except ValueError:
+            continue
+        counts["executed"] += 1
+        if status in ("failed", "diverged"):
+            counts[status] += 1
+    session.update(counts)
+
+
 def _session_counts(session: dict) -> dict:
     return {k: session[k] for k in ("runs", "skipped", "planned", "executed", "failed", "diverged")}
 
@@ -391,6 +411,7 @@ def _run_locked(
         "diverged": 0,
     }
     sessions.append(session)
+    start_bytes = store.path.stat().st_size if store.path.exists() else 0
 
     def write_manifest() -> None:
         store.write_manifest(_manifest(spec, store, prev, sessions))
@@ -421,6 +442,7 @@ def _run_locked(
         if store.records:
             store.write_parquet()
     except BaseException as err:
+        _count_on_disk(session, store.path, start_bytes)
         if isinstance(err, KeyboardInterrupt):
             session["state"] = "interrupted"
         else:
