@@ -257,7 +257,7 @@ def _adagrad_sign(patcher: Patcher) -> None:
 
     def adagrad_step(p, g, acc, eta, eps):
         acc = acc + g * g
-        return p + eta * g / torch.sqrt(acc + eps), acc  # p + η g/√G: ascends the feedback
+        return p + eta * g / (acc + eps) ** 0.5, acc  # p + η g/√G: ascends the feedback
 
     patcher.setattr(osgm, "adagrad_step", adagrad_step)
 

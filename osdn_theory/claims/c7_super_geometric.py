@@ -43,8 +43,8 @@ _SG_DOC = dict(num_windows=8, factor=100.0, tail_factor=10.0)
 SG_REQUIRED = 0.8
 
 #: Rotation angles of the near-diagonal negative control (the diagonal class' boundary is θ → 0). The smallest
-#: is the smallest angle the window test resolves at 400 iterations (judged super-geometric in 9 of 180
-#: realisations, while condition (a) alone accepts 179; θ = 1e-3: 88/180, unresolved; docs/theory.md §8).
+#: is the smallest angle the window test resolves at 400 iterations (judged super-geometric in 15 of 300
+#: realisations, while condition (a) alone accepts 299; θ = 1e-3: 143/300, unresolved; docs/theory.md §8).
 NEAR_DIAGONAL_ANGLES = (3e-3, 1e-2, 1e-1)
 
 #: The box of the box-constrained control, in units of 1/λ_max(KᵀK): it holds P* = σ⁻² only for the
