@@ -386,7 +386,6 @@ def test_segment_parallel_scan_values_and_gradients(G, packed):
         ),
         k, beta, d0, w,
     )  # fmt: skip
-    bounds = list(zip([0, *lens[:-1]], lens, strict=True))
     starts = torch.tensor([0, *lens]).cumsum(0).tolist()
 
     def ref_fn(a, b, c0):
@@ -396,7 +395,6 @@ def test_segment_parallel_scan_values_and_gradients(G, packed):
         ]
         return torch.cat(parts, 1)
 
-    assert bounds
     ref = _grads(ref_fn, k, beta, d0, w)
     for name, g, r in zip(["d", "k", "beta", "d_init"], got, ref, strict=True):
         assert rel_err(g, r) < rtol(F64), (name, G, rel_err(g, r))
@@ -463,7 +461,7 @@ def test_segment_chunks_auto_rule():
     assert seg(None, None, 2, 16384, 32, 8, 1024, "cpu") is None
     assert seg(3, None, 1, 9 * 32, 32, 1, 9, "cpu")[3] == 3
     uni = segment_tables(None, 3, 100, 16, 2, "cpu")
-    packed = segment_tables(torch.tensor([0, 100, 200, 300]), 3, 100, 16, 2, "cpu")
+    packed = segment_tables([0, 100, 200, 300], 3, 100, 16, 2, "cpu")
     for a, b in zip(uni[:3], packed[:3], strict=True):
         assert a.tolist() == b.tolist()
     assert uni[3] == packed[3] == 3 * 4

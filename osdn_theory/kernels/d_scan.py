@@ -144,6 +144,22 @@ def _seg_update(M, r, X, Y, z, ACC: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _seg_init(ok, ov, BK: tl.constexpr, ACC: tl.constexpr):
+    """The identity's column block ``ov`` (``M``, ``[BK, BV]``) and ``r = 0``: a segment map before its chunks."""
+    return tl.where(ok[:, None] == ov[None, :], 1.0, 0.0).to(ACC), tl.zeros([BK], dtype=ACC)
+
+
+@triton.jit
+def _seg_store(M, r, m_out, r_out, i_sh, i_v, ok, ov, K):
+    """Store a segment map's column block into ``m_out: [NS, H, K, K]`` and (column block 0) ``r`` into
+    ``r_out: [NS, H, K]``; ``i_sh`` is the segment·head index."""
+    base = i_sh.to(tl.int64) * K
+    tl.store(m_out + (base + ok[:, None]) * K + ov[None, :], M, mask=(ok[:, None] < K) & (ov[None, :] < K))
+    if i_v == 0:
+        tl.store(r_out + base + ok, r, mask=ok < K)
+
+
+@triton.jit
 def _d_seg_map_kernel(
     uhat, w, ut, seg_cu, m_out, r_out,
     H, K,
@@ -161,8 +177,7 @@ def _d_seg_map_kernel(
     oc = tl.arange(0, C)
     ok = tl.arange(0, BK)
     ov = i_v * BV + tl.arange(0, BV)
-    M = tl.where(ok[:, None] == ov[None, :], 1.0, 0.0).to(ACC)
-    r = tl.zeros([BK], dtype=ACC)
+    M, r = _seg_init(ok, ov, BK, ACC)
     for n in range(tl.cdiv(Tn, C)):
         rmask = oc < Tn - n * C
         t = (bos + n * C + oc) * H + i_h
@@ -170,10 +185,7 @@ def _d_seg_map_kernel(
         X = _rows(uhat, t, rmask, K, ok, K, ACC)
         u0 = tl.load(ut + t * VP, mask=rmask, other=0.0).to(ACC)
         M, r = _seg_update(M, r, X, Y, tl.sum(X * u0[:, None], 0), ACC, IEEE)
-    base = i_sh.to(tl.int64) * K
-    tl.store(m_out + (base + ok[:, None]) * K + ov[None, :], M, mask=(ok[:, None] < K) & (ov[None, :] < K))
-    if i_v == 0:
-        tl.store(r_out + base + ok, r, mask=ok < K)
+    _seg_store(M, r, m_out, r_out, i_sh, i_v, ok, ov, K)
 
 
 @triton.jit

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from ._common import _block, _rows, _stages, _store_rows, _warps, acc_dtype
 from .config import DEFAULT_LAUNCH, Launch
-from .d_scan import _SCAN_WARPS, _seg_update, seg_carry
+from .d_scan import _SCAN_WARPS, _seg_init, _seg_store, _seg_update, seg_carry
 
 __all__ = ["d_scan_backward"]
 
@@ -39,6 +39,17 @@ def _bwd_chunk(
     Ai = _rows(ai, t, rmask, C, oc, C, ACC)  # rows r, columns j: (A⁻¹)_{rj}
     S_ex = tl.cumsum(G, 0, reverse=True) - G
     return kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex
+
+
+@triton.jit
+def _adjoint_rows(k, p, t, rmask, c, K, ok, ACC: tl.constexpr):
+    """Rows of one chunk's adjoint map ``λ ← (I − Xᵀ P) λ + g₀``: ``X_i = c u_i / ‖u_i‖`` (``u = k⊙k``; 0 where
+    ``u = 0``) and ``P`` (stored by ``_d_bwd_local_kernel``), both ``[C, BK]`` in ``ACC``."""
+    kk = _rows(k, t, rmask, K, ok, K, ACC)
+    u = kk * kk
+    nrm = tl.sqrt(tl.sum(u * u, 1))
+    X = tl.where(nrm > 0, c / tl.where(nrm > 0, nrm, 1.0), 0.0)[:, None] * u
+    return X, _rows(p, t, rmask, K, ok, K, ACC)
 
 
 @triton.jit
@@ -96,15 +107,11 @@ def _d_bwd_scan_kernel(
         n = nt - 1 - i
         rmask = oc < Tn - n * C
         t = (bos + n * C + oc) * H + i_h
-        kk = _rows(k, t, rmask, K, ok, K, ACC)
-        u = kk * kk
-        nrm = tl.sqrt(tl.sum(u * u, 1))
-        cu_ = tl.where(nrm > 0, c / tl.where(nrm > 0, nrm, 1.0), 0.0)  # c / ‖u‖: û = u / ‖u‖
-        Pt = _rows(p, t, rmask, K, ok, K, ACC)
+        X, Pt = _adjoint_rows(k, p, t, rmask, c, K, ok, ACC)
         ci = ((boc + n) * H + i_h) * K
         tl.store(lam_out + ci + ok, lam.to(lam_out.dtype.element_ty), mask=ok < K)
         xl = tl.sum(Pt * lam[None, :], 1)
-        lam += tl.load(g0 + ci + ok, mask=ok < K, other=0.0).to(ACC) - tl.sum((cu_ * xl)[:, None] * u, 0)
+        lam += tl.load(g0 + ci + ok, mask=ok < K, other=0.0).to(ACC) - tl.sum(X * xl[:, None], 0)
     tl.store(gh0_out + i_nh.to(tl.int64) * K + ok, lam.to(gh0_out.dtype.element_ty), mask=ok < K)
 
 
@@ -126,24 +133,16 @@ def _d_bwd_seg_map_kernel(
     ok = tl.arange(0, BK)
     ov = i_v * BV + tl.arange(0, BV)
     c = tl.load(c_ptr).to(ACC)
-    M = tl.where(ok[:, None] == ov[None, :], 1.0, 0.0).to(ACC)
-    r = tl.zeros([BK], dtype=ACC)
+    M, r = _seg_init(ok, ov, BK, ACC)
     nt = tl.cdiv(Tn, C)
     for i in range(nt):
         n = nt - 1 - i
         rmask = oc < Tn - n * C
         t = (bos + n * C + oc) * H + i_h
-        kk = _rows(k, t, rmask, K, ok, K, ACC)
-        u = kk * kk
-        nrm = tl.sqrt(tl.sum(u * u, 1))
-        X = tl.where(nrm > 0, c / tl.where(nrm > 0, nrm, 1.0), 0.0)[:, None] * u
-        Y = _rows(p, t, rmask, K, ok, K, ACC)
+        X, Y = _adjoint_rows(k, p, t, rmask, c, K, ok, ACC)
         z = tl.load(g0 + ((boc + n) * H + i_h) * K + ok, mask=ok < K, other=0.0).to(ACC)
         M, r = _seg_update(M, r, X, Y, z, ACC, IEEE)
-    base = i_sh.to(tl.int64) * K
-    tl.store(m_out + (base + ok[:, None]) * K + ov[None, :], M, mask=(ok[:, None] < K) & (ov[None, :] < K))
-    if i_v == 0:
-        tl.store(r_out + base + ok, r, mask=ok < K)
+    _seg_store(M, r, m_out, r_out, i_sh, i_v, ok, ov, K)
 
 
 @triton.jit

@@ -122,14 +122,11 @@ def _segments(segment_chunks, cu_seqlens, B, T, C, H, NC, device):
     G = segment_chunks
     if G == "auto":
         G = max(_AUTO_MIN_CHUNKS, -(-NC * H // _AUTO_PROGRAMS))
-    if cu_seqlens is None:
-        longest = T
-    else:
-        cu = cu_seqlens.tolist()
-        longest = max(b - a for a, b in zip(cu[:-1], cu[1:], strict=True))
+    cu = None if cu_seqlens is None else cu_seqlens.tolist()  # one host read (the packed path reads anyway)
+    longest = T if cu is None else max(b - a for a, b in zip(cu[:-1], cu[1:], strict=True))
     if -(-longest // C) <= G:
         return None
-    return segment_tables(cu_seqlens, B, T, C, G, device)
+    return segment_tables(cu, B, T, C, G, device)
 
 
 class _RatioScan(torch.autograd.Function):

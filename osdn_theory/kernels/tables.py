@@ -58,16 +58,15 @@ def _uniform_segments(B: int, T: int, C: int, G: int, device: torch.device) -> t
     return seg_cu, seg_offs, chunk0, B * ns
 
 
-def segment_tables(
-    cu_seqlens: torch.Tensor | None, B: int, T: int, C: int, G: int, device
-) -> tuple[Any, ...]:
+def segment_tables(cu_seqlens: list[int] | None, B: int, T: int, C: int, G: int, device) -> tuple[Any, ...]:
     """Segments of ``G`` chunks of ``C`` tokens (the last one of a sequence shorter), for the d rule's
     segment-parallel scan: ``seg_cu [NS + 1]`` (segment boundaries, a ``cu_seqlens`` of the segments),
     ``seg_offs [S + 1]`` (each sequence's first segment), ``chunk0 [NS]`` (each segment's first chunk in the
-    numbering of :func:`chunk_tables`) and ``NS``."""
+    numbering of :func:`chunk_tables`) and ``NS``. ``cu_seqlens``: the packed offsets as a host list, or
+    ``None`` for ``B`` sequences of length ``T``."""
     if cu_seqlens is None:
         return _uniform_segments(B, T, C, G, torch.device(device))
-    cu = cu_seqlens.tolist()
+    cu = list(cu_seqlens)
     starts, offs, chunk0 = [], [0], []
     first_chunk = 0
     for s0, s1 in zip(cu[:-1], cu[1:], strict=True):

@@ -125,7 +125,9 @@ def _count_on_disk(session: dict, path: Path, offset: int) -> None:
     ``results.jsonl`` (after byte ``offset``): on an interrupt the counters in memory can lag the file (Ctrl-C
     between a record's fsync and its count), and the manifest must say what is on disk."""
     try:
-        data = path.read_bytes()[offset:]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
     except OSError:
         return
     counts = {"executed": 0, "failed": 0, "diverged": 0}
