@@ -15,6 +15,14 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+class ValueCheckError(ValueError):
+    """A bad value (NaN/Inf, ``β ∉ (0, 1]``, ``d ≤ 0``, ...) found by the kernels' value checks
+    (:func:`osdn_theory.kernels.chunk_osdn` with ``validate=True``/``"sync"``, :func:`~osdn_theory.kernels.check_values`).
+    A ``ValueError``; its own class so that a training loop can tell a run whose weights went non-finite (a
+    divergence) from a wrong argument. Defined here, outside the kernel package, so that catching it needs no
+    Triton."""
+
+
 def _desc(x: Any) -> str:
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from osdn_theory.kernels import DRule, chunk_osdn, d_ratio_scan, reference, stages
+from osdn_theory.kernels import DRule, ValueCheckError, chunk_osdn, d_ratio_scan, reference, stages
 from osdn_theory.kernels.chunk import _chunk_tables
 from osdn_theory.kernels.config import Launch, LaunchConfig
 from osdn_theory.recurrences import delta_rule_recurrent, osdn_recurrent
@@ -594,7 +594,7 @@ def test_each_bad_value_is_reported(name, bad, validate):
     args = _pick(x, ["d", "alpha"])
     args[name] = args[name].clone()
     args[name].view(-1)[5] = bad
-    with pytest.raises(ValueError, match=rf"^{name}: expected .*got"):
+    with pytest.raises(ValueCheckError, match=rf"^{name}: expected .*got"):
         chunk_osdn(**args, chunk_size=16, validate=validate)
     chunk_osdn(**args, chunk_size=16, validate=False)  # unchecked: runs
 
@@ -604,7 +604,7 @@ def test_d_ratio_scan_bad_values_are_reported(name, bad):
     a = _scan_args()
     a[name] = a[name].clone()
     a[name].view(-1)[3] = bad
-    with pytest.raises(ValueError, match=rf"^{name}: expected .*got"):
+    with pytest.raises(ValueCheckError, match=rf"^{name}: expected .*got"):
         d_ratio_scan(**a)
 
 
@@ -623,9 +623,24 @@ def test_lazy_report_of_the_gpu_path(monkeypatch):
     _checks.poll()
     _checks._STICKY[dev][0].fill_(stages.BAD_D.value | stages.BAD_K.value)
     _checks.poll()  # the host word has not seen it yet: nothing raised, no wait
-    with pytest.raises(ValueError, match=r"^k: expected finite values"):
+    with pytest.raises(ValueCheckError, match=r"^k: expected finite values"):
         check_values()
     check_values()
+
+
+def test_discard_values_clears_and_returns_the_message(monkeypatch):
+    """``discard_values`` (for a loop that already stopped a diverged run): returns the flagged argument's
+    message and clears both words, so the next call's poll raises nothing; ``None`` when nothing is flagged."""
+    from osdn_theory.kernels import _checks, discard_values
+
+    dev = torch.device("cpu")
+    q_bit = torch.tensor([stages.BAD_Q.value], dtype=torch.int32)
+    monkeypatch.setitem(_checks._STICKY, dev, [q_bit.clone(), q_bit.clone()])
+    msg = discard_values()
+    assert msg is not None and msg.startswith("q: expected finite values")
+    assert int(_checks._STICKY[dev][0]) == 0 and int(_checks._STICKY[dev][1]) == 0
+    _checks.poll()
+    assert discard_values() is None
 
 
 # ------------------------------------------------------------------------------------------- the solve

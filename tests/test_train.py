@@ -281,3 +281,53 @@ def test_layer_r1_matches_an_independent_deltanet_memory():
     expect = (res.square().sum((1, 3)) / v.square().sum((1, 3))).mean()
     assert r1 == pytest.approx(float(expect), rel=1e-10)
     assert 0.0 < r1 < 1.0
+
+
+def _tiny_run():
+    spec = parse_train_spec(
+        {
+            "seeds": [0],
+            "train": {"steps": 4, "batch_size": 2, "eval_every": 0, "log_every": 1},
+            "metrics": {"eval_examples": 2},
+            "model": [{"mode": "reference", "hidden_size": 16, "num_layers": 1, "num_heads": 1}],
+            "task": [{"name": "mqar", "vocab_size": 16, "num_kv_pairs": 2, "seq_len": 8}],
+            "optim": [{"lr": 1e-2, "warmup_steps": 1}],
+        }
+    )
+    return spec.runs[0].to_dict()
+
+
+def test_value_check_error_in_a_step_is_a_divergence_with_its_reason(monkeypatch):
+    """The kernel's value check finding non-finite activations (weights gone NaN) stops the run as diverged,
+    with the check's message as ``diverged_reason``, not as a failed run."""
+    from osdn_theory._validate import ValueCheckError
+    from osdn_theory.layers import RecallLM
+
+    calls = {"n": 0}
+    forward = RecallLM.forward
+
+    def flaky(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ValueCheckError("q: expected finite values, got values outside that range (test)")
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(RecallLM, "forward", flaky)
+    (rec,) = train_batch([_tiny_run()], device="cpu")
+    assert rec["status"] == "diverged", rec.get("error")
+    assert rec["metrics"]["steps"] == 2 and rec["metrics"]["diverged_reason"].startswith("q: expected finite")
+
+
+def test_a_run_does_not_inherit_an_earlier_runs_value_flag(monkeypatch):
+    """A value flag left by an earlier (diverged) run in the same process is cleared when a run starts: on a
+    GPU it would otherwise fail the next run's first kernel call (seen on an H200: runs 'failed' after 1 s with
+    'q: expected finite values' of the previous run). Stand-in device entry as in the kernel tests."""
+    from osdn_theory.kernels import _checks, stages
+
+    dev = torch.device("cpu")
+    q_bit = torch.tensor([stages.BAD_Q.value], dtype=torch.int32)
+    monkeypatch.setitem(_checks._STICKY, dev, [q_bit.clone(), q_bit.clone()])
+    (rec,) = train_batch([_tiny_run()], device="cpu")
+    assert rec["status"] == "ok", rec.get("error")
+    assert int(_checks._STICKY[dev][0]) == 0 and int(_checks._STICKY[dev][1]) == 0
+    _checks.poll()  # nothing left for the next call to raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import as_tensor, check_range, check_scalar, check_shape
+from .._validate import ValueCheckError, as_tensor, check_range, check_scalar, check_shape
 from . import _common  # INTERPRET and the BAD_* bits
 
 CHUNK_SIZES = (16, 32, 64)
@@ -161,7 +161,7 @@ def report(flag: torch.Tensor | None, op: str, tensors: dict | None, sync: bool)
     if flag.device.type != "cuda" or sync:
         bits = int(flag.item())
         if bits:
-            raise ValueError(_message(bits, op, tensors))
+            raise ValueCheckError(_message(bits, op, tensors))
         return
     _STICKY[flag.device][1].copy_(flag, non_blocking=True)
 
@@ -172,7 +172,7 @@ def _raise_and_clear(device, bits: int) -> None:
     word = _STICKY[device][0]
     word.zero_()
     _STICKY[device][1] = torch.zeros(1, dtype=torch.int32, pin_memory=word.is_cuda)
-    raise ValueError(_message(bits, "chunk_osdn / d_ratio_scan", None))
+    raise ValueCheckError(_message(bits, "chunk_osdn / d_ratio_scan", None))
 
 
 def poll() -> None:
@@ -192,3 +192,15 @@ def check_values() -> None:
         bits = int(word.item())
         if bits:
             _raise_and_clear(device, bits)
+
+
+def discard_values() -> str | None:
+    """Wait for the value checks of all earlier calls, clear what they flagged and return its message (``None``
+    when nothing was flagged) instead of raising. For a loop that has already stopped a run whose values went
+    non-finite (a diverged training run): what that run flagged must not be reported by the next run's
+    first call in the same process."""
+    try:
+        check_values()
+    except ValueCheckError as e:
+        return str(e)
+    return None

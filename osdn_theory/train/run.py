@@ -16,7 +16,8 @@ Record (one per run, appended to ``results.jsonl`` by the sweep runner):
   ``accuracy_kept`` (forgetting task), ``n_params``, ``steps``, ``train_seconds``, ``steps_per_s``,
   ``peak_memory_gb`` (GPU).
 - ``series``: ``eval_step``, ``eval_accuracy``, ``eval_loss``; ``loss_step``, ``loss``.
-- ``status``: ``ok``; ``diverged`` (the training loss became NaN or infinite; training stopped there);
+- ``status``: ``ok``; ``diverged`` (the training loss became NaN or infinite, or the kernel's value check found
+  non-finite activations; training stopped there, ``metrics.diverged_reason`` says which);
   ``failed`` (raised; traceback kept); ``skipped`` (a peer model whose package is not installed; like a failed
   run it is run again by ``--retry-failed``, since only ``ok``/``diverged`` count as finished).
 """
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._validate import ValueCheckError
 from ..layers import PeerUnavailable, RecallLM, model_from_dict
 from ..sweeps.spec import config_hash
 from ..sweeps.store import utc_now
@@ -150,6 +152,17 @@ def _check_runnable(model_cfg, device: torch.device) -> None:
             )
 
 
+def _discard_value_checks() -> str | None:
+    """Clear the kernels' pending value checks (if the kernel package is loaded) and return what they flagged.
+
+    On a GPU the checks of ``chunk_osdn`` are reported by a *later* call, so the non-finite activations of a
+    diverged run would otherwise fail the first step of the next run in the same worker process."""
+    import sys
+
+    checks = sys.modules.get("osdn_theory.kernels._checks")
+    return checks.discard_values() if checks is not None else None
+
+
 def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict, dict]:
     """Train and evaluate one run config; returns ``(status, metrics, series)`` (raises on errors)."""
     import dataclasses
@@ -193,18 +206,24 @@ def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict
         series["eval_loss"].append(last_eval["eval_loss"])
         best = max(best, last_eval["accuracy"])
 
+    _discard_value_checks()  # what an earlier run of this process flagged is not this run's error
+    reason = None
     t0 = time.perf_counter()
     done = 0
     for step in range(steps):
         batch = train_task.build((seed, 0, step)).to(dev)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, optim, steps)
-        with _autocast(dev, tr["precision"]):
-            logits = model(batch.inputs)
-        loss = _answer_loss(logits, batch.labels)
-        value = float(loss.detach())  # one host sync per step: stops a diverged run at once
+        try:
+            with _autocast(dev, tr["precision"]):
+                logits = model(batch.inputs)
+            loss = _answer_loss(logits, batch.labels)
+            value = float(loss.detach())  # one host sync per step: stops a diverged run at once
+        except ValueCheckError as e:  # the kernel's value check saw the activations go non-finite
+            value, reason = float("nan"), str(e)
         if not math.isfinite(value):
             status = "diverged"
+            reason = reason or _discard_value_checks() or f"training loss {value} at step {step + 1}"
             series["loss_step"].append(step + 1)
             series["loss"].append(value)
             break
@@ -240,6 +259,7 @@ def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict
         "train_seconds": seconds,
         "steps_per_s": done / seconds if seconds > 0 else float("nan"),
         "device": str(dev),
+        **({"diverged_reason": reason} if reason else {}),
     }
     if dev.type == "cuda":
         metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
