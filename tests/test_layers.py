@@ -123,6 +123,25 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     assert model(x).shape == (4, 12, 32)
 
 
+def test_logits_at_marked_positions_are_the_full_logits_there():
+    """``positions=mask`` projects only the marked positions (the training loop's answer tokens): the same
+    values as indexing the full logits, in float64; bad ``positions`` / ``input_ids`` name the argument."""
+    torch.manual_seed(5)
+    model = RecallLM(32, {"mode": "reference", "hidden_size": 32, "num_heads": 2, "d_mode": "rule"}).double()
+    x = torch.randint(0, 32, (3, 10))
+    mask = torch.rand(3, 10) < 0.3
+    mask[0, 0] = True
+    sel = model(x, positions=mask)
+    assert sel.shape == (int(mask.sum()), 32)
+    assert rel_err(sel, model(x)[mask]) <= rtol(torch.float64)
+    with pytest.raises(ValueError, match=r"^positions: expected a bool tensor"):
+        model(x, positions=mask.long())
+    with pytest.raises(ValueError, match=r"^positions: expected a bool tensor"):
+        model(x, positions=mask[:, :5])
+    with pytest.raises(ValueError, match=r"^input_ids: expected an integer tensor"):
+        model(x.float())
+
+
 @pytest.mark.parametrize(
     "kwargs, key",
     [

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validate import check_bool, check_choice, check_scalar
+from .._validate import _desc, check_bool, check_choice, check_scalar
 from .attention import D_MODES, MODES, OSDNAttention
 from .peers import PEER_KINDS, fla_layer
 
@@ -157,7 +157,11 @@ class RecallLM(nn.Module):
         vocab_size: tokens.
         config: a :class:`ModelConfig` or its table.
 
-    ``forward(input_ids [B, T], cu_seqlens=None)`` returns logits ``[B, T, vocab_size]``.
+    ``forward(input_ids [B, T], cu_seqlens=None)`` returns logits ``[B, T, vocab_size]``;
+    ``forward(input_ids, positions=mask)`` with a boolean ``mask [B, T]`` returns only the logits of the marked
+    positions, ``[mask.sum(), vocab_size]`` (row-major order): the output projection of a recall task's few
+    answer positions instead of all ``B·T`` (the same values; at vocabulary 8192 the full projection and its
+    softmax are most of a tiny model's step).
     """
 
     def __init__(self, vocab_size: int, config: ModelConfig | Mapping | None = None):
@@ -170,8 +174,27 @@ class RecallLM(nn.Module):
         self.blocks = nn.ModuleList(_Block(cfg, i) for i in range(cfg.num_layers))
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=1e-5)
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+            raise ValueError(f"input_ids: expected an integer tensor [B, T], got {_desc(input_ids)}")
+        if positions is not None and (
+            not isinstance(positions, torch.Tensor)
+            or positions.dtype != torch.bool
+            or positions.shape != input_ids.shape
+        ):
+            raise ValueError(
+                f"positions: expected a bool tensor of the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {_desc(positions)}"
+            )
         x = self.embed(input_ids)
         for blk in self.blocks:
             x = blk(x, cu_seqlens)
+        if positions is not None:
+            x = x[positions.to(x.device)]
         return F.linear(self.norm(x), self.embed.weight)

@@ -67,7 +67,18 @@ def lr_at(step: int, optim: dict, steps: int) -> float:
     return lo + 0.5 * (lr - lo) * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
 
+def _answer_logits(model, inputs: torch.Tensor, labels: torch.Tensor):
+    """Logits ``[n, vocab]`` of the ``n`` answer positions (``labels != IGNORE``) and their labels ``[n]``. A
+    :class:`RecallLM` projects only those positions onto the vocabulary; another model's full logits are
+    indexed (the same values)."""
+    mask = labels != IGNORE
+    if isinstance(model, RecallLM):
+        return model(inputs, positions=mask), labels[mask]
+    return model(inputs)[mask], labels[mask]
+
+
 def _answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the answer positions (``labels != IGNORE``); ``logits [..., vocab]``."""
     return F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
     )
@@ -93,14 +104,13 @@ def evaluate_model(model, task, seed: int, n: int, batch_size: int, device, prec
         x = data.inputs[i : i + batch_size].to(device)
         y = data.labels[i : i + batch_size].to(device)
         with _autocast(device, precision):
-            logits = model(x)
-        mask = y != IGNORE
-        hit = (logits.argmax(-1) == y) & mask
+            logits, ya = _answer_logits(model, x, y)
+        hit = logits.argmax(-1) == ya
         correct += int(hit.sum())
-        total += int(mask.sum())
-        loss_sum += float(_answer_loss(logits, y)) * int(mask.sum())
+        total += int(ya.numel())
+        loss_sum += float(_answer_loss(logits, ya)) * int(ya.numel())
         if data.overwritten is not None:
-            ow = data.overwritten[i : i + batch_size].to(device)
+            ow = data.overwritten[i : i + batch_size].to(device)[y != IGNORE]
             ow_c += int((hit & ow).sum())
             ow_n += int(ow.sum())
     model.train()
@@ -216,8 +226,8 @@ def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict
             g["lr"] = lr_at(step, optim, steps)
         try:
             with _autocast(dev, tr["precision"]):
-                logits = model(batch.inputs)
-            loss = _answer_loss(logits, batch.labels)
+                logits, answers = _answer_logits(model, batch.inputs, batch.labels)
+            loss = _answer_loss(logits, answers)
             value = float(loss.detach())  # one host sync per step: stops a diverged run at once
         except ValueCheckError as e:  # the kernel's value check saw the activations go non-finite
             value, reason = float("nan"), str(e)
