@@ -7,7 +7,7 @@ Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
 - forward with the d rule with the segment-parallel scan (``DRule(segment_chunks="auto")``) and with the
   sequential scan (``DRule()``, the default), both default calls;
 - forward+backward with the d rule (gradients through it), segment-parallel and sequential;
-- the d rule alone (``d_ratio_scan``), forward and forward+backward, both scans, and its largest deviation
+- the d rule alone (``d_ratio_scan``), forward and forward+backward, both scans, and its normwise deviation
   from the same rule computed from float32 keys with the sequential scan (a precision check of the
   segment maps' tf32 products).
 
@@ -72,7 +72,9 @@ def bench_shape(B, T, H, D) -> dict:
     ref = d_ratio_scan(x["k"].float(), x["beta"].float(), c=0.5, d_init=1.0, d_min=1e-4, segment_chunks=None)
     for label, sc in (("seg", "auto"), ("seq", None)):
         d = d_ratio_scan(x["k"], x["beta"], c=0.5, d_init=1.0, d_min=1e-4, segment_chunks=sc)
-        res[f"rule_max_rel_dev_vs_fp32_{label}"] = float(((d.float() - ref).abs() / ref.abs()).max())
+        # normwise: an elementwise ratio is dominated by entries floored at d_min in one and not the other
+        # (the 2026-12-05 run printed 1.1e3 for both scans that way)
+        res[f"rule_rel_dev_vs_fp32_{label}"] = float((d.float() - ref).norm() / ref.norm())
     try:
         check_values()
         res["value_checks"] = "no flag raised"
@@ -95,14 +97,14 @@ def _row(r) -> str:
         f"| {r['fwd_drule_seg']:.3f} / {r['fwd_drule_seq']:.3f} | {r['fwdbwd_drule_seg']:.3f} / "
         f"{r['fwdbwd_drule_seq']:.3f} | {r['rule_alone_fwd_seg']:.3f} / {r['rule_alone_fwd_seq']:.3f} "
         f"| {r['rule_alone_fwdbwd_seg']:.3f} / {r['rule_alone_fwdbwd_seq']:.3f} "
-        f"| {r['rule_max_rel_dev_vs_fp32_seg']:.1e} / {r['rule_max_rel_dev_vs_fp32_seq']:.1e} |"
+        f"| {r['rule_rel_dev_vs_fp32_seg']:.1e} / {r['rule_rel_dev_vs_fp32_seq']:.1e} |"
     )
 
 
 HEADER = [
     "| B, T, H, D | fwd d, default | fwd d, unchecked | default / unchecked | fwd d rule: segments / sequential "
     "| fwd+bwd d rule: seg / seq | rule alone fwd: seg / seq | rule alone fwd+bwd: seg / seq "
-    "| rule max rel. dev. from fp32 keys: seg / seq |",
+    "| rule ‖d − d_fp32‖ / ‖d_fp32‖: seg / seq |",
     "|---|---|---|---|---|---|---|---|---|",
 ]
 

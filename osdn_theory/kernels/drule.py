@@ -27,8 +27,10 @@ The scan runs in four launches (kernels in :mod:`.d_scan`), six when it runs seg
    replaces ran as two launches and wrote every chunk's state to memory.
 
 **Segment-parallel scan** (``segment_chunks``; default ``None``, the sequential scan: the segment-parallel
-kernels are verified under the Triton interpreter and compiled for sm_90a without a GPU, but have not yet run
-on one, so they are opt-in until a GPU run has checked and timed them). With one program per sequence and head,
+kernels are verified under the Triton interpreter; timed on an H200 on 2026-12-05 they gave no gain: 1–3 %
+faster at T = 16384 and 65536 with B·H = 16, 2.5× slower at B·H = 64 (``docs/kernels.md``), because
+composing the ``K × K`` maps costs as much as the scan they shorten, so they stay opt-in). With one program
+per sequence and head,
 a long sequence with few heads leaves most of the GPU idle (16 programs at ``B·H = 16``). The chunk map
 ``h ← (I − Ûᵀ W) h + Ûᵀ Ũ₀`` is affine, so the sequence is cut into segments of ``G`` chunks and
 
@@ -257,8 +259,8 @@ class DRule:
             tensor that requires them), so a model learns through it; ``True``: ``d`` is a constant of the keys,
             like an optimizer's preconditioner state.
         segment_chunks: ``None`` (default: the sequential scan), ``"auto"`` or a positive int: the scan's
-            segment-parallel form (see :func:`d_ratio_scan`; not yet run on a GPU); changes only speed and
-            round-off.
+            segment-parallel form (see :func:`d_ratio_scan`; measured on an H200: no faster than the
+            sequential scan, see ``docs/kernels.md``); changes only speed and round-off.
     """
 
     rule: str = "ratio"
