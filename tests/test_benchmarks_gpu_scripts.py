@@ -21,11 +21,39 @@ pytestmark = pytest.mark.interpreter
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 @pytest.mark.parametrize(
-    "module", ["benchmarks.bench_kernels", "benchmarks.tune_kernels", "benchmarks.bench_ours"]
+    "module",
+    [
+        "benchmarks.bench_kernels",
+        "benchmarks.tune_kernels",
+        "benchmarks.bench_ours",
+        "benchmarks.bench_train",
+    ],
 )
 def test_scripts_refuse_without_cuda(module):
     r = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "needs a CUDA device" in r.stderr
+
+
+def test_training_step_benchmark_runs_its_cpu_smoke(tmp_path):
+    """``bench_train --device cpu --tiny``: every model and the shared-device pool run, and the JSON and the
+    table are written (a GPU session runs the same code; a script that crashed there would cost device time)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_train", "--device", "cpu", "--tiny", "--steps", "1",
+         "--workers", "1", "--out", str(tmp_path / "t.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert [row["d_mode"] for row in res["rows"]] == ["none", "rule", "learned"]
+    assert all(row["step_ms"] > 0 and row["step_full_logits_ms"] > 0 for row in res["rows"])
+    assert res["pool"][0]["workers"] == 1 and res["pool"][0]["pool_steps_per_s"] > 0
+    assert "| workers sharing the device |" in (tmp_path / "t.md").read_text()
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_train", "--device", "cpu"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "--tiny" in bad.stderr
 
 
 def test_default_results_path():
