@@ -94,6 +94,32 @@ def test_rule_twin_equals_the_spec_scan_and_learned_starts_as_deltanet():
     assert rel_err(learned(x), delta(x)) <= rtol(torch.float64)  # d = 2·sigmoid(0) = 1 at the start
 
 
+def _write_strength(beta_filler: float, seed: int = 0):
+    """``s_t = β_t kᵀ(d_t ⊙ k_t)`` under the ratio rule on unit keys, 80 % of the tokens written weakly
+    (``β = beta_filler``), the rest strongly (``β = 0.9``); second half of the sequence. Returns (strong, weak)."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.nn.functional.normalize(torch.randn(16, 128, 1, 32, generator=g, dtype=torch.float64), dim=-1)
+    weak = torch.rand(16, 128, 1, generator=g) < 0.8
+    beta = torch.where(weak, beta_filler, 0.9).to(torch.float64)
+    s = beta * (k * ratio_rule_d(k, beta) * k).sum(-1)
+    late = torch.zeros_like(weak)
+    late[:, 64:] = True
+    return s[late & ~weak], s[late & weak]
+
+
+def test_ratio_rule_undoes_a_write_gate_and_leaves_the_contraction_range():
+    """Why OSDN with the ratio rule did not learn MQAR on the GPU and diverged at width 128 (theory §10): the rule
+    drives every token's write strength ``s_t`` to 1 (its target ``uᵀd = 1/β``), so a layer that gates its
+    writes with ``β`` loses the gate (weak tokens written with ``s ≈ 0.9`` instead of ``β``), and the shared
+    ``d`` follows the weak tokens, so strong ones get ``s ≫ 2``, outside C4's contraction range. With equal
+    ``β`` everywhere (control) every ``s`` stays at 1."""
+    strong, weak = _write_strength(0.1)
+    assert float(weak.median()) > 0.6  # a gate of β = 0.1 would write with s = 0.1
+    assert float((strong > 2).double().mean()) > 0.9 and float(strong.median()) > 4
+    strong, weak = _write_strength(0.9)  # control: no gate
+    assert float((strong - 1).abs().max()) < 0.05 and float((weak - 1).abs().max()) < 0.05
+
+
 def test_short_convolution_is_causal():
     torch.manual_seed(3)
     conv = ShortConvolution(4, 3).double()
