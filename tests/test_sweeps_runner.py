@@ -473,3 +473,51 @@ def test_kill_pool_sweep_leaves_no_workers_and_resumes(tmp_path):
     assert f"{n_before} already done" in res.stdout
     hashes = [r["hash"] for r in _lines(out)]
     assert len(hashes) == len(set(hashes)) == 8
+
+
+def slow_evaluate(runs: list[dict]) -> list[dict]:
+    """``evaluate_batch`` after 0.4 s per task (module level: the spawned pool's workers import it)."""
+    time.sleep(0.4)
+    return evaluate_batch(runs)
+
+
+@pytest.mark.parametrize("executor, workers", [("serial", None), ("local", 2)])
+def test_stop_after_finishes_the_runs_in_flight_and_leaves_the_rest(tmp_path, executor, workers):
+    """``stop_after``: no run starts after the limit, the runs in flight finish and are recorded (none lost, none
+    failed), the session is ``stopped``; the next invocation runs exactly the rest."""
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE], seeds=(0, 1, 2, 3, 4))
+    out = tmp_path / "out"
+    kw = {"executor": executor, "workers": workers, "batch_size": 1, "progress": False}
+    s = run_sweep(f, out, stop_after=0.6, evaluate=slow_evaluate, **kw)
+    assert s.stopped and 1 <= s.executed < 10 and s.failed == 0 and s.remaining == 10 - s.executed
+    recs = _lines(out)
+    assert len(recs) == s.executed and all(r["status"] == "ok" for r in recs)
+    man = json.loads((out / "manifest.json").read_text())
+    last = man["sessions"][-1]
+    assert last["state"] == "stopped" and last["executed"] == s.executed and "stop_after" in last["stopped"]
+    s2 = run_sweep(f, out, evaluate=slow_evaluate, **kw)
+    assert not s2.stopped and s2.executed == 10 - s.executed and s2.remaining == 0
+    recs = _lines(out)
+    assert len(recs) == 10 and len({r["hash"] for r in recs}) == 10
+    s3 = run_sweep(f, out, stop_after=30, evaluate=slow_evaluate, **kw)  # nothing left: not "stopped"
+    assert not s3.stopped and s3.executed == 0
+
+
+def test_stop_after_is_checked(tmp_path):
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=(0,))
+    for bad in (0, -1.0, True, "10"):
+        with pytest.raises(ValueError, match=r"^stop_after: expected a positive number"):
+            run_sweep(f, tmp_path / "o", executor="serial", stop_after=bad, progress=False)
+    with pytest.raises(ValueError, match=r"^stop_after: supported with executor 'serial' or 'local'"):
+        run_sweep(f, tmp_path / "o", executor="dask", stop_after=5, progress=False)
+
+
+def test_cli_stop_after_says_what_is_left(tmp_path):
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE], seeds=(0, 1, 2))
+    r = CliRunner().invoke(
+        app,
+        ["sweep", str(f), "--out", str(tmp_path / "o"), "--executor", "serial", "--batch-size", "1",
+         "--no-progress", "--stop-after", "1e-9"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "stopped by --stop-after:" in r.output and "rerun the same command" in r.output

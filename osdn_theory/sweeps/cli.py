@@ -54,6 +54,14 @@ def register(app: typer.Typer) -> None:
         max_runs: Annotated[
             int | None, typer.Option("--max-runs", help="Execute at most this many missing runs.")
         ] = None,
+        stop_after: Annotated[
+            float | None,
+            typer.Option(
+                "--stop-after",
+                help="Seconds after which no run starts; runs in flight finish and are saved, the rest wait "
+                "for the next invocation (executors serial and local).",
+            ),
+        ] = None,
         retry_failed: Annotated[bool, typer.Option(help="Run again the runs recorded as failed.")] = False,
         batch_size: Annotated[
             int | None, typer.Option(help="Seeds stacked per task (default: the file's batch_size).")
@@ -99,12 +107,19 @@ def register(app: typer.Typer) -> None:
                 connect_timeout=connect_timeout,
                 worker_timeout=worker_timeout,
                 append_different_spec=append_different_spec,
+                stop_after=stop_after,
             )
         div = f", {summary.diverged} diverged" if summary.diverged else ""
         typer.echo(
             f"{spec.name}: {summary.total} runs, {summary.skipped} already done, {summary.executed} executed "
             f"({summary.failed} failed{div}), {summary.remaining} remaining, {summary.elapsed_s:.1f} s -> {out}"
         )
+        if summary.stopped:
+            typer.echo(
+                f"stopped by --stop-after: {summary.remaining} run(s) not started; rerun the same command to "
+                "continue",
+                err=True,
+            )
         if summary.diverged_recorded:
             from .evaluate import DIVERGED_R1
 

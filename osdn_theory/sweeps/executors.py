@@ -30,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -91,12 +92,27 @@ class _Deferred:
     def __init__(self, fn: Callable, args: tuple):
         self._fn, self._args = fn, args
         self._done = False
+        self._started = False
+        self._cancelled = False
+        self._lock = threading.Lock()  # cancel() comes from a timer thread (run_sweep's stop_after)
         self._value: Any = None
         self._error: BaseException | None = None
 
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started (as ``concurrent.futures.Future.cancel``)."""
+        with self._lock:
+            if not self._started:
+                self._cancelled = True
+            return self._cancelled
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     def run(self) -> None:
-        if self._done:
-            return
+        with self._lock:
+            if self._started or self._cancelled:
+                return
+            self._started = True
         try:
             self._value = self._fn(*self._args)
         except Exception as err:  # noqa: BLE001 - handed to the caller by result()

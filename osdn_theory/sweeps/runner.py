@@ -9,8 +9,13 @@ One folder, one spec: the runs already in ``out`` must come from the same spec (
 metric settings: :attr:`SweepSpec.spec_hash`), or the sweep is refused before anything is written, unless
 ``append_different_spec=True``. ``manifest.json`` keeps every session: spec hash, code version, plugins (each
 with its SHA-256), executor,
-counts, start and end, and its final state (``finished``, ``interrupted``, ``error`` with the message, or
-``killed`` when a later session found it still marked ``running``).
+counts, start and end, and its final state (``finished``, ``stopped`` when ``stop_after`` ended it with runs
+left, ``interrupted``, ``error`` with the message, or ``killed`` when a later session found it still marked
+``running``).
+
+``stop_after`` (seconds) is for a machine held for a fixed time: no run starts after it, the runs in flight
+finish and are recorded, and the rest stay pending for the next invocation, so nothing is lost (an
+interrupt loses the runs in flight).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import errno
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +55,7 @@ class SweepSummary:
     )
     diverged: int = 0  # recorded by this invocation with status "diverged"
     diverged_recorded: int = 0  # runs of the sweep recorded as diverged (this or earlier invocations)
+    stopped: bool = False  # stop_after ended this invocation with runs left
 
     @property
     def remaining(self) -> int:
@@ -222,6 +229,7 @@ def run_sweep(
     worker_timeout: float = 60.0,
     append_different_spec: bool = False,
     evaluate: Callable[[list[dict]], list[dict]] | None = None,
+    stop_after: float | None = None,
 ) -> SweepSummary:
     """Execute the missing runs of ``spec`` into the folder ``out`` (see the module docstring).
 
@@ -244,6 +252,9 @@ def run_sweep(
         evaluate: the task each executor runs, ``run dicts -> records`` (picklable; never raising), in batches
             of ``batch_size`` runs in spec order; default :func:`evaluate_batch` on runs batched by
             :func:`plan_batches` (``osdn train`` passes its training task here).
+        stop_after: seconds after which no further run starts (executors ``serial`` and ``local``); the runs
+            in flight finish and are recorded, the rest stay pending (the session's state is ``stopped``).
+            ``None``: no limit.
 
     Raises:
         ValueError: bad arguments, or a folder of another spec.
@@ -260,6 +271,14 @@ def run_sweep(
     for name, v in (("connect_timeout", connect_timeout), ("worker_timeout", worker_timeout)):
         if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
             raise ValueError(f"{name}: expected a positive number of seconds, got {v!r}")
+    if stop_after is not None:
+        if isinstance(stop_after, bool) or not isinstance(stop_after, int | float) or not stop_after > 0:
+            raise ValueError(f"stop_after: expected a positive number of seconds, got {stop_after!r}")
+        if executor == "dask":
+            raise ValueError(
+                "stop_after: supported with executor 'serial' or 'local' (a Dask task cannot be told apart "
+                "from a running one when cancelled), got executor 'dask'"
+            )
     if not isinstance(append_different_spec, bool):
         raise ValueError(f"append_different_spec: expected a bool, got {append_different_spec!r}")
     if batch_size is not None and (
@@ -282,6 +301,7 @@ def run_sweep(
         "worker_timeout": worker_timeout,
         "append": append_different_spec,
         "evaluate": evaluate,
+        "stop_after": stop_after,
     }
     with _os_errors(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -370,6 +390,7 @@ def _run_locked(
     worker_timeout,
     append,
     evaluate=None,
+    stop_after=None,
 ):
     t0 = time.perf_counter()
     store = ResultsStore(out)
@@ -411,6 +432,7 @@ def _run_locked(
         "executed": 0,
         "failed": 0,
         "diverged": 0,
+        "stop_after": stop_after,
     }
     sessions.append(session)
     start_bytes = store.path.stat().st_size if store.path.exists() else 0
@@ -440,6 +462,7 @@ def _run_locked(
                 progress=progress,
                 skipped=skipped,
                 evaluate=evaluate,
+                stop_after=stop_after,
             )
         if store.records:
             store.write_parquet()
@@ -457,7 +480,8 @@ def _run_locked(
         raise
     finally:
         store.close()
-    session.update(finished=utc_now(), state="finished")
+    left = len(pending) - session["executed"]
+    session.update(finished=utc_now(), state="stopped" if session.get("stopped") and left else "finished")
     write_manifest()
     return SweepSummary(
         out=Path(out),
@@ -470,6 +494,7 @@ def _run_locked(
         failed_recorded=sum(1 for h in spec.hashes if store.records.get(h, {}).get("status") == "failed"),
         diverged=session["diverged"],
         diverged_recorded=sum(1 for h in spec.hashes if store.records.get(h, {}).get("status") == "diverged"),
+        stopped=session["state"] == "stopped",
     )
 
 
@@ -490,8 +515,11 @@ def _execute(
     progress,
     skipped,
     evaluate=None,
+    stop_after=None,
 ) -> None:
-    """Run ``pending`` on the executor, appending each record as it arrives and counting into ``session``."""
+    """Run ``pending`` on the executor, appending each record as it arrives and counting into ``session``.
+    With ``stop_after``, a timer cancels the tasks not yet started once that many seconds have passed (sets
+    ``session["stopped"]``); cancelled tasks are not recorded."""
     from tqdm.auto import tqdm
 
     if evaluate is None:
@@ -508,6 +536,7 @@ def _execute(
     )
     bar = tqdm(total=len(pending), desc=f"sweep {spec.name}", unit="run", disable=not progress)
     bar.set_postfix(done=skipped, failed=0, total=len(spec.runs))
+    timer = None
     try:
         futs = {}
         plugins = list(getattr(spec, "plugins", None) or [])
@@ -518,7 +547,19 @@ def _execute(
             else:
                 fut = ex.submit(evaluate, args)
             futs[fut] = b
+        if stop_after is not None:
+
+            def stop() -> None:
+                session["stopped"] = f"stop_after = {stop_after:g} s reached"
+                for f in list(futs):
+                    f.cancel()  # refused by a task already running: it finishes and is recorded
+
+            timer = threading.Timer(stop_after, stop)
+            timer.daemon = True
+            timer.start()
         for fut in ex.as_completed(list(futs)):
+            if fut.cancelled():
+                continue
             batch = futs[fut]
             try:
                 records = fut.result()
@@ -554,5 +595,7 @@ def _execute(
                 total=len(spec.runs),
             )
     finally:
+        if timer is not None:
+            timer.cancel()
         bar.close()
         ex.shutdown(cancel=True)

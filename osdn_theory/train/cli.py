@@ -34,6 +34,14 @@ def register(app: typer.Typer) -> None:
         max_runs: Annotated[
             int | None, typer.Option("--max-runs", help="Execute at most this many missing runs.")
         ] = None,
+        stop_after: Annotated[
+            float | None,
+            typer.Option(
+                "--stop-after",
+                help="Seconds after which no run starts; runs in flight finish and are saved, the rest wait "
+                "for the next invocation (executors serial and local).",
+            ),
+        ] = None,
         retry_failed: Annotated[
             bool, typer.Option(help="Run again the runs recorded as failed or skipped.")
         ] = False,
@@ -83,6 +91,7 @@ def register(app: typer.Typer) -> None:
                 threads=threads,
                 append_different_spec=append_different_spec,
                 evaluate=functools.partial(train_batch, device=device),
+                stop_after=stop_after,
             )
         try:
             from .results import write_report
@@ -100,6 +109,12 @@ def register(app: typer.Typer) -> None:
             f"({summary.failed} failed{div}, {len(skipped)} skipped), {summary.remaining} remaining, "
             f"{summary.elapsed_s:.1f} s -> {out}"
         )
+        if summary.stopped:
+            typer.echo(
+                f"stopped by --stop-after: {summary.remaining} run(s) not started; rerun the same command to "
+                "continue",
+                err=True,
+            )
         if skipped:
             typer.echo(
                 f"skipped {len(skipped)} run(s): {skipped[0].get('error')} (--retry-failed runs them once it is)",
