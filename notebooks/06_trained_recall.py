@@ -26,7 +26,8 @@
 # osdn train sweeps/recall_mqar_gpu.toml --out results/recall_mqar_gpu --executor local --workers 8
 # ```
 #
-# **No GPU results are committed yet.** Where `results/recall_mqar_gpu` is missing, the notebook says so and
+# **No GPU results are committed yet**, only a one-seed pilot of 26 runs (2026-12-05, shown at the end, with
+# why OSDN's ratio rule failed in it). Where `results/recall_mqar_gpu` is missing, the notebook says so and
 # runs a CPU smoke of the same pipeline instead (torch reference recurrence, a few dozen steps): it shows the
 # machinery working, not an answer about recall.
 
@@ -149,3 +150,48 @@ plt.show()
 # standard deviation, the change against DeltaNet paired by seed at each model's best learning rate) and the
 # figure. These are tiny models on a synthetic task; they say whether the preconditioner helps a trained
 # DeltaNet-style layer store and retrieve bindings at this scale, not what happens at 340M or 1.3B parameters.
+
+# %% [markdown]
+# ## The GPU pilot of 2026-12-05 (one seed, 26 of 144 runs; not a result)
+#
+# DeltaNet learned 16 pairs in 1000 steps and no more; OSDN with the ratio rule learned nothing at width 64 and
+# diverged at width 128. The folder's README says what ran and which defects it showed (fixed since).
+
+# %%
+pilot = find_results("notebooks/data/recall_mqar_gpu_pilot_2026-12-05")
+if pilot is not None:
+    pdf = load_train_results(pilot)
+    print(f"pilot: {len(pdf)} finished runs (seed 0)")
+    display(summary_table(pdf).round(4))
+
+# %% [markdown]
+# Why the rule fails here (`docs/theory.md` §10): its target `uᵀd = 1/β` makes every token's write strength
+# `s_t = β_t kᵀ(d ⊙ k_t)` equal 1, which undoes the layer's gating of writes by `β`; with most tokens written
+# weakly, the shared `d` grows and the strongly written tokens get `s ≫ 2`, outside the contraction range.
+# Below: unit keys, 80 % of the tokens at a weak `β`, the rest at 0.9 (float64).
+
+# %%
+import torch
+
+from osdn_theory.layers import ratio_rule_d
+
+g = torch.Generator().manual_seed(0)
+keys = torch.nn.functional.normalize(torch.randn(16, 256, 1, 32, generator=g, dtype=torch.float64), dim=-1)
+weak = torch.rand(16, 256, 1, generator=g) < 0.8
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for bw in [0.9, 0.5, 0.1, 0.02]:
+    beta = torch.where(weak, bw, 0.9).to(torch.float64)
+    s_t = beta * (keys * ratio_rule_d(keys, beta) * keys).sum(-1)
+    strong = s_t[:, 128:][~weak[:, 128:]]
+    print(
+        f"weak β = {bw}: strong tokens' s median {float(strong.median()):.2f}, share above 2: "
+        f"{float((strong > 2).double().mean()):.3f}; weak tokens' s median {float(s_t[:, 128:][weak[:, 128:]].median()):.2f}"
+    )
+    ax.plot(s_t[0, :, 0].numpy(), lw=0.8, label=f"weak β = {bw}")
+ax.axhline(2, color="k", ls=":", lw=0.8)
+ax.set_yscale("log")
+ax.set_xlabel("token t")
+ax.set_ylabel("write strength s_t under the ratio rule")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()

@@ -50,9 +50,10 @@ def _grads(m):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("d_mode", ["none", "rule", "rule-detached", "learned"])
+@pytest.mark.parametrize("d_mode", ["none", "rule", "rule-detached", "learned", "rule-smax"])
 def test_chunk_equals_reference_forward_and_backward(d_mode):
-    ref, ch = _pair(d_mode.split("-")[0], rule_detach=d_mode.endswith("detached"))
+    kw = {"s_max": S_MAX} if d_mode.endswith("smax") else {}
+    ref, ch = _pair(d_mode.split("-")[0], rule_detach=d_mode.endswith("detached"), **kw)
     x = torch.randn(2, T, HID, dtype=torch.float64, requires_grad=True)
     xf = x.detach().float().requires_grad_()
     w = torch.randn(2, T, HID, dtype=torch.float64)
@@ -65,6 +66,30 @@ def test_chunk_equals_reference_forward_and_backward(d_mode):
     g_ref, g = _grads(ref), _grads(ch)
     for name in g_ref:
         assert rel_err(g[name], g_ref[name]) <= rtol(torch.float32), name
+
+
+S_MAX = 0.8  # below the rule's s -> 1, so the clip acts on most tokens of the test input
+
+
+def test_write_gain_clip_acts_and_caps_the_write_strength():
+    """``s_max``: the layer's raw write strengths ``s = β kᵀ(d ⊙ k)`` exceed ``S_MAX`` on the test input (so the
+    clip is exercised by the kernel-vs-reference test), the clipped layer's output differs from the unclipped
+    one, and the label and repr name the clip; bad values name ``s_max``."""
+    ref, _ = _pair("rule", s_max=S_MAX)
+    x = torch.randn(2, T, HID, dtype=torch.float64)
+    q, k, v, beta, _ = ref.features(x)
+    d = ratio_rule_d(k, beta, ref.rule_c, 1.0, ref.rule_d_min)
+    s_raw = beta * (k * d * k).sum(-1)
+    assert float((s_raw > S_MAX).double().mean()) > 0.5
+    free = copy.deepcopy(ref)
+    free.s_max = None
+    assert rel_err(ref(x), free(x)) > 1e-3
+    assert "s_max=0.8" in repr(ref) and ModelConfig(s_max=1.5).label() == "osdn-rule-smax1.5"
+    for bad in (0.0, 2.0, -1.0):
+        with pytest.raises(ValueError, match=r"^s_max:"):
+            OSDNAttention(HID, HEADS, s_max=bad)
+    with pytest.raises(ValueError, match=r"^model\.s_max:"):
+        model_from_dict({"s_max": 2.5})
 
 
 @pytest.mark.interpreter

@@ -125,6 +125,9 @@ class OSDNAttention(nn.Module):
         rule_detach: ``False`` (default): gradients flow through the rule into ``k`` and ``β``; ``True``: ``d``
             is a constant of the keys (``DRule(detach=True)``), like an optimizer's preconditioner state.
         d_max: upper end of the learned ``d ∈ (0, d_max)`` (default 2.0).
+        s_max: optional write-gain clip in (0, 2), C4's safeguard (``None``, default: none): each token's
+            write strength ``s = β kᵀ(d ⊙ k)`` is capped at ``s_max`` (``k̃ ← min(1, s_max / s) k̃``), which
+            keeps every write inside the contraction range whatever ``d`` the rule produces.
         norm_eps: epsilon of the output RMSNorm.
     """
 
@@ -144,6 +147,7 @@ class OSDNAttention(nn.Module):
         rule_d_min: float = 1e-4,
         rule_detach: bool = False,
         d_max: float = 2.0,
+        s_max: float | None = None,
         norm_eps: float = 1e-5,
     ):
         super().__init__()
@@ -165,6 +169,9 @@ class OSDNAttention(nn.Module):
         self.rule_d_min = check_scalar("rule_d_min", rule_d_min, 0.0, None, lo_open=True)
         self.rule_detach = check_bool("rule_detach", rule_detach)
         self.d_max = check_scalar("d_max", d_max, 0.0, None, lo_open=True)
+        self.s_max = (
+            None if s_max is None else check_scalar("s_max", s_max, 0.0, 2.0, lo_open=True, hi_open=True)
+        )
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         inner = num_heads * head_dim
         self.q_proj = nn.Linear(hidden_size, inner, bias=False)
@@ -185,7 +192,8 @@ class OSDNAttention(nn.Module):
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
 
     def extra_repr(self) -> str:
-        return f"d_mode={self.d_mode!r}, mode={self.mode!r}, heads={self.num_heads}, head_dim={self.head_dim}"
+        clip = "" if self.s_max is None else f", s_max={self.s_max:g}"
+        return f"d_mode={self.d_mode!r}, mode={self.mode!r}, heads={self.num_heads}, head_dim={self.head_dim}{clip}"
 
     def _rule(self):
         from ..kernels import DRule
@@ -228,7 +236,7 @@ class OSDNAttention(nn.Module):
                     (k[:, sl].detach(), beta[:, sl].detach()) if self.rule_detach else (k[:, sl], beta[:, sl])
                 )
                 ds = ratio_rule_d(ks, bs, self.rule_c, 1.0, self.rule_d_min)
-            o, _ = osdn_recurrent(q[:, sl], k[:, sl], v[:, sl], beta[:, sl], ds, dtype=None)
+            o, _ = osdn_recurrent(q[:, sl], k[:, sl], v[:, sl], beta[:, sl], ds, s_max=self.s_max, dtype=None)
             outs.append(o)
         return torch.cat(outs, 1)
 
@@ -246,7 +254,15 @@ class OSDNAttention(nn.Module):
 
             rule = self._rule() if self.d_mode == "rule" else None
             o, _ = chunk_osdn(
-                q, k, v, beta, d, d_rule=rule, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens
+                q,
+                k,
+                v,
+                beta,
+                d,
+                d_rule=rule,
+                chunk_size=self.chunk_size,
+                cu_seqlens=cu_seqlens,
+                s_max=self.s_max,
             )
         else:
             o = self._mix_reference(q, k, v, beta, d, cu_seqlens)

@@ -27,7 +27,7 @@ __all__ = ["KINDS", "ModelConfig", "RecallLM", "model_from_dict"]
 KINDS = ("osdn", *PEER_KINDS)
 
 #: Keys that only ``kind = "osdn"`` takes.
-_OSDN_ONLY = ("d_mode", "mode", "chunk_size", "rule_c", "rule_detach", "d_max")
+_OSDN_ONLY = ("d_mode", "mode", "chunk_size", "rule_c", "rule_detach", "d_max", "s_max")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class ModelConfig:
         hidden_size, num_layers, num_heads, head_dim (default ``hidden_size // num_heads``): the shape.
         use_short_conv, conv_size, use_gate: as in :class:`OSDNAttention`.
         mlp_ratio: MLP width over ``hidden_size`` (default 2.0; 0 drops the MLP).
-        chunk_size, rule_c, rule_detach, d_max: as in :class:`OSDNAttention`.
+        chunk_size, rule_c, rule_detach, d_max, s_max: as in :class:`OSDNAttention` (``s_max`` absent: no
+            clip; a training file omits the key for that).
     """
 
     kind: str = "osdn"
@@ -59,6 +60,7 @@ class ModelConfig:
     rule_c: float = 0.5
     rule_detach: bool = False
     d_max: float = 2.0
+    s_max: float | None = None
 
     def __post_init__(self):
         check_choice("kind", self.kind, KINDS)
@@ -81,18 +83,24 @@ class ModelConfig:
         check_scalar("rule_c", self.rule_c, 0.0, 2.0, lo_open=True, hi_open=True)
         check_bool("rule_detach", self.rule_detach)
         check_scalar("d_max", self.d_max, 0.0, None, lo_open=True)
+        if self.s_max is not None:
+            check_scalar("s_max", self.s_max, 0.0, 2.0, lo_open=True, hi_open=True)
 
     @property
     def dim(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
 
     def label(self) -> str:
-        """``deltanet``, ``osdn-rule`` (``osdn-rule-detached``), ``osdn-learned``, or the peer kind."""
+        """``deltanet``, ``osdn-rule`` (``osdn-rule-detached``), ``osdn-learned``, or the peer kind; with a
+        write-gain clip ``-smax<value>`` is appended (``osdn-rule-smax1.5``)."""
         if self.kind != "osdn":
             return self.kind
+        clip = "" if self.s_max is None else f"-smax{self.s_max:g}"
         if self.d_mode == "none":
-            return "deltanet"
-        return f"osdn-{self.d_mode}" + ("-detached" if self.d_mode == "rule" and self.rule_detach else "")
+            return "deltanet" + clip
+        return (
+            f"osdn-{self.d_mode}" + ("-detached" if self.d_mode == "rule" and self.rule_detach else "") + clip
+        )
 
 
 def model_from_dict(d: Mapping, where: str = "model") -> ModelConfig:
@@ -132,6 +140,7 @@ class _Block(nn.Module):
                 rule_c=cfg.rule_c,
                 rule_detach=cfg.rule_detach,
                 d_max=cfg.d_max,
+                s_max=cfg.s_max,
             )
         else:
             self.mixer = fla_layer(cfg, layer_idx)

@@ -145,7 +145,7 @@ def layer_r1(model, inputs: torch.Tensor, context_len: int) -> list[float]:
         )
         if mix.d_mode == "rule":
             d = ratio_rule_d(k, beta, mix.rule_c, 1.0, mix.rule_d_min)
-        _, S = osdn_recurrent(q, k, v, beta, d, output_final_state=True)  # S: [B, H, K, V] (= Sᵀ)
+        _, S = osdn_recurrent(q, k, v, beta, d, output_final_state=True, s_max=mix.s_max)  # S: [B, H, K, V]
         res = torch.einsum("bhkv,bthk->bthv", S, k) - v
         r1 = res.square().sum((1, 3)) / v.square().sum((1, 3)).clamp_min(1e-300)
         out.append(float(r1.mean()))
