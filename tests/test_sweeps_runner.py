@@ -521,3 +521,33 @@ def test_cli_stop_after_says_what_is_left(tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "stopped by --stop-after:" in r.output and "rerun the same command" in r.output
+
+
+def very_slow_evaluate(runs: list[dict]) -> list[dict]:
+    time.sleep(3.0)
+    return evaluate_batch(runs)
+
+
+def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, monkeypatch):
+    """An interrupt must not wait for the runs already handed to the pool: ``concurrent.futures`` keeps running
+    the tasks in its call queue (workers + 1) after ``cancel_futures``, and the interpreter's exit waits for
+    them (on an H200, minutes of training runs after Ctrl-C). Here the interrupt comes with the first record
+    while each run takes 3 s: the workers must be gone within about a second."""
+    import psutil
+
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE], seeds=(0, 1, 2, 3))
+    real = ResultsStore.append
+
+    def append_then_interrupt(self, record):
+        real(self, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultsStore, "append", append_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(f, tmp_path / "o", executor="local", workers=2, batch_size=1, progress=False,
+                  evaluate=very_slow_evaluate)  # fmt: skip
+    t0 = time.time()
+    kids = psutil.Process().children(recursive=True)
+    kids = [p for p in kids if "spawn_main" in " ".join(p.cmdline())]
+    _, alive = psutil.wait_procs(kids, timeout=10)
+    assert not alive and time.time() - t0 < 1.5, (len(alive), time.time() - t0)

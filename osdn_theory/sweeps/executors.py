@@ -170,7 +170,25 @@ class LocalExecutor:
         return cf.as_completed(list(futures))
 
     def shutdown(self, cancel: bool = False) -> None:
-        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        """``cancel=False``: wait for every submitted task. ``cancel=True`` (an interrupt, an error, or the
+        end of a sweep whose results are all in): drop the tasks not started and stop the workers now.
+        ``concurrent.futures`` would otherwise still run the tasks already in its call queue (up to
+        ``workers + 1``) and the interpreter's exit would wait for them: minutes of training runs after a
+        Ctrl-C on a GPU machine."""
+        if not cancel:
+            self._pool.shutdown(wait=True)
+            return
+        terminate = getattr(self._pool, "terminate_workers", None)  # Python >= 3.14
+        if terminate is not None:
+            terminate()
+            return
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())  # before 3.14: no public way
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
 
 
 class DaskExecutor:
