@@ -9,6 +9,17 @@ from typing import Annotated
 
 import typer
 
+#: ``--stop-after`` of ``osdn sweep`` and ``osdn train`` (:func:`~osdn_theory.sweeps.runner.run_sweep`'s
+#: ``stop_after``).
+StopAfter = Annotated[
+    float | None,
+    typer.Option(
+        "--stop-after",
+        help="Seconds after which no run starts; runs in flight finish and are saved, the rest wait "
+        "for the next invocation (executors serial and local).",
+    ),
+]
+
 
 @contextlib.contextmanager
 def run_errors(command: str, file: Path, out: Path, lost: str):
@@ -54,14 +65,7 @@ def register(app: typer.Typer) -> None:
         max_runs: Annotated[
             int | None, typer.Option("--max-runs", help="Execute at most this many missing runs.")
         ] = None,
-        stop_after: Annotated[
-            float | None,
-            typer.Option(
-                "--stop-after",
-                help="Seconds after which no run starts; runs in flight finish and are saved, the rest wait "
-                "for the next invocation (executors serial and local).",
-            ),
-        ] = None,
+        stop_after: StopAfter = None,
         retry_failed: Annotated[bool, typer.Option(help="Run again the runs recorded as failed.")] = False,
         batch_size: Annotated[
             int | None, typer.Option(help="Seeds stacked per task (default: the file's batch_size).")

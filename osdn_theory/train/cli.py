@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ..sweeps.cli import StopAfter
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command to the ``osdn`` app."""
@@ -34,14 +36,7 @@ def register(app: typer.Typer) -> None:
         max_runs: Annotated[
             int | None, typer.Option("--max-runs", help="Execute at most this many missing runs.")
         ] = None,
-        stop_after: Annotated[
-            float | None,
-            typer.Option(
-                "--stop-after",
-                help="Seconds after which no run starts; runs in flight finish and are saved, the rest wait "
-                "for the next invocation (executors serial and local).",
-            ),
-        ] = None,
+        stop_after: StopAfter = None,
         retry_failed: Annotated[
             bool, typer.Option(help="Run again the runs recorded as failed or skipped.")
         ] = False,
