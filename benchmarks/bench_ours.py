@@ -11,6 +11,9 @@ Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
   from the same rule computed from float32 keys with the sequential scan (a precision check of the
   segment maps' tf32 products).
 
+Then each forward stage alone without and with its value checks (``forward_stages_checked_vs_unchecked``
+in the JSON), to locate the default call's extra cost.
+
 Ratios to fla are not in this file (see ``bench_kernels.py``, which times fla in the same run).
 
     python -m benchmarks.bench_ours [--out FILE] [--shapes "4,4096,16,128;2,16384,8,128"]
@@ -19,6 +22,7 @@ Ratios to fla are not in this file (see ``bench_kernels.py``, which times fla in
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -26,6 +30,39 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_kernels import SHAPES, _bench, _fwd_bwd, _inputs, _versions, _warm, default_out
+
+
+def checked_stage_times(x, device="cuda") -> dict:
+    """The forward's stages alone, each without and with its value checks (``flag`` given; ``d`` read by stage 2
+    only when checked), in ms: where the default call's cost over the unchecked one sits (issue #10 item 1)."""
+    from osdn_theory.kernels import stages
+    from osdn_theory.kernels.chunk import chunk_tables
+
+    B, T, H, K = x["k"].shape
+    C = 64
+    q, k, v = (x[n].reshape(B * T, H, K) for n in ("q", "k", "v"))
+    d, beta = x["d"].reshape(B * T, H, K), x["beta"].reshape(B * T, H)
+    cu, offs, bounds, NC = chunk_tables(None, B, T, C, device)
+    flag = torch.zeros(1, dtype=torch.int32, device=device)
+    kt, c, g, ai = stages.gram_solve(k, d, beta, None, bounds, None, C)
+    w, u = stages.wy_factors(k, v, beta, None, ai, bounds, C)
+    h, vnew, _ = stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False)
+    calls = {
+        "gram_solve": lambda f: stages.gram_solve(k, d, beta, None, bounds, None, C, flag=f),
+        "wy_factors": lambda f: stages.wy_factors(
+            k, v, beta, None, ai, bounds, C, flag=f, d=d if f is not None else None
+        ),
+        "state_pass": lambda f: stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False),
+        "output": lambda f: stages.output(q, kt, vnew, h, None, bounds, 1.0, C, flag=f),
+    }
+    out = {}
+    for name, fn in calls.items():
+        plain, checked = functools.partial(fn, None), functools.partial(fn, flag)
+        _warm(plain, checked)
+        out[name] = {"unchecked": _bench(plain), "checked": _bench(checked)}
+    if int(flag.item()):  # a check fired on the benchmark's (good) inputs: a false alarm, reported
+        out["flag_bits"] = int(flag.item())
+    return out
 
 
 def bench_shape(B, T, H, D) -> dict:
@@ -80,6 +117,7 @@ def bench_shape(B, T, H, D) -> dict:
         res["value_checks"] = "no flag raised"
     except ValueError as e:
         res["value_checks"] = f"FALSE ALARM: {e}"
+    res["forward_stages_checked_vs_unchecked"] = checked_stage_times(x)
     res["derived"] = {
         "default_over_unchecked_fwd": res["fwd_d_default"] / res["fwd_d_unchecked"],
         "drule_fwd_seg_over_seq": res["fwd_drule_seg"] / res["fwd_drule_seq"],

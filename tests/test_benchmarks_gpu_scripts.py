@@ -56,6 +56,29 @@ def test_training_step_benchmark_runs_its_cpu_smoke(tmp_path):
     assert bad.returncode != 0 and "--tiny" in bad.stderr
 
 
+def test_checked_stage_times_calls_every_stage_both_ways(monkeypatch):
+    """``bench_ours.checked_stage_times`` (timing each forward stage with and without its value checks) runs
+    every stage both ways on a tiny float64 problem under the interpreter, with no check raised on good
+    inputs (timing replaced by a plain call)."""
+    from benchmarks import bench_ours
+
+    monkeypatch.setattr(bench_ours, "_bench", lambda fn: (fn(), 0.0)[1])
+    monkeypatch.setattr(bench_ours, "_warm", lambda *fns: [f() for f in fns])
+    g = torch.Generator().manual_seed(1)
+    B, T, H, D = 1, 70, 2, 16
+    x = {n: torch.randn(B, T, H, D, generator=g, dtype=torch.float64) for n in ("q", "v")}
+    x["k"] = F.normalize(torch.randn(B, T, H, D, generator=g, dtype=torch.float64), dim=-1)
+    x["beta"] = torch.sigmoid(torch.randn(B, T, H, generator=g, dtype=torch.float64))
+    x["d"] = torch.exp(0.3 * torch.randn(B, T, H, D, generator=g, dtype=torch.float64))
+    out = bench_ours.checked_stage_times(x, device="cpu")
+    assert set(out) == {"gram_solve", "wy_factors", "state_pass", "output"}
+    assert all(set(v) == {"unchecked", "checked"} for v in out.values())
+    x["q"][0, 3, 0, 0] = float("nan")  # the checked output stage must see it (the flag is really passed)
+    from osdn_theory.kernels import stages
+
+    assert bench_ours.checked_stage_times(x, device="cpu")["flag_bits"] == stages.BAD_Q.value
+
+
 def test_default_results_path():
     p = default_out("kernels", {"card": "NVIDIA H200", "date_utc": "2026-11-27 15:48"})
     assert p.name == "kernels_nvidia_h200_2026-11-27_1548.json" and p.parent.name == "results"
