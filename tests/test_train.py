@@ -331,3 +331,39 @@ def test_a_run_does_not_inherit_an_earlier_runs_value_flag(monkeypatch):
     assert rec["status"] == "ok", rec.get("error")
     assert int(_checks._STICKY[dev][0]) == 0 and int(_checks._STICKY[dev][1]) == 0
     _checks.poll()  # nothing left for the next call to raise
+
+
+def test_layer_write_strength_by_hand_and_in_the_record():
+    """``layer_write_strength``: DeltaNet's ``s`` is its ``β`` (unit keys), so the median is β's and nothing
+    exceeds 2; the ratio rule's ``s`` equals ``β kᵀ(d ⊙ k)`` with the rule's ``d``; a clip caps it. A training
+    record carries the per-evaluation series and the final per-layer values."""
+    from osdn_theory.layers import RecallLM, ratio_rule_d
+    from osdn_theory.tasks import MQAR
+    from osdn_theory.train.run import layer_write_strength
+
+    data = MQAR(vocab_size=32, num_kv_pairs=3, seq_len=16, num_examples=3).build(0)
+
+    def model(**kw):
+        torch.manual_seed(0)
+        cfg = {"mode": "reference", "hidden_size": 16, "num_heads": 2, "num_layers": 1, **kw}
+        return RecallLM(32, cfg)
+
+    def features(m):
+        with torch.no_grad():
+            f = m.blocks[0].mixer.features(m.blocks[0].norm1(m.embed(data.inputs)))
+        return [t if t is None else t.double() for t in f]
+
+    m = model(d_mode="none")
+    (w,) = layer_write_strength(m, data.inputs)
+    _, k, _, beta, _ = features(m)
+    assert w["median"] == pytest.approx(float(beta.median()), rel=1e-6) and w["over2"] == 0.0
+    m = model(d_mode="rule")
+    (w,) = layer_write_strength(m, data.inputs)
+    _, k, _, beta, _ = features(m)
+    s = beta * (k * k * ratio_rule_d(k, beta, 0.5, 1.0, 1e-4)).sum(-1)
+    assert w["median"] == pytest.approx(float(s.median()), rel=1e-10)
+    (w,) = layer_write_strength(model(d_mode="rule", s_max=0.3), data.inputs)
+    assert w["median"] <= 0.3
+    (rec,) = train_batch([_tiny_run()], device="cpu")
+    assert len(rec["series"]["eval_s_over2"]) == len(rec["series"]["eval_step"]) >= 1
+    assert "s_median_layer0" in rec["metrics"] and "s_over2_layer0" in rec["metrics"]

@@ -12,10 +12,13 @@ Record (one per run, appended to ``results.jsonl`` by the sweep runner):
 - ``metrics``: ``accuracy`` (held-out answer tokens predicted exactly, at the end), ``eval_loss``,
   ``r1_layer0, …`` and ``r1_mean`` (:func:`layer_r1`: each trained OSDN layer's own stored-set residual ratio
   over the context of ``batch_size`` held-out sequences; not for peer models),
+  ``s_median_layer0``, ``s_over2_layer0``, … (:func:`layer_write_strength`: each OSDN layer's median write
+  strength and the fraction of tokens outside the contraction range, on held-out sequences),
   ``train_loss`` (mean of the last ``log_every`` steps), ``best_accuracy``, ``accuracy_overwritten`` /
   ``accuracy_kept`` (forgetting task), ``n_params``, ``steps``, ``train_seconds``, ``steps_per_s``,
   ``peak_memory_gb`` (GPU).
-- ``series``: ``eval_step``, ``eval_accuracy``, ``eval_loss``; ``loss_step``, ``loss``.
+- ``series``: ``eval_step``, ``eval_accuracy``, ``eval_loss``, ``eval_s_over2``, ``eval_s_median`` (OSDN
+  models); ``loss_step``, ``loss``.
 - ``status``: ``ok``; ``diverged`` (the training loss became NaN or infinite, or the kernel's value check found
   non-finite activations; training stopped there, ``metrics.diverged_reason`` says which);
   ``failed`` (raised; traceback kept); ``skipped`` (a peer model whose package is not installed; like a failed
@@ -153,6 +156,33 @@ def layer_r1(model, inputs: torch.Tensor, context_len: int) -> list[float]:
     return out
 
 
+@torch.no_grad()
+def layer_write_strength(model, inputs: torch.Tensor) -> list[dict[str, float]]:
+    """Each OSDN layer's write strengths ``s_t = β_t k_tᵀ(d_t ⊙ k_t)`` on ``inputs [B, T]`` (every token),
+    in float64 with the layer's ``d`` (ratio rule, learned, or 1) and clip (``min(s, s_max)``):
+    ``{"median": …, "over2": …}``, the median and the fraction above 2 (outside C4's contraction range
+    ``0 < s < 2``). DeltaNet's ``s`` is ``β ≤ 1``. Empty for peer models. Recorded at every evaluation of a
+    run (``series.eval_s_over2``, ``series.eval_s_median``: the largest fraction and median over the layers)
+    and at the end (``s_over2_layer0``, ``s_median_layer0``, …), so a diverging run shows where it went."""
+    from ..layers import ratio_rule_d
+
+    if model.config.kind != "osdn":
+        return []
+    x = model.embed(inputs)
+    out = []
+    for blk in model.blocks:
+        mix = blk.mixer
+        _, k, _, beta, d = (t if t is None else t.double() for t in mix.features(blk.norm1(x)))
+        if mix.d_mode == "rule":
+            d = ratio_rule_d(k, beta, mix.rule_c, 1.0, mix.rule_d_min)
+        s = beta * (k * k * (d if d is not None else 1.0)).sum(-1)
+        if mix.s_max is not None:
+            s = s.clamp_max(mix.s_max)
+        out.append({"median": float(s.median()), "over2": float((s > 2).double().mean())})
+        x = blk(x)
+    return out
+
+
 def _check_runnable(model_cfg, device: torch.device) -> None:
     if model_cfg.kind == "osdn" and model_cfg.mode == "chunk" and device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
@@ -203,6 +233,9 @@ def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict
         "loss_step": [],
         "loss": [],
     }
+    probe = (
+        dataclasses.replace(task, num_examples=min(bs, ev["eval_examples"])).build((seed, 1)).inputs.to(dev)
+    )
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     status, window, best = "ok", [], 0.0
@@ -215,6 +248,13 @@ def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict
         series["eval_accuracy"].append(last_eval["accuracy"])
         series["eval_loss"].append(last_eval["eval_loss"])
         best = max(best, last_eval["accuracy"])
+        model.eval()
+        ws = layer_write_strength(model, probe)
+        model.train()
+        if ws:
+            series.setdefault("eval_s_over2", []).append(max(w["over2"] for w in ws))
+            series.setdefault("eval_s_median", []).append(max(w["median"] for w in ws))
+            last_eval.update({f"s_{k}_layer{i}": w[k] for i, w in enumerate(ws) for k in ("median", "over2")})
 
     _discard_value_checks()  # what an earlier run of this process flagged is not this run's error
     reason = None
