@@ -169,8 +169,8 @@ class RecallLM(nn.Module):
     ``forward(input_ids [B, T], cu_seqlens=None)`` returns logits ``[B, T, vocab_size]``;
     ``forward(input_ids, positions=mask)`` with a boolean ``mask [B, T]`` returns only the logits of the marked
     positions, ``[mask.sum(), vocab_size]`` (row-major order): the output projection of a recall task's few
-    answer positions instead of all ``B·T`` (the same values; at vocabulary 8192 the full projection and its
-    softmax are most of a tiny model's step).
+    answer positions instead of all ``B·T`` (the same values, with the projection and the softmax done only
+    where a loss is taken).
     """
 
     def __init__(self, vocab_size: int, config: ModelConfig | Mapping | None = None):

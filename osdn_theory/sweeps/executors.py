@@ -91,7 +91,6 @@ class _Deferred:
 
     def __init__(self, fn: Callable, args: tuple):
         self._fn, self._args = fn, args
-        self._done = False
         self._started = False
         self._cancelled = False
         self._lock = threading.Lock()  # cancel() comes from a timer thread (run_sweep's stop_after)
@@ -117,7 +116,6 @@ class _Deferred:
             self._value = self._fn(*self._args)
         except Exception as err:  # noqa: BLE001 - handed to the caller by result()
             self._error = err
-        self._done = True
 
     def result(self) -> Any:
         self.run()
