@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from osdn_theory.cli import app
+from osdn_theory.tolerances import rtol
 from osdn_theory.train import load_train_results, lr_at, parse_train_spec, summary_table, train_batch
 from osdn_theory.train.spec import optim_settings
 
@@ -367,3 +368,31 @@ def test_layer_write_strength_by_hand_and_in_the_record():
     (rec,) = train_batch([_tiny_run()], device="cpu")
     assert len(rec["series"]["eval_s_over2"]) == len(rec["series"]["eval_step"]) >= 1
     assert "s_median_layer0" in rec["metrics"] and "s_over2_layer0" in rec["metrics"]
+
+
+def test_evaluation_on_answer_logits_equals_the_full_logits_count():
+    """``evaluate_model`` (answer positions only) against a count from the full logits, on the forgetting task
+    (so the split into re-bound and kept keys is checked too), float64."""
+    from osdn_theory.layers import RecallLM
+    from osdn_theory.tasks import IGNORE, ForgettingMQAR
+    from osdn_theory.train import evaluate_model
+
+    torch.manual_seed(3)
+    model = RecallLM(24, {"mode": "reference", "hidden_size": 16, "num_heads": 2, "num_layers": 1}).double()
+    task = ForgettingMQAR(vocab_size=24, num_kv_pairs=4, num_overwrites=2, seq_len=20)
+    got = evaluate_model(model, task, seed=5, n=6, batch_size=4, device=torch.device("cpu"))
+    import dataclasses
+
+    data = dataclasses.replace(task, num_examples=6).build((5, 1))
+    with torch.no_grad():
+        logits = model(data.inputs)
+    mask = data.labels != IGNORE
+    hit = (logits.argmax(-1) == data.labels) & mask
+    ow = data.overwritten & mask
+    assert got["accuracy"] == pytest.approx(int(hit.sum()) / int(mask.sum()), abs=1e-15)
+    assert got["accuracy_overwritten"] == pytest.approx(int((hit & ow).sum()) / int(ow.sum()), abs=1e-15)
+    kept = mask & ~ow
+    assert got["accuracy_kept"] == pytest.approx(int((hit & kept).sum()) / int(kept.sum()), abs=1e-15)
+    loss = torch.nn.functional.cross_entropy(logits[mask], data.labels[mask])
+    # the loop takes the loss of float32 logits (as in training), so float32's tolerance
+    assert got["eval_loss"] == pytest.approx(float(loss), rel=rtol(torch.float32))
