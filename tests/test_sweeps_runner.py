@@ -475,19 +475,68 @@ def test_kill_pool_sweep_leaves_no_workers_and_resumes(tmp_path):
     assert len(hashes) == len(set(hashes)) == 8
 
 
-def slow_evaluate(runs: list[dict]) -> list[dict]:
-    """``evaluate_batch`` after 0.4 s per task (module level: the spawned pool's workers import it)."""
-    time.sleep(0.4)
+_SLOW = """
+import time
+from osdn_theory.sweeps.evaluate import evaluate_batch
+
+
+def slow(runs):
+    time.sleep({})
     return evaluate_batch(runs)
 
 
+def crash(runs):
+    import os
+
+    os._exit(1)
+"""
+
+
+def _slow_evaluate(tmp_path, monkeypatch, seconds: float):
+    """``evaluate_batch`` after ``seconds`` per task, from a module the spawned pool workers can import (CI
+    imports test files with ``--import-mode=importlib``, so a function of this file cannot be unpickled
+    there; the workers inherit ``sys.path``)."""
+    import importlib
+
+    name = f"slow_eval_{abs(hash(str(tmp_path)))}"
+    (tmp_path / f"{name}.py").write_text(_SLOW.format(seconds))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return importlib.import_module(name).slow
+
+
+def test_stop_after_with_a_crashing_pool_records_failures_and_returns(tmp_path, monkeypatch):
+    """A pool whose worker dies (here: every task exits the process) under ``stop_after``: every run is
+    recorded as failed and the sweep returns. (Cancelling the pool's futures, the first design, made Python
+    3.11's pool hang forever when it broke: seen in CI.)"""
+    import importlib
+    import threading
+
+    _slow_evaluate(tmp_path, monkeypatch, 0.0)
+    crash = importlib.import_module(f"slow_eval_{abs(hash(str(tmp_path)))}").crash
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=(0, 1, 2, 3, 4))
+    box = {}
+
+    def go():
+        box["s"] = run_sweep(f, tmp_path / "o", executor="local", workers=2, batch_size=1, progress=False,
+                             stop_after=60, evaluate=crash)  # fmt: skip
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "the sweep hung on a broken pool"
+    s = box["s"]
+    assert s.executed == 5 and s.failed == 5 and not s.stopped
+    assert all("BrokenProcessPool" in r["error"] for r in _lines(tmp_path / "o"))
+
+
 @pytest.mark.parametrize("executor, workers", [("serial", None), ("local", 2)])
-def test_stop_after_finishes_the_runs_in_flight_and_leaves_the_rest(tmp_path, executor, workers):
+def test_stop_after_finishes_the_runs_in_flight_and_leaves_the_rest(tmp_path, monkeypatch, executor, workers):
     """``stop_after``: no run starts after the limit, the runs in flight finish and are recorded (none lost, none
     failed), the session is ``stopped``; the next invocation runs exactly the rest."""
     f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE], seeds=(0, 1, 2, 3, 4))
     out = tmp_path / "out"
     kw = {"executor": executor, "workers": workers, "batch_size": 1, "progress": False}
+    slow_evaluate = _slow_evaluate(tmp_path, monkeypatch, 0.4)
     s = run_sweep(f, out, stop_after=0.6, evaluate=slow_evaluate, **kw)
     assert s.stopped and 1 <= s.executed < 10 and s.failed == 0 and s.remaining == 10 - s.executed
     recs = _lines(out)
@@ -523,11 +572,6 @@ def test_cli_stop_after_says_what_is_left(tmp_path):
     assert "stopped by --stop-after:" in r.output and "rerun the same command" in r.output
 
 
-def very_slow_evaluate(runs: list[dict]) -> list[dict]:
-    time.sleep(3.0)
-    return evaluate_batch(runs)
-
-
 def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, monkeypatch):
     """An interrupt must not wait for the runs already handed to the pool: ``concurrent.futures`` keeps running
     the tasks in its call queue (workers + 1) after ``cancel_futures``, and the interpreter's exit waits for
@@ -543,9 +587,12 @@ def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ResultsStore, "append", append_then_interrupt)
+    very_slow_evaluate = _slow_evaluate(tmp_path, monkeypatch, 3.0)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(f, tmp_path / "o", executor="local", workers=2, batch_size=1, progress=False,
                   evaluate=very_slow_evaluate)  # fmt: skip
+    recs = _lines(tmp_path / "o")
+    assert len(recs) == 1 and recs[0]["status"] == "ok", recs  # a real run was recorded, not a broken pool
     t0 = time.time()
     kids = psutil.Process().children(recursive=True)
     kids = [p for p in kids if "spawn_main" in " ".join(p.cmdline())]

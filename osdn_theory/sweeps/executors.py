@@ -1,7 +1,9 @@
 """Executor backends of a sweep: in-process (serial), a local process pool, and Dask.
 
 Every backend exposes the same two calls used by the runner: ``submit(fn, *args) -> future`` and
-``as_completed(futures)`` yielding futures as they finish (each with ``.result()``), plus ``shutdown()``.
+``as_completed(futures)`` yielding futures as they finish (each with ``.result()``), plus ``shutdown()``;
+``serial`` and ``local`` also ``first_completed(futures)`` (the runner's bounded submission for
+``stop_after``).
 
 - ``serial``: runs each task in the calling process when its result is asked for (debugging, tiny sweeps,
   notebooks).
@@ -30,7 +32,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -91,31 +92,18 @@ class _Deferred:
 
     def __init__(self, fn: Callable, args: tuple):
         self._fn, self._args = fn, args
-        self._started = False
-        self._cancelled = False
-        self._lock = threading.Lock()  # cancel() comes from a timer thread (run_sweep's stop_after)
+        self._done = False
         self._value: Any = None
         self._error: BaseException | None = None
 
-    def cancel(self) -> bool:
-        """Cancel the task if it has not started (as ``concurrent.futures.Future.cancel``)."""
-        with self._lock:
-            if not self._started:
-                self._cancelled = True
-            return self._cancelled
-
-    def cancelled(self) -> bool:
-        return self._cancelled
-
     def run(self) -> None:
-        with self._lock:
-            if self._started or self._cancelled:
-                return
-            self._started = True
+        if self._done:
+            return
         try:
             self._value = self._fn(*self._args)
         except Exception as err:  # noqa: BLE001 - handed to the caller by result()
             self._error = err
+        self._done = True
 
     def result(self) -> Any:
         self.run()
@@ -142,6 +130,11 @@ class SerialExecutor:
             f.run()
             yield f
 
+    def first_completed(self, futures: list[_Deferred]) -> _Deferred:
+        """Run the first of ``futures`` (submission order) and return it."""
+        futures[0].run()
+        return futures[0]
+
     def shutdown(self, cancel: bool = False) -> None:
         pass
 
@@ -166,6 +159,11 @@ class LocalExecutor:
 
     def as_completed(self, futures: Iterable[cf.Future]) -> Iterator[cf.Future]:
         return cf.as_completed(list(futures))
+
+    def first_completed(self, futures: list[cf.Future]) -> cf.Future:
+        """Wait until one of ``futures`` is done; return the earliest submitted of those done."""
+        done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+        return next(f for f in futures if f in done)
 
     def shutdown(self, cancel: bool = False) -> None:
         """``cancel=False``: wait for every submitted task. ``cancel=True`` (an interrupt, an error, or the

@@ -25,7 +25,6 @@ import errno
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -275,10 +274,7 @@ def run_sweep(
         if isinstance(stop_after, bool) or not isinstance(stop_after, int | float) or not stop_after > 0:
             raise ValueError(f"stop_after: expected a positive number of seconds, got {stop_after!r}")
         if executor == "dask":
-            raise ValueError(
-                "stop_after: supported with executor 'serial' or 'local' (a Dask task cannot be told apart "
-                "from a running one when cancelled), got executor 'dask'"
-            )
+            raise ValueError("stop_after: supported with executor 'serial' or 'local', got executor 'dask'")
     if not isinstance(append_different_spec, bool):
         raise ValueError(f"append_different_spec: expected a bool, got {append_different_spec!r}")
     if batch_size is not None and (
@@ -498,6 +494,16 @@ def _run_locked(
     )
 
 
+class _Raised:
+    """Stands for a task whose submission raised: ``result()`` raises that error."""
+
+    def __init__(self, err: Exception):
+        self.err = err
+
+    def result(self):
+        raise self.err
+
+
 def _execute(
     spec,
     store,
@@ -518,8 +524,11 @@ def _execute(
     stop_after=None,
 ) -> None:
     """Run ``pending`` on the executor, appending each record as it arrives and counting into ``session``.
-    With ``stop_after``, a timer cancels the tasks not yet started once that many seconds have passed (sets
-    ``session["stopped"]``); cancelled tasks are not recorded."""
+
+    Without ``stop_after`` every task is submitted at once. With it, at most ``workers + 1`` tasks are out at a
+    time and none is submitted once ``stop_after`` seconds have passed (``session["stopped"]`` says so): no
+    task is ever cancelled, so a pool that breaks still fails its tasks cleanly (``concurrent.futures`` of
+    Python 3.11 hangs when it breaks holding cancelled futures)."""
     from tqdm.auto import tqdm
 
     if evaluate is None:
@@ -536,66 +545,74 @@ def _execute(
     )
     bar = tqdm(total=len(pending), desc=f"sweep {spec.name}", unit="run", disable=not progress)
     bar.set_postfix(done=skipped, failed=0, total=len(spec.runs))
-    timer = None
+    plugins = list(getattr(spec, "plugins", None) or [])
+
+    def submit(b):  # with plugins, each task imports them first (spawned and Dask workers too)
+        args = [r.to_dict() for r in b]
+        if plugins:
+            return ex.submit(evaluate_with_plugins, plugins, args, evaluate)
+        return ex.submit(evaluate, args)
+
+    def record(fut, batch) -> None:
+        try:
+            records = fut.result()
+        except Exception as err:  # the worker itself died (evaluate_batch never raises)
+            import traceback
+
+            tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            records = [
+                {
+                    "hash": r.hash,
+                    "label": r.label(),
+                    "status": "failed",
+                    "config": r.to_dict(),
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": tb,
+                    "finished": utc_now(),
+                }
+                for r in batch
+            ]
+        for rec in records:
+            rec["spec_hash"] = spec.spec_hash
+            store.append(rec)
+            session["executed"] += 1
+            if rec["status"] == "failed":
+                session["failed"] += 1
+                failed_hashes.append(rec["hash"])
+            elif rec["status"] == "diverged":
+                session["diverged"] += 1
+        bar.update(len(records))
+        bar.set_postfix(
+            done=skipped + session["executed"] - session["failed"],
+            failed=session["failed"],
+            total=len(spec.runs),
+        )
+
     try:
-        futs = {}
-        plugins = list(getattr(spec, "plugins", None) or [])
-        for b in batches:  # with plugins, each task imports them first (spawned and Dask workers too)
-            args = [r.to_dict() for r in b]
-            if plugins:
-                fut = ex.submit(evaluate_with_plugins, plugins, args, evaluate)
-            else:
-                fut = ex.submit(evaluate, args)
-            futs[fut] = b
-        if stop_after is not None:
-
-            def stop() -> None:
-                session["stopped"] = f"stop_after = {stop_after:g} s reached"
-                for f in list(futs):
-                    f.cancel()  # refused by a task already running: it finishes and is recorded
-
-            timer = threading.Timer(stop_after, stop)
-            timer.daemon = True
-            timer.start()
-        for fut in ex.as_completed(list(futs)):
-            if fut.cancelled():
-                continue
-            batch = futs[fut]
-            try:
-                records = fut.result()
-            except Exception as err:  # the worker itself died (evaluate_batch never raises)
-                import traceback
-
-                tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-                records = [
-                    {
-                        "hash": r.hash,
-                        "label": r.label(),
-                        "status": "failed",
-                        "config": r.to_dict(),
-                        "error": f"{type(err).__name__}: {err}",
-                        "traceback": tb,
-                        "finished": utc_now(),
-                    }
-                    for r in batch
-                ]
-            for rec in records:
-                rec["spec_hash"] = spec.spec_hash
-                store.append(rec)
-                session["executed"] += 1
-                if rec["status"] == "failed":
-                    session["failed"] += 1
-                    failed_hashes.append(rec["hash"])
-                elif rec["status"] == "diverged":
-                    session["diverged"] += 1
-            bar.update(len(records))
-            bar.set_postfix(
-                done=skipped + session["executed"] - session["failed"],
-                failed=session["failed"],
-                total=len(spec.runs),
-            )
+        if stop_after is None:
+            futs = {submit(b): b for b in batches}
+            for fut in ex.as_completed(list(futs)):
+                record(fut, futs[fut])
+            return
+        deadline = time.monotonic() + stop_after
+        window = (ex.workers or 1) + (1 if ex.name == "local" else 0)  # a queued task keeps workers busy
+        todo = iter(batches)
+        left = len(batches)
+        out: dict = {}
+        while True:
+            while left and len(out) < window and time.monotonic() < deadline:
+                b = next(todo)
+                left -= 1
+                try:
+                    out[submit(b)] = b
+                except Exception as err:  # e.g. a pool broken by a crashed worker: the run fails, recorded
+                    record(_Raised(err), b)
+            if not out:
+                break
+            fut = ex.first_completed(list(out))
+            record(fut, out.pop(fut))
+        if left:
+            session["stopped"] = f"stop_after = {stop_after:g} s reached"
     finally:
-        if timer is not None:
-            timer.cancel()
         bar.close()
         ex.shutdown(cancel=True)
