@@ -492,27 +492,25 @@ def crash(runs):
 """
 
 
-def _slow_evaluate(tmp_path, monkeypatch, seconds: float):
-    """``evaluate_batch`` after ``seconds`` per task, from a module the spawned pool workers can import (CI
-    imports test files with ``--import-mode=importlib``, so a function of this file cannot be unpickled
-    there; the workers inherit ``sys.path``)."""
+def _eval_module(tmp_path, monkeypatch, seconds: float = 0.0):
+    """A module with ``slow`` (``evaluate_batch`` after ``seconds`` per task) and ``crash`` (ends the worker
+    process) that the spawned pool workers can import: CI imports test files with ``--import-mode=importlib``,
+    so a function of this file cannot be unpickled there; the workers inherit ``sys.path``."""
     import importlib
 
     name = f"slow_eval_{abs(hash(str(tmp_path)))}"
     (tmp_path / f"{name}.py").write_text(_SLOW.format(seconds))
     monkeypatch.syspath_prepend(str(tmp_path))
-    return importlib.import_module(name).slow
+    return importlib.import_module(name)
 
 
 def test_stop_after_with_a_crashing_pool_records_failures_and_returns(tmp_path, monkeypatch):
     """A pool whose worker dies (here: every task exits the process) under ``stop_after``: every run is
     recorded as failed and the sweep returns. (Cancelling the pool's futures, the first design, made Python
     3.11's pool hang forever when it broke: seen in CI.)"""
-    import importlib
     import threading
 
-    _slow_evaluate(tmp_path, monkeypatch, 0.0)
-    crash = importlib.import_module(f"slow_eval_{abs(hash(str(tmp_path)))}").crash
+    crash = _eval_module(tmp_path, monkeypatch).crash
     f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=(0, 1, 2, 3, 4))
     box = {}
 
@@ -536,7 +534,7 @@ def test_stop_after_finishes_the_runs_in_flight_and_leaves_the_rest(tmp_path, mo
     f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE], seeds=(0, 1, 2, 3, 4))
     out = tmp_path / "out"
     kw = {"executor": executor, "workers": workers, "batch_size": 1, "progress": False}
-    slow_evaluate = _slow_evaluate(tmp_path, monkeypatch, 0.4)
+    slow_evaluate = _eval_module(tmp_path, monkeypatch, 0.4).slow
     s = run_sweep(f, out, stop_after=0.6, evaluate=slow_evaluate, **kw)
     assert s.stopped and 1 <= s.executed < 10 and s.failed == 0 and s.remaining == 10 - s.executed
     recs = _lines(out)
@@ -587,7 +585,7 @@ def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ResultsStore, "append", append_then_interrupt)
-    very_slow_evaluate = _slow_evaluate(tmp_path, monkeypatch, 3.0)
+    very_slow_evaluate = _eval_module(tmp_path, monkeypatch, 3.0).slow
     with pytest.raises(KeyboardInterrupt):
         run_sweep(f, tmp_path / "o", executor="local", workers=2, batch_size=1, progress=False,
                   evaluate=very_slow_evaluate)  # fmt: skip
