@@ -134,26 +134,32 @@ def layer_r1(model, inputs: torch.Tensor, context_len: int) -> list[float]:
     head; returned is its mean over both, per layer (empty for peer models). The stored set is every context
     token, so ``R1`` also counts what later writes overwrote; compare it between models, not with 0.
     """
-    from ..layers import ratio_rule_d
     from ..recurrences import osdn_recurrent
 
-    if model.config.kind != "osdn":
-        return []
-    x = model.embed(inputs)
     out = []
-    for blk in model.blocks:
-        mix = blk.mixer
-        q, k, v, beta, d = (
-            t if t is None else t[:, :context_len].double() for t in mix.features(blk.norm1(x))
-        )
-        if mix.d_mode == "rule":
-            d = ratio_rule_d(k, beta, mix.rule_c, 1.0, mix.rule_d_min)
+    for mix, q, k, v, beta, d in _layer_features(model, inputs, context_len):
         _, S = osdn_recurrent(q, k, v, beta, d, output_final_state=True, s_max=mix.s_max)  # S: [B, H, K, V]
         res = torch.einsum("bhkv,bthk->bthv", S, k) - v
         r1 = res.square().sum((1, 3)) / v.square().sum((1, 3)).clamp_min(1e-300)
         out.append(float(r1.mean()))
-        x = blk(x)
     return out
+
+
+def _layer_features(model, inputs: torch.Tensor, length: int | None = None):
+    """Per OSDN layer of ``model`` (none for peer models): ``(mixer, q, k, v, β, d)`` of ``inputs [B, T]``
+    (the first ``length`` tokens) in float64, ``d`` the layer's own (the ratio rule's, learned, or ``None``)."""
+    from ..layers import ratio_rule_d
+
+    if model.config.kind != "osdn":
+        return
+    x = model.embed(inputs)
+    for blk in model.blocks:
+        mix = blk.mixer
+        q, k, v, beta, d = (t if t is None else t[:, :length].double() for t in mix.features(blk.norm1(x)))
+        if mix.d_mode == "rule":
+            d = ratio_rule_d(k, beta, mix.rule_c, 1.0, mix.rule_d_min)
+        yield mix, q, k, v, beta, d
+        x = blk(x)
 
 
 @torch.no_grad()
@@ -164,22 +170,12 @@ def layer_write_strength(model, inputs: torch.Tensor) -> list[dict[str, float]]:
     ``0 < s < 2``). DeltaNet's ``s`` is ``β ≤ 1``. Empty for peer models. Recorded at every evaluation of a
     run (``series.eval_s_over2``, ``series.eval_s_median``: the largest fraction and median over the layers)
     and at the end (``s_over2_layer0``, ``s_median_layer0``, …), so a diverging run shows where it went."""
-    from ..layers import ratio_rule_d
-
-    if model.config.kind != "osdn":
-        return []
-    x = model.embed(inputs)
     out = []
-    for blk in model.blocks:
-        mix = blk.mixer
-        _, k, _, beta, d = (t if t is None else t.double() for t in mix.features(blk.norm1(x)))
-        if mix.d_mode == "rule":
-            d = ratio_rule_d(k, beta, mix.rule_c, 1.0, mix.rule_d_min)
+    for mix, _, k, _, beta, d in _layer_features(model, inputs):
         s = beta * (k * k * (d if d is not None else 1.0)).sum(-1)
         if mix.s_max is not None:
             s = s.clamp_max(mix.s_max)
         out.append({"median": float(s.median()), "over2": float((s > 2).double().mean())})
-        x = blk(x)
     return out
 
 
