@@ -165,8 +165,8 @@ if pilot is not None:
     display(summary_table(pdf).round(4))
 
 # %% [markdown]
-# Why the rule likely fails here (`docs/theory.md` §10; shown on synthetic inputs, not yet observed in the
-# trained layers): its target `uᵀd = 1/β` makes every token's write strength
+# Why the rule likely fails here (`docs/theory.md` §10; shown on synthetic inputs, and in a 150-step CPU
+# retraining the rule's layers wrote with median s = 1.00 where DeltaNet's used its β ≈ 0.5): its target `uᵀd = 1/β` makes every token's write strength
 # `s_t = β_t kᵀ(d ⊙ k_t)` equal 1, which undoes the layer's gating of writes by `β`; with most tokens written
 # weakly, the shared `d` grows and the strongly written tokens get `s ≫ 2`, outside the contraction range.
 # Below: unit keys, 80 % of the tokens at a weak `β`, the rest at 0.9 (float64).
