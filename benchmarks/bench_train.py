@@ -4,9 +4,9 @@ Per model (DeltaNet, OSDN with the ratio rule, OSDN with learned d) and shape (w
 in one process:
 
 - ``build_ms``: drawing one batch on the host (:meth:`MQAR.build`, numpy);
-- ``step_ms``: one training step as :func:`osdn_theory.train.train_run` takes it (forward with the logits of
-  the answer positions only, loss, backward, AdamW; median over the timed steps, each ended by the loss's
-  host read as in the loop);
+- ``step_ms``: one training step, :func:`osdn_theory.train.run.train_step` (the call ``osdn train`` makes:
+  forward with the logits of the answer positions only, loss and its host read, backward, AdamW; median over
+  the timed steps);
 - ``step_full_logits_ms``: the same step with the full ``[B·T, vocab]`` logits (how steps were taken before
   2026-12-05).
 
@@ -59,8 +59,16 @@ def _sync(device):
 
 
 def _step_times(task, model, opt, device, steps, full_logits):
-    from osdn_theory.tasks import IGNORE
-    from osdn_theory.train.run import _answer_logits, _answer_loss
+    """Median ms of a training step: :func:`osdn_theory.train.run.train_step` (what ``osdn train`` runs), or
+    with ``full_logits`` the same step projecting every position onto the vocabulary."""
+    from osdn_theory.train.run import _answer_loss, train_step
+
+    def full_step(batch):
+        loss = _answer_loss(model(batch.inputs), batch.labels)
+        float(loss.detach())  # the loop's host read
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
     times = []
     for i in range(steps + 3):  # 3 untimed steps: compilation, allocator
@@ -68,19 +76,12 @@ def _step_times(task, model, opt, device, steps, full_logits):
         _sync(device)
         t0 = time.perf_counter()
         if full_logits:
-            logits = model(batch.inputs)
-            loss = _answer_loss(logits, batch.labels)
+            full_step(batch)
         else:
-            logits, answers = _answer_logits(model, batch.inputs, batch.labels)
-            loss = _answer_loss(logits, answers)
-        float(loss.detach())  # the loop's host read
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            train_step(model, opt, batch, device)
         _sync(device)
         if i >= 3:
             times.append(time.perf_counter() - t0)
-        assert int((batch.labels != IGNORE).sum()) > 0
     return 1e3 * statistics.median(times)
 
 

@@ -476,8 +476,7 @@ def _run_locked(
         raise
     finally:
         store.close()
-    left = len(pending) - session["executed"]
-    session.update(finished=utc_now(), state="stopped" if session.get("stopped") and left else "finished")
+    session.update(finished=utc_now(), state="stopped" if session.get("stopped") else "finished")
     write_manifest()
     return SweepSummary(
         out=Path(out),

@@ -80,6 +80,29 @@ def _answer_logits(model, inputs: torch.Tensor, labels: torch.Tensor):
     return model(inputs)[mask], labels[mask]
 
 
+def train_step(model, opt, batch, device, precision: str = "fp32", grad_clip: float = 0.0):
+    """One training step of :func:`train_run` on ``batch`` (a :class:`~osdn_theory.tasks.RecallBatch` on
+    ``device``): the answer positions' loss, one host read of it, and, when it is finite, backward, the
+    gradient-norm clip (``grad_clip > 0``) and ``opt.step()``. Returns ``(loss, reason)``: ``reason`` is the
+    kernel value check's message when it found non-finite activations (the loss is then NaN), else ``None``.
+    ``benchmarks/bench_train.py`` times this call."""
+    try:
+        with _autocast(device, precision):
+            logits, answers = _answer_logits(model, batch.inputs, batch.labels)
+        loss = _answer_loss(logits, answers)
+        value = float(loss.detach())  # one host sync per step: stops a diverged run at once
+    except ValueCheckError as e:  # the kernel's value check saw the activations go non-finite
+        return float("nan"), str(e)
+    if not math.isfinite(value):
+        return value, None
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return value, None
+
+
 def _answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the answer positions (``labels != IGNORE``); ``logits [..., vocab]``."""
     return F.cross_entropy(
@@ -260,24 +283,13 @@ def train_run(cfg: dict, device: str | torch.device = "auto") -> tuple[str, dict
         batch = train_task.build((seed, 0, step)).to(dev)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, optim, steps)
-        try:
-            with _autocast(dev, tr["precision"]):
-                logits, answers = _answer_logits(model, batch.inputs, batch.labels)
-            loss = _answer_loss(logits, answers)
-            value = float(loss.detach())  # one host sync per step: stops a diverged run at once
-        except ValueCheckError as e:  # the kernel's value check saw the activations go non-finite
-            value, reason = float("nan"), str(e)
+        value, reason = train_step(model, opt, batch, dev, tr["precision"], optim["grad_clip"])
         if not math.isfinite(value):
             status = "diverged"
             reason = reason or _discard_value_checks() or f"training loss {value} at step {step + 1}"
             series["loss_step"].append(step + 1)
             series["loss"].append(value)
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if optim["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
-        opt.step()
         done = step + 1
         window.append(value)
         if done % tr["log_every"] == 0 or done == steps:
