@@ -170,6 +170,36 @@ def test_cli_two_step_training_smoke_resumes_after_interruption(tmp_path):
     }
 
 
+def test_cli_writes_the_report_after_ctrl_c_and_with_report_only(tmp_path, monkeypatch):
+    import osdn_theory.sweeps.runner as runner_mod
+
+    f = tmp_path / "smoke.toml"
+    f.write_text(SMOKE)
+    out = tmp_path / "res"
+    real = runner_mod.run_sweep
+
+    def one_then_ctrl_c(*a, **kw):  # one run finishes and is saved, then the user presses Ctrl-C
+        real(*a, **{**kw, "max_runs": 1})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_mod, "run_sweep", one_then_ctrl_c)
+    args = ["train", str(f), "--out", str(out), "--device", "cpu", "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 130, r.output
+    assert "interrupted: 1 finished run(s) are saved" in r.output
+    summary = out / "summary.md"
+    assert summary.is_file() and (out / "figures" / "accuracy_vs_pairs.png").is_file()
+    assert summary.read_text().count("| mqar |") == 1  # the report holds the one saved run
+    monkeypatch.setattr(runner_mod, "run_sweep", real)
+    summary.unlink()
+    r = CliRunner().invoke(app, [*args, "--report-only"])
+    assert r.exit_code == 0, r.output
+    assert len(_records(out)) == 1  # nothing ran
+    assert summary.read_text().count("| mqar |") == 1
+    r = CliRunner().invoke(app, ["train", str(f), "--out", str(tmp_path / "none"), "--report-only"])
+    assert r.exit_code == 2 and r.output.strip().startswith("error: --report-only: no saved runs")
+
+
 def test_cli_refuses_bad_file_with_one_line(tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text(SMOKE.replace("seq_len = 8", "seq_len = 3"))

@@ -22,10 +22,11 @@ StopAfter = Annotated[
 
 
 @contextlib.contextmanager
-def run_errors(command: str, file: Path, out: Path, lost: str):
+def run_errors(command: str, file: Path, out: Path, lost: str, on_interrupt=None):
     """The shared error handling of ``osdn sweep`` and ``osdn train``: a caller or environment problem is one
     ``error:`` line and exit 2; Ctrl-C says how many runs are saved and how to resume, exit 130. ``lost`` says
-    what an interruption loses (e.g. "at most the runs in flight are lost")."""
+    what an interruption loses (e.g. "at most the runs in flight are lost"). ``on_interrupt()`` (e.g. redraw
+    the report from the saved runs) runs after Ctrl-C; its failure, or a second Ctrl-C, only skips it."""
     from .executors import EnvironmentProblem
     from .store import ResultsStore
 
@@ -35,6 +36,11 @@ def run_errors(command: str, file: Path, out: Path, lost: str):
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
+        if on_interrupt is not None:
+            try:
+                on_interrupt()
+            except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - the runs are saved either way
+                typer.echo(f"warning: {type(err).__name__} while saving the report: {err}", err=True)
         done = len(ResultsStore(out, repair=False).records) if (out / "results.jsonl").exists() else 0
         cmd = " ".join(shlex.quote(a) for a in ["osdn", command, str(file), "--out", str(out)])
         typer.echo(

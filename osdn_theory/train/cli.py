@@ -40,6 +40,12 @@ def register(app: typer.Typer) -> None:
         retry_failed: Annotated[
             bool, typer.Option(help="Run again the runs recorded as failed or skipped.")
         ] = False,
+        report_only: Annotated[
+            bool,
+            typer.Option(
+                "--report-only", help="Run nothing: redraw the summary and the figure from the saved runs."
+            ),
+        ] = False,
         progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
         threads: Annotated[int, typer.Option(help="Torch threads per run.")] = 1,
         append_different_spec: Annotated[
@@ -52,7 +58,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train the missing runs of a training file; rerun the same command to resume.
 
-        Writes DIR/summary.md, DIR/summary.csv and DIR/figures/accuracy_vs_pairs.png at the end.
+        Writes DIR/summary.md, DIR/summary.csv and DIR/figures/accuracy_vs_pairs.png at the end, also after
+        Ctrl-C (from the runs saved so far) and, with --report-only, without running anything.
         """
         import functools
 
@@ -62,7 +69,19 @@ def register(app: typer.Typer) -> None:
         from .run import train_batch
         from .spec import load_train_spec
 
-        with run_errors("train", file, out, "the run in flight is lost"):
+        def report() -> None:
+            from .results import write_report
+
+            for p in write_report(out):
+                typer.echo(str(p))
+
+        if report_only:
+            if not (out / "results.jsonl").exists():
+                typer.echo(f"error: --report-only: no saved runs in {out} (results.jsonl is missing)", err=True)
+                raise typer.Exit(2)
+            report()
+            return
+        with run_errors("train", file, out, "the run in flight is lost", on_interrupt=report):
             if device != "auto":
                 import torch
 
@@ -89,10 +108,7 @@ def register(app: typer.Typer) -> None:
                 stop_after=stop_after,
             )
         try:
-            from .results import write_report
-
-            for p in write_report(out):
-                typer.echo(str(p))
+            report()
         except Exception as err:  # noqa: BLE001 - the runs are saved; the report can be redrawn
             typer.echo(f"warning: summary and figure not written ({type(err).__name__}: {err})", err=True)
         store = ResultsStore(out, repair=False)
