@@ -77,7 +77,9 @@ def register(app: typer.Typer) -> None:
 
         if report_only:
             if not (out / "results.jsonl").exists():
-                typer.echo(f"error: --report-only: no saved runs in {out} (results.jsonl is missing)", err=True)
+                typer.echo(
+                    f"error: --report-only: no saved runs in {out} (results.jsonl is missing)", err=True
+                )
                 raise typer.Exit(2)
             report()
             return
