@@ -74,7 +74,12 @@ class LaunchConfig:
 
     def overrides(self) -> dict:
         """The fields that are set (not ``None``)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        # read the fields directly: dataclasses.asdict deep-copies and cost ~15 µs per launch, a few % of a
+        # tiny model's training step (2026-12-05 profile), where every stage launch asks for its overrides
+        return {f.name: v for f in _FIELDS if (v := getattr(self, f.name)) is not None}
+
+
+_FIELDS = dataclasses.fields(LaunchConfig)
 
 
 @dataclass(frozen=True)
