@@ -26,8 +26,9 @@
 # osdn train sweeps/recall_mqar_gpu.toml --out results/recall_mqar_gpu --executor local --workers 8
 # ```
 #
-# **No GPU results are committed yet**, only a one-seed pilot of 26 runs (2026-12-05, shown at the end, with
-# why OSDN's ratio rule failed in it). Where `results/recall_mqar_gpu` is missing, the notebook says so and
+# **The full sweep has not run yet.** Committed are two one-seed partial runs, shown at the end: a pilot of 26
+# runs on an H200 and 31 seed-0 runs on an H100 with the current code (both 2026-12-05), and why OSDN's ratio
+# rule fails or succeeds by chance in them. Where `results/recall_mqar_gpu` is missing, the notebook says so and
 # runs a CPU smoke of the same pipeline instead (torch reference recurrence, a few dozen steps): it shows the
 # machinery working, not an answer about recall.
 
@@ -163,6 +164,24 @@ if pilot is not None:
     pdf = load_train_results(pilot)
     print(f"pilot: {len(pdf)} finished runs (seed 0)")
     display(summary_table(pdf).round(4))
+
+# %% [markdown]
+# ## Seed 0 with the current code (31 of 144 runs, one H100, 2026-12-05; not a result)
+#
+# DeltaNet learned 16 pairs again (0.924 / 0.901, the pilot's numbers). The ratio rule learned 32 pairs at width
+# 64 (0.424, DeltaNet 0.017) but not 16 (0.033), and nothing at width 128. One seed cannot tell a gain from
+# luck: the learning happens abruptly, and 1000 steps sit at its edge. The write strengths recorded at the
+# last evaluation (`s_median_layer*`, `s_over2_layer*`) show the rule's layers at median `s` = 1.00 in every run.
+
+# %%
+seed0 = find_results("notebooks/data/recall_mqar_gpu_seed0_2026-12-05")
+if seed0 is not None:
+    sdf = load_train_results(seed0)
+    print(f"seed 0: {len(sdf)} finished runs")
+    display(summary_table(sdf).round(4))
+    s_cols = [c for c in sdf.columns if c.startswith("s_median_layer") or c.startswith("s_over2_layer")]
+    if s_cols:
+        display(sdf.groupby("model")[s_cols].median().round(3))
 
 # %% [markdown]
 # Why the rule likely fails here (`docs/theory.md` §10; shown on synthetic inputs, and in a 150-step CPU
