@@ -1,19 +1,31 @@
-"""Registers and spills of the Triton stages for an H100/H200 (sm_90a), read without a GPU.
+"""Registers, stack frame and spills of every Triton kernel that a call launches, for an H100/H200 (sm_90a),
+read **without a GPU** (an offline tuning aid; not a timing).
 
-Each kernel is compiled by ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` with the pointer and
-``H, K, V`` arguments marked divisible by 16 (as a real launch specializes them), and the PTX is assembled by
-the ``ptxas`` that ships inside Triton's package (``ptxas -v``). Without a GPU this catches what the
-interpreter cannot: kernels that do not compile for the GPU (e.g. a module-level int read inside a kernel,
-which must be a ``tl.constexpr``) and register spills (the value checks once made stage 1 spill 1.9 KB per
-thread, which doubled the default call's time on an H200). Use the Triton version of the GPU machine to
-trust the counts (they move between versions).
+The public calls run on CPU tensors of the requested shape with Triton's launch replaced by a recorder
+(:func:`capture`), so every kernel is captured with exactly the arguments, constants and launch options
+(``num_warps``, ``num_stages``) that the call would use on a GPU — the launchers' own GPU rules, with no copy
+of them here to drift. Each captured kernel is compiled by ``triton.compile`` for ``GPUTarget("cuda", 90,
+32)`` (pointers and multiples of 16 marked divisible by 16, as a real launch specializes them) and assembled
+by the ``ptxas`` inside Triton's package (``ptxas -v``).
 
-    python -m benchmarks.offline_regs [--only gram_solve,wy] [--dtype bf16] [--K 128]
+Without a GPU this catches what the interpreter cannot: kernels that do not compile for the GPU, and register
+spills. Two cases it found: the value checks once made stage 1 spill 1.9 KB per thread (which doubled the
+default call's time on an H200), and float32 inputs (IEEE dots, lowered to FMA loops) made ptxas fall back
+to 32 registers with a 5–21 KB stack frame per thread in most stages under the 16-bit launch rules (one such
+kernel took 1.6 ms per call in the recall lab's training on an H100). A GPU run's ``Launch(record={})``
+reports ``(registers, n_spills)`` with ``n_spills`` = stack frame / 4. Triton 3.6.0 here reproduced every
+number an H100 recorded on 2026-12-05 (registers and stack frame). Use the Triton version of the GPU
+machine to trust the counts (they move between versions).
+
+    python -m benchmarks.offline_regs [--shape 4,4096,16,128] [--dtype bfloat16] [--backward] [--gated]
+        [--d-rule {none,sequential,segments}] [--unchecked] [--override bwd_wy:num_warps=8,BV=32] [--out F]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import subprocess
@@ -25,182 +37,237 @@ from pathlib import Path
 if __name__ == "__main__":
     os.environ.pop("TRITON_INTERPRET", None)
 
+import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+
+_TYPES = {
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.int32: "i32",
+    torch.int64: "i64",
+    torch.int8: "i8",
+    torch.bool: "i1",
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _ptxas() -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 
-def resources(fn, args: dict, num_warps: int, num_stages: int = 1) -> tuple[int | None, int | None]:
-    """``(registers, spill-store bytes)`` per thread of ``fn`` compiled with ``args``: a string is a runtime
-    argument's Triton type (``"*bf16"``, ``"i32"``, ``"fp32"``), anything else a constexpr (use
-    ``tl.constexpr("ieee")`` for a string constexpr)."""
-    sig, const, attrs = {}, {}, {}
-    for i, n in enumerate(fn.arg_names):
-        v = args[n]
-        if isinstance(v, str):
-            sig[n] = v
-            if v.startswith("*") or n in ("H", "K", "V"):
+@contextlib.contextmanager
+def _cpu_calls():
+    """Let the public calls take CPU tensors outside the interpreter (their device check is the only thing in
+    the way; nothing is launched while :func:`capture` records)."""
+    from osdn_theory.kernels import _checks, chunk, drule
+
+    orig = _checks.check_keys
+
+    def check_keys(k):
+        if k.device.type == "cpu":
+            return k
+        return orig(k)
+
+    mods = (chunk, drule)
+    saved = [m.check_keys for m in mods]
+    for m in mods:
+        m.check_keys = check_keys
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, saved, strict=True):
+            m.check_keys = f
+
+
+def capture(run) -> list[tuple]:
+    """``[(kernel, {argument: value}, {launch option: value})]`` of the kernels that ``run()`` launches, in order;
+    nothing is launched."""
+    calls = []
+
+    def record(self, *args, grid=None, warmup=False, **kwargs):
+        opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "num_ctas") if k in kwargs}
+        bound = dict(zip(self.arg_names, args, strict=False))
+        bound.update(kwargs)
+        calls.append((self, bound, opts))
+
+    orig = triton.runtime.jit.JITFunction.run
+    triton.runtime.jit.JITFunction.run = record
+    try:
+        with _cpu_calls():
+            run()
+    finally:
+        triton.runtime.jit.JITFunction.run = orig
+    return calls
+
+
+def _source(fn, bound) -> ASTSource:
+    sig, consts, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        if p.name not in bound:  # a parameter left at its default
+            if not p.is_constexpr:
+                raise ValueError(f"{fn.__name__}: argument {p.name!r} was not recorded")
+            sig[p.name], consts[p.name] = "constexpr", p.default
+            continue
+        v = bound[p.name]
+        if p.is_constexpr or v is None:
+            sig[p.name], consts[p.name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[p.name] = "*" + _TYPES[v.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, bool):
+            sig[p.name] = "i1"
+        elif isinstance(v, int):
+            sig[p.name] = "i64" if abs(v) >= 2**31 else "i32"
+            if v and v % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, float):
+            sig[p.name] = "fp32"
         else:
-            sig[n] = "constexpr"
-            const[(i,)] = v.value if isinstance(v, tl.constexpr) else v
-    src = ASTSource(fn, sig, constexprs=const, attrs=attrs)
-    c = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
-    )
+            raise ValueError(f"{fn.__name__}: cannot type argument {p.name!r} = {v!r}")
+    return ASTSource(fn, sig, constexprs=consts, attrs=attrs)
+
+
+def resources(fn, bound: dict, opts: dict, arch: int = 90) -> dict:
+    """Compile one captured kernel for ``sm_{arch}a``: ``{"kernel", "num_warps", "num_stages", "regs",
+    "stack_frame", "spill_stores"}`` (bytes per thread)."""
+    ck = triton.compile(_source(fn, bound), target=GPUTarget("cuda", arch, 32), options=dict(opts))
     with tempfile.TemporaryDirectory() as d:
         ptx = Path(d) / "k.ptx"
-        ptx.write_text(c.asm["ptx"])
-        r = subprocess.run(
-            [str(_ptxas()), "-arch=sm_90a", "-v", str(ptx), "-o", str(Path(d) / "k.cubin")],
+        ptx.write_text(ck.asm["ptx"])
+        err = subprocess.run(
+            [str(_ptxas()), f"-arch=sm_{arch}a", "-v", str(ptx), "-o", str(Path(d) / "k.cubin")],
             capture_output=True,
             text=True,
+            check=True,
+        ).stderr
+
+    def num(pattern):
+        m = re.search(pattern, err)
+        return int(m.group(1)) if m else None
+
+    return {
+        "kernel": fn.__name__,
+        "num_warps": opts.get("num_warps"),
+        "num_stages": opts.get("num_stages"),
+        "regs": num(r"Used (\d+) registers"),
+        "stack_frame": num(r"(\d+) bytes stack frame"),
+        "spill_stores": num(r"(\d+) bytes spill stores"),
+    }
+
+
+def call_kernels(
+    B=4, T=4096, H=16, K=128, dtype=torch.bfloat16, *, backward=False, gated=False, d_rule="none",
+    validate=True, launch=None, chunk_size=64,
+):  # fmt: skip
+    """The kernels of one ``chunk_osdn`` call (``d`` given, or computed by ``DRule`` with ``d_rule`` =
+    ``"sequential"``/``"segments"``; ``gated``: with ``alpha``), and of its backward, recorded on CPU tensors."""
+    from osdn_theory.kernels import DRule, chunk_osdn
+
+    z = lambda *s: torch.zeros(*s, dtype=dtype)  # noqa: E731
+    q, k, v = z(B, T, H, K), z(B, T, H, K), z(B, T, H, K)
+    beta = torch.full((B, T, H), 0.5, dtype=dtype)
+    leaves = [q, k, v, beta]
+    d = alpha = rule = None
+    if d_rule == "none":
+        d = torch.ones(B, T, H, K, dtype=dtype)
+        leaves.append(d)
+    else:
+        rule = DRule(segment_chunks="auto" if d_rule == "segments" else None)
+    if gated:
+        alpha = torch.full((B, T, H), 0.9, dtype=dtype)
+        leaves.append(alpha)
+    for x in leaves:
+        x.requires_grad_(backward)
+
+    def run():
+        o, _ = chunk_osdn(
+            q,
+            k,
+            v,
+            beta,
+            d,
+            alpha=alpha,
+            d_rule=rule,
+            validate=validate,
+            launch=launch,
+            chunk_size=chunk_size,
         )
-    regs = re.search(r"Used (\d+) registers", r.stderr)
-    spill = re.search(r"(\d+) bytes spill stores", r.stderr)
-    return (int(regs.group(1)) if regs else None, int(spill.group(1)) if spill else None)
+        if backward:
+            o.backward(torch.zeros_like(o))
+
+    return capture(run)
 
 
-def cases(dt: str = "bf16", K: int = 128, C: int = 64):
-    """``{label: (kernel, args, num_warps[, num_stages])}`` for every stage of the pipeline — the forward stages
-    with and without the value checks, the backward stages, the d rule's kernels — at head dim ``K = V`` and
-    chunk ``C`` (the d rule at its default scan chunk 32), with the GPU's launch rules."""
-    from osdn_theory.kernels import d_scan, d_scan_bwd, stages
-
-    P = lambda t: "*" + t  # noqa: E731
-    f = "fp32"
-    acc = dict(ACC=tl.float32, IEEE=dt == "fp32")
-    bk = stages._block(K)
-    out = {}
-    for chk in (False, True):
-        for gated in (False, True):
-            out[f"gram_solve d gated={gated} check={chk}"] = (
-                stages._gram_solve_kernel,
-                dict(k=P(dt), d=P(dt), beta=P(dt), log_alpha=P(f), kt_out=P(dt), c_out=P(f), g_out=P(f),
-                     ai_out=P(f), bounds=P("i32"), flag=P("i32"), H="i32", K="i32", s_max="fp32", C=C, BK=bk,
-                     HAS_D=True, CLIP=False, GATED=gated, SOLVE=True, PREC=tl.constexpr("ieee"),
-                     NEWTON=dt == "fp32", CHECK=chk, **acc),
-                2,
-            )  # fmt: skip
-        out[f"wy d check={chk}"] = (
-            stages._wy_kernel,
-            dict(k=P(dt), v=P(dt), beta=P(dt), g=P(f), ai=P(f), w_out=P(dt), u_out=P(dt), bounds=P("i32"),
-                 flag=P("i32"), d=P(dt), H="i32", K="i32", V="i32", C=C, BK=min(bk, 64), BV=min(bk, 64),
-                 GATED=False, CHECK=chk, HAS_D=chk, **acc),
-            4,
-        )  # fmt: skip
-        out[f"output check={chk}"] = (
-            stages._output_kernel,
-            dict(q=P(dt), kt=P(dt), vnew=P(dt), h=P(dt), g=P(f), o=P(dt), bounds=P("i32"), flag=P("i32"),
-                 scale="fp32", H="i32", K="i32", V="i32", C=C, BK=bk, BV=min(bk, 64), GATED=False, CHECK=chk,
-                 **acc),
-            4,
-        )  # fmt: skip
-    a = dict(ACC=tl.float32)
-    out["d_prep check"] = (
-        d_scan._d_prep_kernel,
-        dict(k=P(dt), beta=P(dt), uhat_out=P(dt), strength_out=P(dt), vals_out=P(dt), c_ptr=P(f), flag=P("i32"),
-             R="i32", K="i32", BR=32, BK=bk, VP=16, CHECK=True, **a),
-        4,
-    )  # fmt: skip
-    out["d_scan store_h"] = (
-        d_scan._d_scan_kernel,
-        dict(uhat=P(dt), w=P(dt), ut=P(dt), h0=P(f), d_out=P(dt), cu_seqlens=P("i32"), d_min_ptr=P(f),
-             h_out=P(f), u_out=P(f), H="i32", K="i32", C=32, BK=bk, VP=16, STORE_H=True, **a),
-        4,
-    )  # fmt: skip
-    bwd = dict(k=P(dt), beta=P(dt), gd=P(dt), h_raw=P(f), ai=P(f), bounds=P("i32"), c_ptr=P(f), d_min_ptr=P(f),
-               H="i32", K="i32", C=32, BK=bk, **a)  # fmt: skip
-    out["d_bwd_local"] = (d_scan_bwd._d_bwd_local_kernel, dict(bwd, p_out=P(f), g0_out=P(f)), 4)
-    out["d_bwd_scan"] = (
-        d_scan_bwd._d_bwd_scan_kernel,
-        dict(k=P(dt), p=P(f), g0=P(f), lam_out=P(f), gh0_out=P(f), cu_seqlens=P("i32"), chunk_offsets=P("i32"),
-             c_ptr=P(f), lam0=P(f), H="i32", K="i32", C=32, BK=bk, USE_LAM0=True, **a),
-        4,
-    )  # fmt: skip
-    ieee = dict(IEEE=dt == "fp32")
-    out["d_seg_map"] = (
-        d_scan._d_seg_map_kernel,
-        dict(uhat=P(dt), w=P(dt), ut=P(dt), seg_cu=P("i32"), m_out=P(f), r_out=P(f), H="i32", K="i32", C=32,
-             BK=bk, BV=min(bk, 64), VP=16, **a, **ieee),
-        8,
-    )  # fmt: skip
-    out["d_seg_carry"] = (
-        d_scan._d_seg_carry_kernel,
-        dict(m=P(f), r=P(f), h0=P(f), h_out=P(f), seg_offs=P("i32"), H="i32", K="i32", BK=bk, REVERSE=True, **a),
-        8,
-    )  # fmt: skip
-    out["d_bwd_seg_map"] = (
-        d_scan_bwd._d_bwd_seg_map_kernel,
-        dict(k=P(dt), p=P(f), g0=P(f), seg_cu=P("i32"), chunk0=P("i32"), c_ptr=P(f), m_out=P(f), r_out=P(f),
-             H="i32", K="i32", C=32, BK=bk, BV=min(bk, 64), **a, **ieee),
-        8,
-    )  # fmt: skip
-    out["d_bwd_grads"] = (
-        d_scan_bwd._d_bwd_grads_kernel,
-        dict(bwd, ucoef=P(f), lam_in=P(f), gk_out=P(dt), gb_out=P(dt)),
-        4,
-    )
-    # the sequential passes and the backward stages at their GPU launch rules for B·H = 64 (4, 4096, 16, 128)
-    bv = stages._bv(K, 64, gpu=True)
-    wide = dt == "fp32"
-    out["state"] = (
-        stages._state_kernel,
-        dict(kt=P(dt), w=P(dt), u=P(dt), g=P(f), h0=P(f), h_out=P(dt), vnew_out=P(dt), ht_out=P(f),
-             cu_seqlens=P("i32"), chunk_offsets=P("i32"), H="i32", K="i32", V="i32", C=C, BK=bk, BV=bv,
-             GATED=False, USE_H0=True, STORE_HT=True, KSPLIT=False, **acc),
-        4, 1 if wide else 3,
-    )  # fmt: skip
-    out["dv_local"] = (
-        stages._dv_local_kernel,
-        dict(q=P(dt), kt=P(dt), g=P(f), do=P(dt), dv_out=P(dt), bounds=P("i32"), scale="fp32", H="i32", K="i32",
-             V="i32", C=C, BK=bk, BV=min(bk, 128), GATED=False, **acc),
-        4,
-    )  # fmt: skip
-    out["dh"] = (
-        stages._dh_kernel,
-        dict(q=P(dt), kt=P(dt), w=P(dt), g=P(f), do=P(dt), dvl=P(dt), dht=P(f), dh_out=P(dt), du_out=P(dt),
-             dh0_out=P(f), cu_seqlens=P("i32"), chunk_offsets=P("i32"), scale="fp32", H="i32", K="i32", V="i32",
-             C=C, BK=bk, BV=bv, GATED=False, USE_DHT=True, STORE_DH0=True, **acc),
-        8 if K > 64 and bv >= 32 else 4, 1 if wide else 3,
-    )  # fmt: skip
-    out["bwd_dqk"] = (
-        stages._bwd_dqk_kernel,
-        dict(q=P(dt), kt=P(dt), g=P(f), vnew=P(dt), h=P(dt), do=P(dt), dh=P(dt), du=P(dt), dq_out=P(dt),
-             dkt_out=P(f), dw_out=P(dt), dg_out=P(f), bounds=P("i32"), scale="fp32", H="i32", K="i32", V="i32",
-             C=C, BK=bk, BV=min(bk, 64), GATED=False, **acc),
-        4 if K <= 64 else 8, 1 if wide else 2,
-    )  # fmt: skip
-    out["bwd_wy"] = (
-        stages._bwd_wy_kernel,
-        dict(k=P(dt), d=P(dt), c=P(f), kt=P(dt), v=P(dt), beta=P(dt), g=P(f), ai=P(f), dw=P(dt), du=P(dt),
-             dkt=P(f), dg=P(f), dk_out=P(dt), dd_out=P(dt), dv_out=P(dt), db_out=P(f), dla_out=P(f),
-             bounds=P("i32"), H="i32", K="i32", V="i32", C=C, BK=stages._bk_wy(K, gpu=True), BV=min(bk, 64),
-             HAS_D=True, CLIP=False, GATED=False, **acc),
-        4, 1 if wide else 2,
-    )  # fmt: skip
-    return out
+def table(calls, arch: int = 90) -> list[dict]:
+    """:func:`resources` of each distinct captured kernel (same kernel and constants compiled once)."""
+    rows, seen = [], set()
+    for fn, bound, opts in calls:
+        key = (
+            fn.__name__,
+            repr(sorted((k, str(v)) for k, v in bound.items() if not isinstance(v, torch.Tensor))),
+        )
+        if key not in seen:
+            seen.add(key)
+            rows.append(resources(fn, bound, opts, arch))
+    return rows
 
 
-def main():
+def _launch(items):
+    from osdn_theory.kernels.config import DEFAULT_LAUNCH
+
+    launch = DEFAULT_LAUNCH
+    for item in items or []:
+        try:
+            stage, kv = item.split(":", 1)
+            cfg = {}
+            for pair in kv.split(","):
+                key, val = (s.strip() for s in pair.split("="))
+                cfg[key] = int(val) if val.isdigit() else {"true": True, "false": False}.get(val.lower(), val)
+            launch = launch.with_stage(stage, cfg)
+        except ValueError as e:
+            raise SystemExit(
+                f"offline_regs: --override expects STAGE:key=value[,key=value] ({e}), got {item!r}"
+            ) from None
+    return launch
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=None, help="comma-separated substrings of the case labels")
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    ap.add_argument("--K", type=int, default=128)
-    a = ap.parse_args()
+    ap.add_argument("--shape", default="4,4096,16,128", help="B,T,H,K (V = K); default 4,4096,16,128")
+    ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    ap.add_argument("--backward", action="store_true", help="also the backward's kernels")
+    ap.add_argument("--gated", action="store_true", help="with alpha (gated OSDN)")
+    ap.add_argument("--d-rule", default="none", choices=["none", "sequential", "segments"])
+    ap.add_argument("--unchecked", action="store_true", help="validate=False (no value checks)")
+    ap.add_argument("--chunk-size", type=int, default=64)
+    ap.add_argument("--override", action="append", help="STAGE:key=value,...  e.g. bwd_wy:num_warps=8,BV=32")
+    ap.add_argument("--out", default=None, help="JSON file for the table")
+    a = ap.parse_args(argv)
     if not _ptxas().exists():
-        raise SystemExit(f"offline_regs: Triton's bundled ptxas was not found ({_ptxas().name})")
-    print(f"triton {triton.__version__}, sm_90a, {a.dtype}, K = V = {a.K}")
-    for label, (fn, args, warps, *nst) in cases(a.dtype, a.K).items():
-        if a.only and not any(s in label for s in a.only.split(",")):
-            continue
-        regs, spill = resources(fn, args, warps, *nst)
-        print(f"{label}: {regs} registers, {spill} bytes spill stores (num_warps {warps})", flush=True)
+        raise SystemExit(f"offline_regs: Triton's bundled ptxas was not found ({_ptxas()})")
+    try:
+        B, T, H, K = (int(x) for x in a.shape.split(","))
+    except ValueError:
+        raise SystemExit(f"offline_regs: --shape expects four integers B,T,H,K, got {a.shape!r}") from None
+    calls = call_kernels(
+        B, T, H, K, DTYPES[a.dtype], backward=a.backward, gated=a.gated, d_rule=a.d_rule,
+        validate=not a.unchecked, launch=_launch(a.override), chunk_size=a.chunk_size,
+    )  # fmt: skip
+    print(f"triton {triton.__version__}, sm_90a, {a.dtype}, B,T,H,K = {B},{T},{H},{K}")
+    rows = table(calls)
+    for r in rows:
+        print(
+            f"{r['kernel']:<26} warps {r['num_warps'] or '-':>2}  stages {r['num_stages'] or '-':>2}  "
+            f"registers {r['regs']:>3}  stack frame {r['stack_frame']:>6} B  spill stores {r['spill_stores']:>6} B"
+        )
+    if a.out:
+        meta = {"triton": triton.__version__, "arch": "sm_90a", "shape": [B, T, H, K], "dtype": a.dtype}
+        Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ default's) works, here under the Triton interpreter on a tiny float64 problem.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -153,47 +154,65 @@ def test_no_module_level_launch_switch():
                            dtype=torch.float64), launch={"state": {}})  # fmt: skip
 
 
-def test_value_checks_add_no_spills_to_stage_1():
-    """Stage 1 compiled for sm_90a without a GPU (``benchmarks.offline_regs``, Triton's bundled ptxas) spills
-    no more with the value checks than without them at K = 128 (they once added 1.9 KB of spills per thread
-    and doubled the default call's time on an H200). Also proves the checked kernels compile for the GPU,
-    which the interpreter does not."""
+def _offline_regs(code: str, timeout: int = 900) -> list:
+    """Run ``code`` (which prints one JSON value) with :mod:`benchmarks.offline_regs` outside the interpreter,
+    in a subprocess (kernels compiled for sm_90a by Triton's bundled ptxas, without a GPU)."""
     from benchmarks import offline_regs
 
     if not offline_regs._ptxas().exists():
         pytest.skip("Triton's bundled ptxas is not installed")
-    code = (
-        "from benchmarks import offline_regs as o\n"
-        "c = o.cases('bf16', 128)\n"
-        "for chk in (False, True):\n"
-        "    fn, a, w = c[f'gram_solve d gated=False check={chk}']\n"
-        "    print(o.resources(fn, a, w)[1])\n"
-    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    prelude = "import json, torch\nfrom benchmarks import offline_regs as o\n"
+    r = subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=timeout, env=env
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    unchecked, checked = (int(x) for x in r.stdout.split())
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_value_checks_add_no_spills_to_stage_1():
+    """Stage 1 compiled for sm_90a without a GPU (``benchmarks.offline_regs``) spills no more with the value
+    checks than without them at K = 128 (they once added 1.9 KB of spills per thread and doubled the default
+    call's time on an H200). The kernels are captured from the public call, with its own launch rules."""
+    spills = _offline_regs(
+        "out = []\n"
+        "for validate in (False, True):\n"
+        "    calls = o.call_kernels(1, 128, 2, 128, torch.bfloat16, validate=validate)\n"
+        "    rows = o.table([c for c in calls if c[0].__name__ == '_gram_solve_kernel'])\n"
+        "    out.append(rows[0]['spill_stores'])\n"
+        "print(json.dumps(out))\n"
+    )
+    unchecked, checked = spills
     assert checked <= unchecked, (unchecked, checked)
 
 
 def test_every_stage_compiles_for_the_gpu():
-    """Every kernel of the pipeline (forward with and without the value checks, backward, the d rule) compiled
-    for sm_90a without a GPU at K = 128, bf16, with the GPU's launch rules (``benchmarks.offline_regs``): each
-    assembles (ptxas reports its registers). The kernels moved into one module per stage (issue #10 item 5)
-    and this is the GPU-side check of that move that the interpreter cannot give."""
-    from benchmarks import offline_regs
-
-    if not offline_regs._ptxas().exists():
-        pytest.skip("Triton's bundled ptxas is not installed")
-    code = (
-        "from benchmarks import offline_regs as o\n"
-        "for label, (fn, a, w, *nst) in o.cases('bf16', 128).items():\n"
-        "    print(label, '|', o.resources(fn, a, w, *nst)[0])\n"
+    """Every kernel of the pipeline (forward with the value checks, backward, gated, the d rule sequential and
+    segment-parallel) compiled for sm_90a without a GPU at K = 128, bf16, as the public call launches them:
+    each assembles (ptxas reports its registers). The GPU-side check that the interpreter cannot give."""
+    rows = _offline_regs(
+        "rows = []\n"
+        "for kw in (dict(gated=True), dict(d_rule='sequential'), dict(d_rule='segments')):\n"
+        "    rows += o.table(o.call_kernels(1, 1024, 2, 128, torch.bfloat16, backward=True, **kw))\n"
+        "print(json.dumps(rows))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    regs = dict(line.rsplit(" | ", 1) for line in r.stdout.strip().splitlines())
-    stages_ = {"state", "dv_local", "dh", "bwd_dqk", "bwd_wy", "d_scan store_h", "d_bwd_grads", "d_seg_map"}
-    assert stages_ | {"d_seg_carry", "d_bwd_seg_map"} <= regs.keys()
-    assert all(v.isdigit() and int(v) > 0 for v in regs.values()), regs
+    names = {r["kernel"] for r in rows}
+    stages_ = {"state", "output", "dv_local", "dh", "bwd_dqk", "bwd_wy", "gram_solve", "wy", "d_prep", "d_scan"}
+    stages_ |= {"d_seg_map", "d_seg_carry", "d_bwd_seg_map", "d_bwd_local", "d_bwd_scan", "d_bwd_grads"}
+    assert {f"_{s}_kernel" for s in stages_} <= names, sorted(names)
+    assert all(isinstance(r["regs"], int) and r["regs"] > 0 for r in rows), rows
+
+
+def test_float32_launch_rules_avoid_the_register_fallback():
+    """float32 inputs get IEEE dots, which Triton lowers to FMA loops. Under the 16-bit launch rules, ptxas fell
+    back to 32 registers with a 4.8–13 KB stack frame per thread in dv_local, output, bwd_dqk and bwd_wy
+    at K = 64 (triton 3.6 and 3.8, sm_90a). One such kernel took 1.6 ms a call in the recall lab's float32
+    training on an H100. The float32 rules (``fma_dots``) must keep every kernel of a forward+backward under
+    1 KB. K = 64 is the recall lab's head dim at width 128; at K = 128 the output stage still spills 5.7 KB
+    (docs/kernels.md)."""
+    rows = _offline_regs(
+        "print(json.dumps(o.table(o.call_kernels(1, 128, 2, 64, torch.float32, backward=True))))\n"
+    )
+    assert len(rows) >= 9, rows
+    worst = max(rows, key=lambda r: r["stack_frame"])
+    assert worst["stack_frame"] <= 1024, worst

@@ -18,6 +18,7 @@ from ._common import (
     _store_rows,
     chunk_rows,
     decay_ref,
+    fma_dots,
     heads_first,
     wide_dtype,
 )
@@ -96,12 +97,14 @@ def bwd_dqk(q, kt, g, vnew, h, do, dh, du, bounds, scale, C, launch: Launch = DE
     dkt = torch.empty(N, H, K, device=q.device, dtype=f)
     dw = torch.empty(N, H, K, device=q.device, dtype=q.dtype)  # only ever used as a dot operand
     dg = torch.empty(N, H, device=q.device, dtype=f) if g is not None else None
+    fma = fma_dots(q.dtype)
     cfg = launch.cfg(
         "bwd_dqk",
         q.dtype,
-        BV=_block(V, 64),
+        BV=_block(V, 32 if fma else 64),
         num_stages=_stages(q.dtype),
-        num_warps=4 if K <= 64 else 8,
+        # float32: 0.2-12 KB stack frame with the 16-bit rule (K = 32-128); 0-0.7 KB with 8 warps, V block 32
+        num_warps=8 if fma or K > 64 else 4,
     )
     _c = _bwd_dqk_kernel[(bounds.shape[0], H)](
         q, kt, g if g is not None else q, vnew, h, do, dh, du, dq, dkt, dw, dg if dg is not None else dq,

@@ -16,6 +16,7 @@ from ._common import (
     _pass_stages,
     _rows,
     _store_rows,
+    fma_dots,
     heads_first,
     wide_dtype,
 )
@@ -104,7 +105,10 @@ def dh_pass(
     BK = _block(K)
     nst = min(3, _pass_stages(q.dtype, bv, C * (3 * BK + 2 * bv) * q.element_size()))  # q, k̃, W; dO, dv
     # 8 warps pay only with wide V blocks: 16 sequence·heads (V block 16) took 0.510 ms at 4 warps, 0.557 at 8
-    cfg = launch.cfg("dh", q.dtype, BV=bv, num_stages=nst, num_warps=8 if K > 64 and bv >= 32 else 4)
+    warps = 8 if K > 64 and bv >= 32 else 4
+    if fma_dots(q.dtype):  # float32: up to 13 KB stack frame with the 16-bit rule; ≤ 0.4 KB here
+        bv, warps = 16, 8
+    cfg = launch.cfg("dh", q.dtype, BV=bv, num_stages=nst, num_warps=warps)
     _c = _dh_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
         q, kt, w, g if g is not None else q, do, dvl, dht if dht is not None else dh, dh, du,
         dh0 if dh0 is not None else dh, cu_seqlens, chunk_offsets, float(scale), H, K, V,

@@ -20,6 +20,7 @@ from ._common import (
     _store_rows,
     chunk_rows,
     decay_ref,
+    fma_dots,
     wide_dtype,
 )
 from .config import DEFAULT_LAUNCH, Launch
@@ -215,8 +216,10 @@ def gram_solve(
     # block) is kept for fp32/fp64 inputs, where it brings the inverse to substitution accuracy; for 16-bit
     # inputs its effect on the output is far below their rounding (end-to-end error vs float64 0.00734 with
     # and 0.00736 without it on nearly aligned keys), so it is skipped there.
-    wide = k.dtype in (torch.float32, torch.float64)
-    cfg = launch.cfg("gram_solve", k.dtype, num_warps=2, PREC="ieee", NEWTON=wide)
+    wide = fma_dots(k.dtype)
+    # float32 (FMA dots): 2 warps left a 1.1 KB stack frame at K = 64 and 9.5 KB at K = 128 (sm_90, triton 3.6)
+    warps = (4 if K <= 64 else 8) if wide else 2
+    cfg = launch.cfg("gram_solve", k.dtype, num_warps=warps, PREC="ieee", NEWTON=wide)
     if wide:
         cfg["PREC"] = "ieee"  # tf32 variants only for 16-bit inputs (fp32 promises IEEE dots)
     _c = _gram_solve_kernel[(NC, H)](

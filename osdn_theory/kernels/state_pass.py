@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _block, _bv, _last, _mm, _pass_stages, _rows, _store_rows, wide_dtype
+from ._common import _block, _bv, _last, _mm, _pass_stages, _rows, _store_rows, fma_dots, wide_dtype
 from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["state_pass", "state_pass_ref"]
@@ -104,7 +104,12 @@ def state_pass(
     bv = _bv(V, S * H, launch.gpu())
     es = kt.element_size()
     nst = _pass_stages(kt.dtype, bv, C * (2 * BK + bv) * es)  # per chunk: rows of W and k̃, a block of Ũ
-    cfg = launch.cfg("state", kt.dtype, BV=bv, num_stages=nst, num_warps=4, KSPLIT=False)
+    warps = 4
+    if fma_dots(
+        kt.dtype
+    ):  # float32: 2.6 KB (K = 64) and 12 KB (K = 128) stack frame at 4 warps; ≤ 0.3 KB here
+        bv, warps = 16, 8
+    cfg = launch.cfg("state", kt.dtype, BV=bv, num_stages=nst, num_warps=warps, KSPLIT=False)
     if BK < 32:
         cfg["KSPLIT"] = False  # halves below 16 rows are not a dot shape
     _c = _state_kernel[(triton.cdiv(V, cfg["BV"]), S * H)](
