@@ -197,7 +197,18 @@ def test_every_stage_compiles_for_the_gpu():
         "print(json.dumps(rows))\n"
     )
     names = {r["kernel"] for r in rows}
-    stages_ = {"state", "output", "dv_local", "dh", "bwd_dqk", "bwd_wy", "gram_solve", "wy", "d_prep", "d_scan"}
+    stages_ = {
+        "state",
+        "output",
+        "dv_local",
+        "dh",
+        "bwd_dqk",
+        "bwd_wy",
+        "gram_solve",
+        "wy",
+        "d_prep",
+        "d_scan",
+    }
     stages_ |= {"d_seg_map", "d_seg_carry", "d_bwd_seg_map", "d_bwd_local", "d_bwd_scan", "d_bwd_grads"}
     assert {f"_{s}_kernel" for s in stages_} <= names, sorted(names)
     assert all(isinstance(r["regs"], int) and r["regs"] > 0 for r in rows), rows
