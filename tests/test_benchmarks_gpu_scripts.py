@@ -103,10 +103,11 @@ def test_sweep_runs_every_stage_under_overrides(monkeypatch):
     variants = {
         "gram_solve": [{"num_warps": 2, "PREC": "ieee", "NEWTON": False}],
         "wy": [{"BK": 16, "BV": 16, "num_warps": 4}],
-        "state": [{"KSPLIT": True, "BV": 16, "num_warps": 4, "num_stages": 2}],
-        "output": [{"BV": 16, "num_warps": 4}],
+        # float64 input takes the float32 (FMA) rules: V block 16 in state, output and dh, so these try 32
+        "state": [{"KSPLIT": True, "BV": 32, "num_warps": 4, "num_stages": 2}],
+        "output": [{"BV": 32, "num_warps": 4}],
         "dv_local": [{"BV": 16, "num_warps": 4}],
-        "dh": [{"BV": 16, "num_warps": 4, "num_stages": 2}],
+        "dh": [{"BV": 32, "num_warps": 4, "num_stages": 2}],
         "bwd_dqk": [{"BV": 16, "num_warps": 4, "num_stages": 1}],
         "bwd_wy": [{"BK": 32, "num_warps": 4, "num_stages": 1}],
     }
