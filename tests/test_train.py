@@ -426,3 +426,50 @@ def test_evaluation_on_answer_logits_equals_the_full_logits_count():
     loss = torch.nn.functional.cross_entropy(logits[mask], data.labels[mask])
     # the loop takes the loss of float32 logits (as in training), so float32's tolerance
     assert got["eval_loss"] == pytest.approx(float(loss), rel=rtol(torch.float32))
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch
+):
+    """A run interrupted mid-training resumes from its last checkpoint (not from step 0) and ends with exactly
+    what an uninterrupted run computes (CPU: bit for bit); the checkpoint is removed when the run ends, and
+    an unreadable checkpoint is set aside and the run starts over."""
+    import tomllib
+
+    from osdn_theory.train import run as run_mod
+
+    raw = tomllib.loads(SMOKE.replace("steps = 2", "steps = 6").replace("eval_every = 1", "eval_every = 2"))
+    cfg = parse_train_spec(raw).runs[1].to_dict()  # the ratio rule
+    want_status, want_metrics, want_series = run_mod.train_run(cfg, "cpu")
+
+    ck = tmp_path / "ck"
+    real, calls = run_mod.train_step, []
+
+    def stop_at_step_5(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # Ctrl-C (or the session's time limit) during step 5
+        return real(*a, **kw)
+
+    monkeypatch.setattr(run_mod, "train_step", stop_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=0)
+    (saved,) = ck.glob("*.pt")
+    calls.clear()
+    monkeypatch.setattr(run_mod, "train_step", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    status, metrics, series = run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=0)
+    assert len(calls) == 2 and metrics["resumed_from_step"] == 4  # steps 5 and 6 only
+    assert (status, series) == (want_status, want_series)
+    timing = {"train_seconds", "steps_per_s", "resumed_from_step"}
+    assert {k: v for k, v in metrics.items() if k not in timing} == {
+        k: v for k, v in want_metrics.items() if k not in timing
+    }
+    assert not saved.exists() and not list(ck.iterdir())
+
+    saved.write_bytes(b"not a checkpoint")  # damaged: set aside, the run starts over
+    calls.clear()
+    status, metrics, series = run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=1e9)
+    assert len(calls) == 6 and "resumed_from_step" not in metrics and series == want_series
+    assert saved.with_suffix(".bad").exists()
+    with pytest.raises(ValueError, match="^checkpoint_every: "):
+        run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=-1)

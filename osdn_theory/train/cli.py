@@ -40,6 +40,15 @@ def register(app: typer.Typer) -> None:
         retry_failed: Annotated[
             bool, typer.Option(help="Run again the runs recorded as failed or skipped.")
         ] = False,
+        checkpoint_every: Annotated[
+            float,
+            typer.Option(
+                "--checkpoint-every",
+                min=0,
+                help="Seconds of training between a run's checkpoints in DIR/checkpoints (0: every step); an "
+                "interrupted run resumes from its checkpoint.",
+            ),
+        ] = 60.0,
         report_only: Annotated[
             bool,
             typer.Option(
@@ -83,7 +92,8 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2)
             report()
             return
-        with run_errors("train", file, out, "the run in flight is lost", on_interrupt=report):
+        lost = "the runs in flight resume from their last checkpoint"
+        with run_errors("train", file, out, lost, on_interrupt=report):
             if device != "auto":
                 import torch
 
@@ -106,7 +116,12 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
                 threads=threads,
                 append_different_spec=append_different_spec,
-                evaluate=functools.partial(train_batch, device=device),
+                evaluate=functools.partial(
+                    train_batch,
+                    device=device,
+                    checkpoint_dir=str(out / "checkpoints"),
+                    checkpoint_every=checkpoint_every,
+                ),
                 stop_after=stop_after,
             )
         try:
