@@ -25,7 +25,8 @@ seconds of training, a run saves its state (model, optimizer, step, the series s
 from it instead of from step 0; the file is removed when the run ends. Batches are a function of the step and
 the state is restored exactly, so on a CPU a resumed run equals an uninterrupted one bit for bit (tested); on
 a GPU only the kernels' accumulation order can differ. A checkpoint that cannot be read is set aside
-(renamed ``.bad``) and the run starts over.
+(renamed ``.bad``) and the run starts over; so does a run that failed (its checkpoint is removed with the
+failure, so that ``--retry-failed`` after a fix does not resume from a faulty state).
 
 - ``status``: ``ok``; ``diverged`` (the training loss became NaN or infinite, or the kernel's value check found
   non-finite activations; training stopped there, ``metrics.diverged_reason`` says which);
@@ -40,6 +41,7 @@ import os
 import socket
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -269,7 +271,6 @@ def train_run(
     seconds of training (``0``: after every step); see the module docstring."""
     import copy
     import dataclasses
-    from pathlib import Path
 
     if (
         not isinstance(checkpoint_every, int | float)
@@ -434,6 +435,10 @@ def train_batch(
         except PeerUnavailable as err:
             out.append(_record(cfg, "skipped", time.perf_counter() - t0, error=str(err)))
         except Exception as err:  # noqa: BLE001 - recorded, never lost
+            if (
+                checkpoint_dir is not None
+            ):  # a retry (after a fix) starts over rather than from a faulty state
+                (Path(checkpoint_dir) / f"{config_hash(cfg)}.pt").unlink(missing_ok=True)
             out.append(
                 _record(
                     cfg,
