@@ -473,3 +473,25 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_equals_an_uninterrup
     assert saved.with_suffix(".bad").exists()
     with pytest.raises(ValueError, match="^checkpoint_every: "):
         run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=-1)
+
+
+def test_a_failed_run_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """A run that raises is recorded as failed and its checkpoint removed, so a retry after a fix starts over."""
+    import tomllib
+
+    from osdn_theory.train import run as run_mod
+
+    cfg = parse_train_spec(tomllib.loads(SMOKE.replace("steps = 2", "steps = 4"))).runs[0].to_dict()
+    real, calls = run_mod.train_step, []
+
+    def fail_at_step_3(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("a bug")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(run_mod, "train_step", fail_at_step_3)
+    ck = tmp_path / "ck"
+    (rec,) = run_mod.train_batch([cfg], "cpu", checkpoint_dir=ck, checkpoint_every=0)
+    assert rec["status"] == "failed" and "a bug" in rec["error"]
+    assert not list(ck.glob("*.pt"))
