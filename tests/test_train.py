@@ -471,6 +471,16 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_equals_an_uninterrup
     status, metrics, series = run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=1e9)
     assert len(calls) == 6 and "resumed_from_step" not in metrics and series == want_series
     assert saved.with_suffix(".bad").exists()
+    # half readable: the model's weights load, the optimizer state does not; the run starts over from its
+    # initial weights, not from the checkpoint's
+    trained = {
+        k: torch.full_like(v, 0.5)
+        for k, v in run_mod.RecallLM(16, run_mod.model_from_dict(cfg["model"])).state_dict().items()
+    }
+    torch.save({"model": trained, "opt": {"bad": 1}, "loop": {}}, saved)
+    calls.clear()
+    status, metrics, series = run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=1e9)
+    assert len(calls) == 6 and series == want_series
     with pytest.raises(ValueError, match="^checkpoint_every: "):
         run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=-1)
 

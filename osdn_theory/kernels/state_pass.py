@@ -105,9 +105,7 @@ def state_pass(
     es = kt.element_size()
     nst = _pass_stages(kt.dtype, bv, C * (2 * BK + bv) * es)  # per chunk: rows of W and k̃, a block of Ũ
     warps = 4
-    if fma_dots(
-        kt.dtype
-    ):  # float32: 2.6 KB (K = 64) and 12 KB (K = 128) stack frame at 4 warps; ≤ 0.3 KB here
+    if fma_dots(kt.dtype):  # float32: a 2.6 KB (K = 64) and 12 KB (K = 128) stack frame at 4 warps; ≤ 0.3 KB
         bv, warps = 16, 8
     cfg = launch.cfg("state", kt.dtype, BV=bv, num_stages=nst, num_warps=warps, KSPLIT=False)
     if BK < 32:

@@ -19,19 +19,19 @@ Record (one per run, appended to ``results.jsonl`` by the sweep runner):
   ``peak_memory_gb`` (GPU).
 - ``series``: ``eval_step``, ``eval_accuracy``, ``eval_loss``, ``eval_s_over2``, ``eval_s_median`` (OSDN
   models); ``loss_step``, ``loss``.
-Checkpoints (``checkpoint_dir``, which ``osdn train`` sets to ``DIR/checkpoints``): every ``checkpoint_every``
-seconds of training, a run saves its state (model, optimizer, step, the series so far) to
-``<config hash>.pt`` (written to a temporary file, then renamed), and a run that finds its checkpoint resumes
-from it instead of from step 0; the file is removed when the run ends. Batches are a function of the step and
-the state is restored exactly, so on a CPU a resumed run equals an uninterrupted one bit for bit (tested); on
-a GPU only the kernels' accumulation order can differ. A checkpoint that cannot be read is set aside
-(renamed ``.bad``) and the run starts over; so does a run that failed (its checkpoint is removed with the
-failure, so that ``--retry-failed`` after a fix does not resume from a faulty state).
-
 - ``status``: ``ok``; ``diverged`` (the training loss became NaN or infinite, or the kernel's value check found
   non-finite activations; training stopped there, ``metrics.diverged_reason`` says which);
   ``failed`` (raised; traceback kept); ``skipped`` (a peer model whose package is not installed; like a failed
   run it is run again by ``--retry-failed``, since only ``ok``/``diverged`` count as finished).
+
+Checkpoints (``checkpoint_dir``, which ``osdn train`` sets to ``DIR/checkpoints``): every ``checkpoint_every``
+seconds of training, a run saves its state (model, optimizer, step, the series so far) to
+``<config hash>.pt`` (written to a temporary file, then renamed), and a run that finds its checkpoint resumes
+from it instead of from step 0; the file is removed when the run ends. Batches are a function of the step and
+the state is restored exactly, so on a CPU a resumed run equals an uninterrupted one bit for bit (tested; on
+a GPU this is not tested). A checkpoint that cannot be read is set aside
+(renamed ``.bad``) and the run starts over; so does a run that failed (its checkpoint is removed with the
+failure, so that ``--retry-failed`` after a fix does not resume from a faulty state).
 """
 
 from __future__ import annotations
@@ -239,12 +239,20 @@ def _load_checkpoint(path, model, opt) -> dict | None:
 
     if path is None or not path.exists():
         return None
+    import copy
+
+    fresh = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        return ck["loop"]
+        loop = ck["loop"]
+        if not {"done", "seconds", "window", "best", "series", "last_eval"} <= set(loop):
+            raise KeyError(f"loop state lacks {sorted({'done', 'seconds', 'window', 'best'} - set(loop))}")
+        return loop
     except Exception as err:  # noqa: BLE001 - a damaged checkpoint costs the progress, never the run
+        model.load_state_dict(fresh[0])  # undo a partial load: the run starts from its initial state
+        opt.load_state_dict(fresh[1])
         bad = path.with_suffix(".bad")
         os.replace(path, bad)
         print(
