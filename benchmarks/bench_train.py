@@ -11,7 +11,9 @@ in one process:
   2026-12-05).
 
 Then ``--workers`` processes run the first shape's DeltaNet step side by side (the local executor's way of
-sharing one GPU): ``pool_steps_per_s`` is their summed rate, which says how many workers pay.
+sharing one GPU): ``pool_steps_per_s`` is their summed rate, which says how many workers pay. They start timing
+together once all are set up and compiled (a barrier; the former fixed wait of 20 s + 2 s a worker made the 12-
+and 15-worker pools overrun a 230 s budget on an H100 on 2026-12-05).
 
     python -m benchmarks.bench_train [--out FILE] [--workers 1,4,8,12] [--steps 30]
     python -m benchmarks.bench_train --device cpu --tiny     # CPU smoke of the script (reference mode)
@@ -102,14 +104,21 @@ def bench_model(d_mode, hidden, kv, seq_len, device, steps, tiny) -> dict:
     }
 
 
+_BARRIER = None
+
+
+def _pool_init(barrier):
+    global _BARRIER
+    _BARRIER = barrier
+
+
 def _pool_worker(args):
-    hidden, kv, seq_len, device, steps, tiny, start = args
+    hidden, kv, seq_len, device, steps, tiny = args
     device = torch.device(device)
     torch.set_num_threads(1)
     task, model, opt = _setup("none", hidden, kv, seq_len, device, tiny)
     _step_times(task, model, opt, device, 2, full_logits=False)  # compile before the common start
-    while time.time() < start:
-        time.sleep(0.01)
+    _BARRIER.wait(timeout=600)  # every worker is set up and compiled: all start timing together
     t0 = time.perf_counter()
     _step_times(task, model, opt, device, steps, full_logits=False)
     return steps + 3, time.perf_counter() - t0
@@ -117,11 +126,9 @@ def _pool_worker(args):
 
 def bench_pool(workers, shape, device, steps, tiny) -> dict:
     ctx = mp.get_context("spawn")
-    start = (
-        time.time() + (2.0 if tiny else 20.0) + 2.0 * workers
-    )  # every worker is set up and compiled by then
-    with ctx.Pool(workers) as pool:
-        res = pool.map(_pool_worker, [(*shape, str(device), steps, tiny, start)] * workers)
+    barrier = ctx.Barrier(workers)
+    with ctx.Pool(workers, initializer=_pool_init, initargs=(barrier,)) as pool:
+        res = pool.map(_pool_worker, [(*shape, str(device), steps, tiny)] * workers)
     return {
         "workers": workers,
         "pool_steps_per_s": sum(n / s for n, s in res),
