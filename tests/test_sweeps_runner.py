@@ -596,3 +596,19 @@ def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, monkeypatch):
     kids = [p for p in kids if "spawn_main" in " ".join(p.cmdline())]
     _, alive = psutil.wait_procs(kids, timeout=10)
     assert not alive and time.time() - t0 < 1.5, (len(alive), time.time() - t0)
+
+
+def test_a_worker_whose_pool_owner_died_during_its_start_exits():
+    """A pool worker compares its parent with the owner's pid taken in the owner, not with the parent it finds
+    once its slow imports are done: when the sweep was killed meanwhile, that parent is already the process
+    that adopted it, and the worker used to live on as an orphan (a flaky failure of the kill test above)."""
+    code = (
+        "import time\n"
+        "from osdn_theory.sweeps.executors import _worker_init\n"
+        "_worker_init(1, parent=-1)\n"  # not this process's parent: as if the owner had died
+        "time.sleep(30)\n"
+    )
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert time.time() - t0 < 25

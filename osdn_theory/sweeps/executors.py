@@ -66,24 +66,26 @@ def _threaded(threads: int, fn: Callable, *args: Any) -> Any:
             torch.set_num_threads(old)
 
 
-def _worker_init(threads: int = 1) -> None:
-    """Pool worker set-up: ``threads`` torch threads, and exit when the parent dies (a killed sweep leaves no
-    orphans)."""
+def _worker_init(threads: int = 1, parent: int | None = None) -> None:
+    """Pool worker set-up: exit when the parent dies (a killed sweep leaves no orphans), then ``threads`` torch
+    threads. ``parent`` is the pool owner's pid, taken in the parent: a worker still starting up (imports take
+    seconds on a loaded machine) when the sweep is killed has already been handed to another parent, and a
+    pid read here would be that one's, so the worker would never notice (seen as a flaky CI failure)."""
     import threading
     import time
 
-    import torch
-
-    torch.set_num_threads(threads)
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
 
     def watch() -> None:
         while True:
-            time.sleep(0.5)
             if os.getppid() != parent:
                 os._exit(1)
+            time.sleep(0.5)
 
     threading.Thread(target=watch, name="osdn-parent-watch", daemon=True).start()
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 class _Deferred:
@@ -151,7 +153,7 @@ class LocalExecutor:
             max_workers=self.workers,
             mp_context=mp.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(threads,),
+            initargs=(threads, os.getpid()),
         )
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
