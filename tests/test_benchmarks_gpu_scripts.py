@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from benchmarks import tune_kernels
 from benchmarks.bench_kernels import default_out
-from osdn_theory.kernels.config import DEFAULT_LAUNCH
+from osdn_theory.kernels.config import DEFAULT_LAUNCH, STAGE_NAMES
 
 pytestmark = pytest.mark.interpreter
 
@@ -198,19 +198,7 @@ def test_every_stage_compiles_for_the_gpu():
         "print(json.dumps(rows))\n"
     )
     names = {r["kernel"] for r in rows}
-    stages_ = {
-        "state",
-        "output",
-        "dv_local",
-        "dh",
-        "bwd_dqk",
-        "bwd_wy",
-        "gram_solve",
-        "wy",
-        "d_prep",
-        "d_scan",
-    }
-    stages_ |= {"d_seg_map", "d_seg_carry", "d_bwd_seg_map", "d_bwd_local", "d_bwd_scan", "d_bwd_grads"}
+    stages_ = {*STAGE_NAMES, "d_prep"}  # every stage of the launch configuration, and the rule's preparation
     assert {f"_{s}_kernel" for s in stages_} <= names, sorted(names)
     assert all(isinstance(r["regs"], int) and r["regs"] > 0 for r in rows), rows
 

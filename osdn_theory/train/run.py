@@ -232,6 +232,10 @@ def _discard_value_checks() -> str | None:
     return checks.discard_values() if checks is not None else None
 
 
+#: What a checkpoint keeps of the training loop besides the model and optimizer state.
+_LOOP_KEYS = frozenset({"done", "seconds", "window", "best", "series", "last_eval"})
+
+
 def _load_checkpoint(path, model, opt) -> dict | None:
     """The saved loop state of ``path`` after loading its model and optimizer state, or ``None`` (no file, or
     a file that cannot be read: renamed ``.bad`` and reported on stderr)."""
@@ -247,8 +251,8 @@ def _load_checkpoint(path, model, opt) -> dict | None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         loop = ck["loop"]
-        if not {"done", "seconds", "window", "best", "series", "last_eval"} <= set(loop):
-            raise KeyError(f"loop state lacks {sorted({'done', 'seconds', 'window', 'best'} - set(loop))}")
+        if missing := _LOOP_KEYS - set(loop):
+            raise KeyError(f"loop state lacks {sorted(missing)}")
         return loop
     except Exception as err:  # noqa: BLE001 - a damaged checkpoint costs the progress, never the run
         model.load_state_dict(fresh[0])  # undo a partial load: the run starts from its initial state
