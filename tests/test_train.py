@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from osdn_theory.cli import app
 from osdn_theory.tolerances import rtol
 from osdn_theory.train import load_train_results, lr_at, parse_train_spec, summary_table, train_batch
-from osdn_theory.train.spec import optim_settings
+from osdn_theory.train.spec import load_train_spec, optim_settings
 
 SMOKE = """
 name = "smoke"
@@ -111,6 +111,23 @@ def test_bad_training_files_name_the_key(over, key):
         parse_train_spec(_raw(**over))
     msg = str(err.value)
     assert msg.startswith(key) and "\n" not in msg, msg
+
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+@pytest.mark.parametrize("companion", ["recall_mqar_gpu_peers", "recall_mqar_gpu_clip"])
+def test_companion_gpu_sweeps_share_the_main_grid(companion):
+    """The peer and clip files are compared with ``recall_mqar_gpu.toml`` run by run, so they differ from it in
+    their model tables and name only (the peers file once kept 2000 steps after the main file went to 1000)."""
+    main = load_train_spec(SWEEPS / "recall_mqar_gpu.toml")
+    other = load_train_spec(SWEEPS / f"{companion}.toml")
+    same = {k: v for k, v in main.raw.items() if k not in ("model", "name")}
+    assert {k: v for k, v in other.raw.items() if k not in ("model", "name")} == same
+    for key in ("num_layers", "num_heads"):
+        assert {m[key] for m in other.raw["model"]} == {m[key] for m in main.raw["model"]}, key
+    widths = {w for m in main.raw["model"] for w in m["grid"]["hidden_size"]}
+    assert {w for m in other.raw["model"] for w in m["grid"]["hidden_size"]} == widths
 
 
 def test_learning_rate_schedule():
