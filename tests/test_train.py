@@ -130,6 +130,51 @@ def test_companion_gpu_sweeps_share_the_main_grid(companion):
     assert {w for m in other.raw["model"] for w in m["grid"]["hidden_size"]} == widths
 
 
+def _cell_rows(model, lr, accs, r1s, statuses=None):
+    statuses = statuses or ["ok"] * len(accs)
+    return [
+        {"task": "mqar", "hidden_size": 64, "num_kv_pairs": 16, "seq_len": 256, "model": model, "lr": lr,
+         "seed": seed, "accuracy": a, "r1_mean": r, "status": st}
+        for seed, (a, r, st) in enumerate(zip(accs, r1s, statuses, strict=True))
+    ]  # fmt: skip
+
+
+def test_summary_counts_divergence_as_failure_and_compares_means():
+    """Diverged runs count as accuracy 0 (in the mean and in the choice of learning rate), the relative change is
+    a ratio of seed means and is left out when the baseline is at chance level, R1's change is over finished
+    runs only."""
+    import pandas as pd
+
+    from osdn_theory.train.results import REL_CHANGE_FLOOR
+
+    nan = float("nan")
+    rows = (
+        _cell_rows("deltanet", 1e-3, [0.9, 0.0, 0.6], [0.2, 0.4, 0.3])
+        + _cell_rows("deltanet", 3e-3, [0.1, 0.1, 0.1], [0.5, 0.5, 0.5])
+        # at 3e-3 the finished runs average 0.95 but one of three diverged: 0.633 < 0.7 at 1e-3
+        + _cell_rows("osdn-rule", 3e-3, [0.95, 0.95, nan], [0.1, 0.1, nan], ["ok", "ok", "diverged"])
+        + _cell_rows("osdn-rule", 1e-3, [0.7, 0.7, 0.7], [0.3, 0.3, 0.6])
+    )
+    t = summary_table(pd.DataFrame(rows)).set_index("model")
+    base, rule = t.loc["deltanet"], t.loc["osdn-rule"]
+    assert base["lr"] == 1e-3 and rule["lr"] == 1e-3
+    assert (base["runs"], base["diverged"], base["learned"]) == (3, 0, 2)
+    assert base["mean"] == pytest.approx(0.5) and (base["min"], base["max"]) == (0.0, 0.9)
+    assert rule["rel_change"] == pytest.approx(
+        0.7 / 0.5 - 1
+    )  # ratio of means, not the mean of per-seed ratios
+    assert rule["r1_rel_change"] == pytest.approx(0.4 / 0.3 - 1)
+    # the rule at 3e-3 alone: the diverged seed is a 0, not a missing value
+    t3 = summary_table(pd.DataFrame([r for r in rows if r["model"] == "deltanet" or r["lr"] == 3e-3]))
+    r3 = t3.set_index("model").loc["osdn-rule"]
+    assert (r3["runs"], r3["diverged"], r3["learned"]) == (3, 1, 2)
+    assert r3["mean"] == pytest.approx(1.9 / 3) and r3["min"] == 0.0
+    assert r3["r1_rel_change"] == pytest.approx(0.1 / 0.3 - 1)  # over the two seeds both finished
+    # a baseline at chance level: no relative change
+    low = [dict(r, accuracy=REL_CHANGE_FLOOR / 2) if r["model"] == "deltanet" else r for r in rows]
+    assert summary_table(pd.DataFrame(low))["rel_change"].isna().all()
+
+
 def test_learning_rate_schedule():
     o = optim_settings({"lr": 1.0, "warmup_steps": 4, "min_lr_ratio": 0.1})
     assert [lr_at(s, o, 100) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -171,7 +216,7 @@ def test_cli_two_step_training_smoke_resumes_after_interruption(tmp_path):
     assert (out / "figures" / "accuracy_vs_pairs.png").is_file() and (out / "summary.csv").is_file()
     assert "| mqar | 16 | 2 | 8 | osdn-rule |" in (out / "summary.md").read_text()
     table = summary_table(df)
-    assert table.loc[table["model"] == "deltanet", "rel_change"].item() == 0.0
+    assert table["runs"].tolist() == [1, 1, 1]
     # the resumed folder holds what one uninterrupted run computes (CPU, same seeds)
     out2 = tmp_path / "res2"
     assert (

@@ -9,7 +9,16 @@ from ..sweeps.store import ResultsStore
 from ..tasks import task_from_dict
 from .spec import optim_settings, train_settings
 
-__all__ = ["best_lr", "load_train_results", "plot_accuracy_vs_pairs", "summary_table", "write_report"]
+__all__ = [
+    "LEARNED_ACCURACY",
+    "REL_CHANGE_FLOOR",
+    "best_lr",
+    "load_train_results",
+    "plot_accuracy_vs_pairs",
+    "scored",
+    "summary_table",
+    "write_report",
+]
 
 
 def load_train_results(out: str | Path, *, finished_only: bool = True):
@@ -52,10 +61,28 @@ def load_train_results(out: str | Path, *, finished_only: bool = True):
     return pd.DataFrame(rows)
 
 
+#: A run "learned" the task when its held-out accuracy reaches this: on MQAR, learning is abrupt, so the seeds of
+#: a cell split into runs near chance and runs far above it, and the count says more than a mean of 3 seeds.
+LEARNED_ACCURACY = 0.5
+#: ``rel_change`` is left out (``NaN``) where the baseline's mean accuracy is below this: a ratio of two
+#: accuracies at chance level is noise (DeltaNet at 0.0006 against 0.0003 would read as +100 %).
+REL_CHANGE_FLOOR = 0.05
+
+
+def scored(df):
+    """``df`` with ``accuracy`` of every ``diverged`` run set to 0 (its outputs were NaN: it recalls nothing), so
+    that means, spreads and the choice of learning rate count divergence as failure instead of dropping it."""
+    df = df.copy()
+    if "status" in df:
+        df.loc[df["status"] == "diverged", "accuracy"] = 0.0
+    return df
+
+
 def best_lr(df, keys=("task", "hidden_size", "num_kv_pairs", "seq_len", "model")):
-    """Rows of each model's best learning rate per cell (highest mean held-out accuracy over seeds; ties: the
-    smaller rate). With one rate per cell this returns ``df`` unchanged."""
+    """Rows of each model's best learning rate per cell (highest mean held-out accuracy over seeds, diverged runs
+    counted as 0; ties: the smaller rate). With one rate per cell this returns ``df`` unchanged."""
     keys = list(keys)
+    df = scored(df)
     mean = df.groupby([*keys, "lr"])["accuracy"].mean().reset_index()
     mean = mean.sort_values([*keys, "accuracy", "lr"], ascending=[True] * len(keys) + [False, True])
     best = mean.drop_duplicates(keys)[[*keys, "lr"]]
@@ -63,39 +90,63 @@ def best_lr(df, keys=("task", "hidden_size", "num_kv_pairs", "seq_len", "model")
 
 
 def summary_table(df, baseline: str = "deltanet"):
-    """Accuracy per (task, width, pairs, model) at the model's best learning rate (:func:`best_lr`): mean,
-    standard deviation, seeds, the rate, the mean of the layers' own residual ratio ``r1_mean`` (where recorded),
-    and the mean relative change against ``baseline`` over the seeds both have (``acc / acc_baseline − 1``, paired by seed; ``NaN`` where the baseline's accuracy is 0)."""
+    """Accuracy per (task, width, pairs, model) at the model's best learning rate (:func:`best_lr`), with
+    diverged runs counted as accuracy 0 (:func:`scored`).
+
+    Columns: ``lr``; ``runs`` and ``diverged`` (seeds at that rate, and how many of them diverged); ``learned``
+    (seeds with accuracy ≥ :data:`LEARNED_ACCURACY`); ``mean``, ``std`` (ddof 1), ``min``, ``max`` over the seeds;
+    ``rel_change``: ``mean / mean_baseline − 1`` over the seeds both have (paired by seed), ``NaN`` where the
+    baseline's mean is below :data:`REL_CHANGE_FLOOR`; ``r1_mean`` (where recorded: the mean over the layers and
+    the finished seeds of the stored-set residual ratio R1, lower is better) and ``r1_rel_change`` (its
+    ``mean / mean_baseline − 1`` over the seeds both finished; the paper's "recall residual ratio" change)."""
     import numpy as np
     import pandas as pd
 
     keys = ["task", "hidden_size", "num_kv_pairs", "seq_len"]
     df = best_lr(df)
+    if "status" not in df:
+        df = df.assign(status="ok")
+    df = df.assign(
+        diverged=(df["status"] == "diverged").astype(int),
+        learned=(df["accuracy"] >= LEARNED_ACCURACY).astype(int),
+    )
     g = df.groupby([*keys, "model"])
     out = pd.DataFrame(
         {
+            "lr": g["lr"].first(),
+            "runs": g["accuracy"].count(),
+            "diverged": g["diverged"].sum(),
+            "learned": g["learned"].sum(),
             "mean": g["accuracy"].mean(),
             "std": g["accuracy"].std(ddof=1),
-            "seeds": g["accuracy"].count(),
-            "lr": g["lr"].first(),
+            "min": g["accuracy"].min(),
+            "max": g["accuracy"].max(),
         }
-    )
-    if "r1_mean" in df:
-        out["r1_mean"] = g["r1_mean"].mean()
-    out = out.reset_index()
-    base = df[df["model"] == baseline][[*keys, "seed", "accuracy"]].rename(columns={"accuracy": "base"})
+    ).reset_index()
+    cols = ["accuracy"] + (["r1_mean"] if "r1_mean" in df else [])
+    base = df[df["model"] == baseline][[*keys, "seed", *cols]].rename(columns={c: f"base_{c}" for c in cols})
     paired = df.merge(base, on=[*keys, "seed"])
-    paired["rel_change"] = np.where(
-        paired["base"] > 0, paired["accuracy"] / paired["base"].where(paired["base"] > 0) - 1.0, np.nan
+    pg = paired.groupby([*keys, "model"])
+    rel = pg[["accuracy", "base_accuracy"]].mean()
+    rel["rel_change"] = np.where(
+        rel["base_accuracy"] >= REL_CHANGE_FLOOR, rel["accuracy"] / rel["base_accuracy"] - 1.0, np.nan
     )
-    rel = paired.groupby([*keys, "model"])["rel_change"].mean().reset_index()
-    return out.merge(rel, on=[*keys, "model"], how="left")
+    parts = [rel[["rel_change"]]]
+    if "r1_mean" in df:
+        both = paired[paired["r1_mean"].notna() & paired["base_r1_mean"].notna()]
+        r1 = both.groupby([*keys, "model"])[["r1_mean", "base_r1_mean"]].mean()
+        r1["r1_rel_change"] = r1["r1_mean"] / r1["base_r1_mean"] - 1.0
+        out = out.merge(g["r1_mean"].mean().reset_index(), on=[*keys, "model"], how="left")
+        parts.append(r1[["r1_rel_change"]])
+    for part in parts:
+        out = out.merge(part.reset_index(), on=[*keys, "model"], how="left")
+    return out
 
 
 def plot_accuracy_vs_pairs(df, path: str | Path | None = None):
     """Held-out accuracy against key–value pairs, one panel per (task, width), one line per model at its best
-    learning rate (mean over seeds, band from the lowest to the highest seed). Saves to ``path`` when given;
-    returns the figure."""
+    learning rate (mean over seeds, diverged runs as 0, band from the lowest to the highest seed, a dot per
+    seed). Saves to ``path`` when given; returns the figure."""
     import matplotlib
 
     if path is not None:
@@ -109,8 +160,11 @@ def plot_accuracy_vs_pairs(df, path: str | Path | None = None):
         sub = df[(df["task"] == task) & (df["hidden_size"] == h)]
         for model, d in sub.groupby("model"):
             s = d.groupby("num_kv_pairs")["accuracy"].agg(["mean", "min", "max"]).sort_index()
-            ax.plot(s.index, s["mean"], marker="o", label=model)
-            ax.fill_between(s.index, s["min"], s["max"], alpha=0.2)
+            (line,) = ax.plot(s.index, s["mean"], marker="o", label=model)
+            ax.fill_between(s.index, s["min"], s["max"], alpha=0.2, color=line.get_color())
+            # each seed as a dot (offset per model so that the models' dots do not cover each other)
+            shift = 2 ** (0.06 * (list(sub["model"].drop_duplicates().sort_values()).index(model) - 1))
+            ax.scatter(d["num_kv_pairs"] * shift, d["accuracy"], s=9, color=line.get_color(), alpha=0.7)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("key-value pairs")
         ax.set_ylabel("held-out recall accuracy")
@@ -147,8 +201,11 @@ def write_report(out: str | Path) -> list[Path]:
     lines = [
         f"# {out.name}: held-out recall accuracy (tiny-scale synthetic)",
         "",
-        "Mean and standard deviation over seeds at each model's best learning rate; rel_change: accuracy "
-        "over DeltaNet's minus 1, paired by seed.",
+        "Per cell and model, at the model's best learning rate: runs (seeds), diverged (counted as accuracy "
+        f"0), learned (accuracy >= {LEARNED_ACCURACY}), mean / std / min / max over seeds; rel_change: mean "
+        f"accuracy over DeltaNet's minus 1, paired by seed, left out (–) where DeltaNet's mean is below "
+        f"{REL_CHANGE_FLOOR}; r1_mean: stored-set residual ratio R1 (lower is better, finished runs), "
+        "r1_rel_change its change against DeltaNet.",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
