@@ -174,7 +174,9 @@ def _offline_regs(code: str, timeout: int = 900) -> list:
 def test_value_checks_add_no_spills_to_stage_1():
     """Stage 1 compiled for sm_90a without a GPU (``benchmarks.offline_regs``) spills no more with the value
     checks than without them at K = 128 (they once added 1.9 KB of spills per thread and doubled the default
-    call's time on an H200). The kernels are captured from the public call, with its own launch rules."""
+    call's time on an H200). The kernels are captured from the public call, with its own launch rules. This holds
+    with the Triton that CI installs (3.8: 12 bytes checked, 24 unchecked); with Triton 3.6 the check of ``d``
+    spills 68 bytes there against none (docs/kernels.md), which this test cannot see."""
     spills = _offline_regs(
         "out = []\n"
         "for validate in (False, True):\n"

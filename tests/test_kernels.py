@@ -599,6 +599,22 @@ def test_each_bad_value_is_reported(name, bad, validate):
     chunk_osdn(**args, chunk_size=16, validate=False)  # unchecked: runs
 
 
+@pytest.mark.parametrize("token", [0, 17, 50, 66, 69])
+@pytest.mark.parametrize("bad", [0.0, -1e-30, NAN, INF])
+def test_bad_d_is_reported_in_every_row_block_and_chunk(token, bad):
+    """``d`` is checked by stage 1 on the tile it loads for the write key, one 16-row block at a time: a bad entry
+    in any row block of any chunk (64-token chunks; tokens 17, 50 sit in row blocks 1 and 3 of chunk 0, 66 and
+    69 in chunk 1, the last one partial) and in the last key column is reported, ungated and gated."""
+    x = make_inputs(82, T=70, H=1, K=4, V=4)
+    for names in (["d"], ["d", "alpha"]):
+        args = _pick(x, names)
+        args["d"] = args["d"].clone()
+        args["d"][0, token, 0, 3] = bad
+        with pytest.raises(ValueCheckError, match=r"^d: expected .*got"):
+            chunk_osdn(**args, chunk_size=64)
+        chunk_osdn(**args, chunk_size=64, validate=False)  # unchecked: runs
+
+
 @pytest.mark.parametrize("name, bad", [("k", NAN), ("beta", 0.0), ("beta", 2.0)])
 def test_d_ratio_scan_bad_values_are_reported(name, bad):
     a = _scan_args()

@@ -46,7 +46,7 @@ class _ChunkOSDN(torch.autograd.Function):
     ):
         cu, offs, bounds, NC = tables
         kt, c, g, ai = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag, launch=launch)
-        w, u = wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, d=d, launch=launch)
+        w, u = wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, launch=launch)
         h, vnew, ht = state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state, launch=launch)
         del w, u
         o = output(q, kt, vnew, h, g, bounds, scale, C, flag=flag, launch=launch)

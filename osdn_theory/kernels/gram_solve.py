@@ -11,11 +11,13 @@ import triton.language as tl
 
 from ._common import (
     BAD_ALPHA,
+    BAD_D,
     _block,
     _flag,
     _mm,
     _mmf,
     _or,
+    _or_all,
     _rows,
     _store_rows,
     chunk_rows,
@@ -52,18 +54,24 @@ def _unit_lower_inverse16(L, ACC: tl.constexpr, PREC: tl.constexpr = "ieee", NEW
 
 @triton.jit
 def _keys16(
-    k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, sb, g_carry, i_h, flag,
+    k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, sb, g_carry, i_h, flag, code,
     H, K, s_max,
     BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr, ACC: tl.constexpr,
     CHECK: tl.constexpr,
 ):  # fmt: skip
     """Rows ``16·sb … 16·sb + 15`` of a chunk: read key, write key ``c·d⊙k`` (stored), β and the in-chunk
     cumulative log-decay ``g`` (stored; continues from ``g_carry``, the value at the previous row). With
-    ``CHECK`` the value-check bit of ``log α`` of these rows goes straight to ``*flag``. ``k``, ``β`` and ``d``
-    are checked by stage 2, which has registers to spare: stage 1 is at 255 registers per thread at K = 128,
-    and checking them here made it spill (read offline from ptxas: 1.9 KB per thread with an int32 tile kept
-    live across the four row blocks, 52–92 bytes with a scalar or per-block flags), and with the spills the
-    default call was 1.8–2.0× the unchecked one in H200 run 4."""
+    ``CHECK``, the value-check bit of ``log α`` of these rows goes straight to ``*flag``, and that of ``d`` is
+    ORed into the scalar ``code`` (returned; the kernel issues it once, at the end).
+
+    Where the checks sit. ``d`` is checked here, on the tile already loaded for the write key. Checking it in
+    stage 2 took a second read of ``d``, which was all of stage 2's check cost (H100, 2026-12-05, K = 128:
+    0.211 ms checked with that read, 0.130 without it, 0.129 unchecked). ``k`` and ``β`` are checked by stage
+    2, where they cost nothing measurable. Stage 1 is at 255 registers per thread at K = 128: checking ``k``,
+    ``β`` and ``d`` here once spilled 1.9 KB per thread (an int32 tile live across the four row blocks), and
+    the default call was 1.8–2.0× the unchecked one (H200 run 4). The ``d`` check alone, as a scalar, spills
+    68 bytes per thread at K = 128 in bf16 with Triton 3.6 (none without checks) and none at K = 64; with
+    Triton 3.8, 12 bytes against 24 unchecked (read offline from ptxas, sm_90a). Not yet timed on a GPU."""
     o16 = sb * 16 + tl.arange(0, 16)
     ok = tl.arange(0, BK)
     rmask = o16 < nv
@@ -72,7 +80,11 @@ def _keys16(
     kk = _rows(k, t, rmask, K, ok, K, ACC)
     kt = kk
     if HAS_D:
-        kt = kk * _rows(d, t, rmask, K, ok, K, ACC)
+        dd = _rows(d, t, rmask, K, ok, K, ACC)
+        kt = kk * dd
+        if CHECK:  # d > 0 and finite, on the tile already loaded for the write key
+            bad = rmask[:, None] & (ok[None, :] < K) & ~((dd > 0) & (dd < float("inf")))
+            code |= _or_all(tl.where(bad, BAD_D, 0))
     if CLIP:
         s_raw = b * tl.sum(kk * kt, 1)
         c = tl.where(s_raw > s_max, s_max / tl.where(s_raw > s_max, s_raw, 1.0), 1.0)
@@ -91,7 +103,7 @@ def _keys16(
         g = g_carry + tl.cumsum(la, 0)
         tl.store(g_out + t, g.to(g_out.dtype.element_ty), mask=rmask)
         g_carry = tl.sum(tl.where(tl.arange(0, 16) == 15, g, 0.0), 0)
-    return kk.to(kt_out.dtype.element_ty), kt, b, g, g_carry  # both in the input dtype (exact for kk)
+    return kk.to(kt_out.dtype.element_ty), kt, b, g, g_carry, code  # both in the input dtype (exact for kk)
 
 
 @triton.jit
@@ -126,26 +138,27 @@ def _gram_solve_kernel(
     o16 = tl.arange(0, 16)
     Z = tl.zeros([16, 16], dtype=ACC)
     gz = tl.sum(tl.zeros([16], dtype=ACC), 0)
+    code = tl.sum(tl.zeros([16], dtype=tl.int32), 0)  # scalar 0: the check bits of d, out once at the end
     # Each Gram block is formed as soon as its two key blocks are loaded, so that only the earlier write keys
     # stay live (not all four key blocks of both kinds).
-    kk0, kt0, b0, g0, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, flag, H, K, s_max,
+    kk0, kt0, b0, g0, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, flag, code, H, K, s_max,
                                    BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
     if SOLVE:
         L00 = _lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE)
     if NB >= 2:
-        kk1, kt1, b1, g1, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, flag, H, K,
+        kk1, kt1, b1, g1, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, flag, code, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L11 = _lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE)
             L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
     if NB >= 4:
-        kk2, kt2, b2, g2, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, flag, H, K,
+        kk2, kt2, b2, g2, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, flag, code, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L22 = _lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE)
             L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
             L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
-        kk3, kt3, b3, g3, gc = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, flag, H, K,
+        kk3, kt3, b3, g3, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, flag, code, H, K,
                                        s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L33 = _lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE)
@@ -193,6 +206,8 @@ def _gram_solve_kernel(
             _store_rows(ai_out, X31, t, m, C, 16 + o16, C)
             _store_rows(ai_out, X32, t, m, C, 32 + o16, C)
             _store_rows(ai_out, X33, t, m, C, 48 + o16, C)
+    if CHECK:
+        _flag(flag, code)
 
 
 def gram_solve(
@@ -201,8 +216,8 @@ def gram_solve(
     """Stage 1. ``k, d: [N, H, K]``, ``beta, log_alpha: [N, H]``, ``bounds: [NC, 2]`` int32 (chunk start
     token, end of its sequence). Returns ``(kt [N,H,K], c [N,H] fp32 or None, g [N,H] fp32 or None,
     Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. With ``flag`` (an int32 ``[1]`` tensor) the
-    values of ``log α ∈ (−inf, 0]`` are checked as they are loaded (:data:`BAD_ALPHA`; the other inputs are
-    checked by :func:`wy_factors`)."""
+    values of ``log α ∈ (−inf, 0]`` and of ``d`` (finite and positive) are checked as they are loaded
+    (:data:`BAD_ALPHA`, :data:`BAD_D`; ``k``, ``β`` and ``v`` are checked by :func:`wy_factors`)."""
     N, H, K = k.shape
     NC = bounds.shape[0]
     f = wide_dtype(k.dtype)

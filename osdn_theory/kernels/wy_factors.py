@@ -1,5 +1,6 @@
 """Stage 2: ``W = A⁻¹ diag(β) diag(e^g) K`` and ``Ũ = A⁻¹ diag(β) V`` (with the value checks of ``k``, ``β``,
-``v``, ``d``) — kernel, launcher :func:`wy_factors`, torch twin :func:`wy_factors_ref`.
+``v``; ``d`` is checked by stage 1, which loads it) — kernel, launcher :func:`wy_factors`, torch twin
+:func:`wy_factors_ref`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import triton.language as tl
 
 from ._common import (
     BAD_BETA,
-    BAD_D,
     BAD_K,
     BAD_V,
     _block,
@@ -31,10 +31,10 @@ __all__ = ["wy_factors", "wy_factors_ref"]
 
 @triton.jit
 def _wy_kernel(
-    k, v, beta, g, ai, w_out, u_out, bounds, flag, d,
+    k, v, beta, g, ai, w_out, u_out, bounds, flag,
     H, K, V,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr,
-    ACC: tl.constexpr, IEEE: tl.constexpr, CHECK: tl.constexpr, HAS_D: tl.constexpr,
+    ACC: tl.constexpr, IEEE: tl.constexpr, CHECK: tl.constexpr,
 ):  # fmt: skip
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
@@ -56,9 +56,6 @@ def _wy_kernel(
         if CHECK:
             mk = rmask[:, None] & (ok[None, :] < K)
             code |= _or_all(_nonfinite(kk.to(ACC), mk, BAD_K))
-            if HAS_D:  # one more read of d (stage 1 has no registers left for its check)
-                dd = _rows(d, t, rmask, K, ok, K, ACC)
-                code |= _or_all(tl.where(mk & ~((dd > 0) & (dd < float("inf"))), BAD_D, 0))
         if GATED:
             kk = kk.to(ACC) * eg[:, None]
         _store_rows(w_out, _mm(Tm, kk, DT, ACC, IEEE), t, rmask, K, ok, K)
@@ -72,12 +69,10 @@ def _wy_kernel(
         _flag(flag, code)
 
 
-def wy_factors(
-    k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None, d=None, launch: Launch = DEFAULT_LAUNCH
-):
+def wy_factors(k, v, beta, g, ai, bounds, C, inter_dtype=None, flag=None, launch: Launch = DEFAULT_LAUNCH):
     """Stage 2. Returns ``W: [N, H, K]`` and ``Ũ: [N, H, V]`` (in ``inter_dtype``, default the input dtype).
-    With ``flag``, non-finite ``k`` or ``v``, ``β ∉ (0, 1]`` and (given ``d``) ``d`` not finite and positive
-    set :data:`BAD_K`, :data:`BAD_V`, :data:`BAD_BETA`, :data:`BAD_D` in it (as they are loaded)."""
+    With ``flag``, non-finite ``k`` or ``v`` and ``β ∉ (0, 1]`` set :data:`BAD_K`, :data:`BAD_V`,
+    :data:`BAD_BETA` in it (as they are loaded)."""
     N, H, K = k.shape
     V = v.shape[-1]
     dt = inter_dtype or k.dtype
@@ -93,8 +88,7 @@ def wy_factors(
     )
     _c = _wy_kernel[(bounds.shape[0], H)](
         k, v, beta, g if g is not None else beta, ai, w, u, bounds, flag if flag is not None else bounds,
-        d if d is not None else k, H, K, V, C=C, GATED=g is not None, CHECK=flag is not None,
-        HAS_D=d is not None and flag is not None, **cfg,
+        H, K, V, C=C, GATED=g is not None, CHECK=flag is not None, **cfg,
     )  # fmt: skip
     launch.note("wy", _c, cfg)
     return w, u
