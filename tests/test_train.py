@@ -4,6 +4,7 @@ training smoke through the command line that resumes after an interruption."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -545,6 +546,66 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_equals_an_uninterrup
     assert len(calls) == 6 and series == want_series
     with pytest.raises(ValueError, match="^checkpoint_every: "):
         run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=-1)
+
+
+def test_a_signal_saves_a_checkpoint_at_the_end_of_the_step_and_nothing_is_lost(tmp_path, monkeypatch):
+    """SIGINT during step 3 of a checkpointed run (no periodic save due: ``checkpoint_every`` = 1e9): the step
+    finishes, a checkpoint of 3 steps is saved, then ``KeyboardInterrupt``; the resumed run trains steps 4–6
+    only and ends with what an uninterrupted run computes. SIGTERM (how a pool worker is stopped) saves too and
+    then ends the process by SIGTERM. The handlers are restored afterwards."""
+    import signal
+    import subprocess
+    import sys
+
+    import tomllib
+
+    from osdn_theory.train import run as run_mod
+
+    raw = tomllib.loads(SMOKE.replace("steps = 2", "steps = 6").replace("eval_every = 1", "eval_every = 2"))
+    cfg = parse_train_spec(raw).runs[1].to_dict()
+    want_status, want_metrics, want_series = run_mod.train_run(cfg, "cpu")
+    real, calls = run_mod.train_step, []
+
+    def signal_in_step_3(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step
+        return real(*a, **kw)
+
+    ck = tmp_path / "ck"
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(run_mod, "train_step", signal_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=1e9)
+    assert signal.getsignal(signal.SIGINT) is before and len(calls) == 3
+    (saved,) = ck.glob("*.pt")
+    assert torch.load(saved, weights_only=False)["loop"]["done"] == 3
+    calls.clear()
+    monkeypatch.setattr(run_mod, "train_step", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    status, metrics, series = run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=1e9)
+    assert len(calls) == 3 and metrics["resumed_from_step"] == 3
+    assert (status, series) == (want_status, want_series)
+    assert metrics["accuracy"] == want_metrics["accuracy"]
+
+    code = (
+        "import os, signal, json, sys\n"
+        "from osdn_theory.train import run as r\n"
+        "cfg = json.loads(sys.argv[1]); real = r.train_step; n = []\n"
+        "def step(*a, **kw):\n"
+        "    n.append(1)\n"
+        "    if len(n) == 2: os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(*a, **kw)\n"
+        "r.train_step = step\n"
+        "r.train_run(cfg, 'cpu', checkpoint_dir=sys.argv[2], checkpoint_every=1e9)\n"
+        "print('not stopped')\n"
+    )
+    ck2 = tmp_path / "ck2"
+    p = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(cfg), str(ck2)], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == -signal.SIGTERM, (p.returncode, p.stdout, p.stderr[-2000:])
+    (saved2,) = ck2.glob("*.pt")
+    assert torch.load(saved2, weights_only=False)["loop"]["done"] == 2
 
 
 def test_a_failed_run_leaves_no_checkpoint(tmp_path, monkeypatch):

@@ -45,8 +45,9 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--checkpoint-every",
                 min=0,
-                help="Seconds of training between a run's checkpoints in DIR/checkpoints (0: every step); an "
-                "interrupted run resumes from its checkpoint.",
+                help="Seconds of training between a run's checkpoints in DIR/checkpoints (0: every step); "
+                "Ctrl-C or SIGTERM also saves one at the end of the step in progress. An interrupted run resumes "
+                "from its checkpoint.",
             ),
         ] = 60.0,
         report_only: Annotated[

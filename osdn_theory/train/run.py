@@ -31,14 +31,18 @@ from it instead of from step 0; the file is removed when the run ends. Batches a
 the state is restored exactly, so on a CPU a resumed run equals an uninterrupted one bit for bit (tested; on
 a GPU this is not tested). A checkpoint that cannot be read is set aside
 (renamed ``.bad``) and the run starts over; so does a run that failed (its checkpoint is removed with the
-failure, so that ``--retry-failed`` after a fix does not resume from a faulty state).
+failure, so that ``--retry-failed`` after a fix does not resume from a faulty state). A SIGINT or SIGTERM
+during a checkpointed run saves a checkpoint at the end of the current step before the run stops, so an
+interrupted run loses no training (a second signal stops at once).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -266,6 +270,55 @@ def _load_checkpoint(path, model, opt) -> dict | None:
         return None
 
 
+class _StopAtStepEnd:
+    """While a checkpointed run trains: SIGINT (Ctrl-C, ``timeout -s INT``) and SIGTERM (a pool worker being
+    stopped) ask the loop to finish its step, save a checkpoint and then stop, so that an interrupted run loses
+    no training instead of up to ``checkpoint_every`` seconds of it. A second signal acts at once (a step
+    stuck in compilation can still be interrupted). After the save, SIGINT raises ``KeyboardInterrupt`` and
+    SIGTERM ends the process as SIGTERM does. Handlers are only installed in the main thread (Python allows
+    no other) and are restored on exit."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.requested: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if self.active:
+            for sig in self._SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:  # asked twice: stop now, without the save
+            self._restore()
+            self._stop(signum)
+        self.requested = signum
+
+    def stop_if_requested(self) -> None:
+        """Called after the checkpoint was saved: stop the way the signal asked."""
+        if self.requested is not None:
+            self._restore()
+            self._stop(self.requested)
+
+    @staticmethod
+    def _stop(signum: int) -> None:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
 def _save_checkpoint(path, model, opt, loop: dict) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "loop": loop}, tmp)
@@ -354,31 +407,34 @@ def train_run(
         series, last_eval, resumed = saved["series"], saved["last_eval"], saved["done"]
     t0 = time.perf_counter()
     last_save = t0
-    for step in range(done, steps):
-        batch = train_task.build((seed, 0, step)).to(dev)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, optim, steps)
-        value, reason = train_step(model, opt, batch, dev, tr["precision"], optim["grad_clip"])
-        if not math.isfinite(value):
-            status = "diverged"
-            reason = reason or _discard_value_checks() or f"training loss {value} at step {step + 1}"
-            series["loss_step"].append(step + 1)
-            series["loss"].append(value)
-            break
-        done = step + 1
-        window.append(value)
-        if done % tr["log_every"] == 0 or done == steps:
-            series["loss_step"].append(done)
-            series["loss"].append(sum(window) / len(window))
-            window = []
-        if tr["eval_every"] and done % tr["eval_every"] == 0 and done != steps:
-            evaluate(done)
-        now = time.perf_counter()
-        if ck_path is not None and done < steps and now - last_save >= checkpoint_every:
-            state = {"done": done, "seconds": before + now - t0, "window": list(window), "best": best}
-            state.update(series=copy.deepcopy(series), last_eval=dict(last_eval))
-            _save_checkpoint(ck_path, model, opt, state)
-            last_save = time.perf_counter()
+    with _StopAtStepEnd(ck_path is not None) as stop:
+        for step in range(done, steps):
+            batch = train_task.build((seed, 0, step)).to(dev)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, optim, steps)
+            value, reason = train_step(model, opt, batch, dev, tr["precision"], optim["grad_clip"])
+            if not math.isfinite(value):
+                status = "diverged"
+                reason = reason or _discard_value_checks() or f"training loss {value} at step {step + 1}"
+                series["loss_step"].append(step + 1)
+                series["loss"].append(value)
+                break
+            done = step + 1
+            window.append(value)
+            if done % tr["log_every"] == 0 or done == steps:
+                series["loss_step"].append(done)
+                series["loss"].append(sum(window) / len(window))
+                window = []
+            if tr["eval_every"] and done % tr["eval_every"] == 0 and done != steps:
+                evaluate(done)
+            now = time.perf_counter()
+            due = now - last_save >= checkpoint_every or stop.requested is not None
+            if ck_path is not None and done < steps and due:
+                state = {"done": done, "seconds": before + now - t0, "window": list(window), "best": best}
+                state.update(series=copy.deepcopy(series), last_eval=dict(last_eval))
+                _save_checkpoint(ck_path, model, opt, state)
+                last_save = time.perf_counter()
+            stop.stop_if_requested()
     seconds = before + time.perf_counter() - t0
     r1: list[float] = []
     if status == "ok":
