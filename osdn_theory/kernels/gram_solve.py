@@ -141,25 +141,25 @@ def _gram_solve_kernel(
     code = tl.sum(tl.zeros([16], dtype=tl.int32), 0)  # scalar 0: the check bits of d, out once at the end
     # Each Gram block is formed as soon as its two key blocks are loaded, so that only the earlier write keys
     # stay live (not all four key blocks of both kinds).
-    kk0, kt0, b0, g0, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, flag, code, H, K, s_max,
-                                   BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
+    kk0, kt0, b0, g0, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, flag,
+                                         code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
     if SOLVE:
         L00 = _lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE)
     if NB >= 2:
-        kk1, kt1, b1, g1, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h, flag, code, H, K,
-                                       s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
+        kk1, kt1, b1, g1, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h,
+                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L11 = _lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE)
             L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
     if NB >= 4:
-        kk2, kt2, b2, g2, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h, flag, code, H, K,
-                                       s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
+        kk2, kt2, b2, g2, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h,
+                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L22 = _lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE)
             L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
             L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
-        kk3, kt3, b3, g3, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h, flag, code, H, K,
-                                       s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
+        kk3, kt3, b3, g3, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h,
+                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
         if SOLVE:
             L33 = _lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE)
             L30 = _lblock(kk3, kt0, b3, g3, g0, False, GATED, DT, ACC, IEEE)
