@@ -176,6 +176,22 @@ def test_summary_counts_divergence_as_failure_and_compares_means():
     assert summary_table(pd.DataFrame(low))["rel_change"].isna().all()
 
 
+@pytest.mark.parametrize(
+    "folder",
+    sorted(p.parent.name for p in (SWEEPS.parent / "notebooks" / "data").glob("recall_*/results.jsonl")),
+)
+def test_committed_summaries_are_what_the_committed_runs_give(folder):
+    """Each committed results folder's ``summary.csv`` is :func:`summary_table` of its own runs, so a change to
+    the summary (or to the runs) cannot leave a stale table in the repository."""
+    import pandas as pd
+
+    out = SWEEPS.parent / "notebooks" / "data" / folder
+    got = summary_table(load_train_results(out)).reset_index(drop=True)
+    committed = pd.read_csv(out / "summary.csv")
+    assert list(committed.columns) == list(got.columns)
+    pd.testing.assert_frame_equal(committed, got, check_dtype=False, rtol=1e-12)
+
+
 def test_learning_rate_schedule():
     o = optim_settings({"lr": 1.0, "warmup_steps": 4, "min_lr_ratio": 0.1})
     assert [lr_at(s, o, 100) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
