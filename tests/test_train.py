@@ -623,6 +623,17 @@ def test_a_signal_saves_a_checkpoint_at_the_end_of_the_step_and_nothing_is_lost(
     (saved2,) = ck2.glob("*.pt")
     assert torch.load(saved2, weights_only=False)["loop"]["done"] == 2
 
+    # a process that ignores SIGINT (e.g. started in the background by a shell) keeps ignoring it
+    monkeypatch.setattr(run_mod, "train_step", signal_in_step_3)
+    calls.clear()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        status, metrics, series = run_mod.train_run(cfg, "cpu", checkpoint_dir=tmp_path / "ck3")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert len(calls) == 6 and (status, series) == (want_status, want_series)
+
 
 def test_a_failed_run_leaves_no_checkpoint(tmp_path, monkeypatch):
     """A run that raises is recorded as failed and its checkpoint removed, so a retry after a fix starts over."""

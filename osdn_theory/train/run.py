@@ -276,7 +276,7 @@ class _StopAtStepEnd:
     no training instead of up to ``checkpoint_every`` seconds of it. A second signal acts at once (a step
     stuck in compilation can still be interrupted). After the save, SIGINT raises ``KeyboardInterrupt`` and
     SIGTERM ends the process as SIGTERM does. Handlers are only installed in the main thread (Python allows
-    no other) and are restored on exit."""
+    no other), not for a signal the process ignores, and are restored on exit."""
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -288,7 +288,8 @@ class _StopAtStepEnd:
     def __enter__(self):
         if self.active:
             for sig in self._SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal stays ignored
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
