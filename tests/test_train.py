@@ -623,6 +623,36 @@ def test_a_signal_saves_a_checkpoint_at_the_end_of_the_step_and_nothing_is_lost(
     (saved2,) = ck2.glob("*.pt")
     assert torch.load(saved2, weights_only=False)["loop"]["done"] == 2
 
+    # a signal in the last step: the run's whole training is saved (resuming only evaluates), not dropped
+    def signal_in_step_6(*a, **kw):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(run_mod, "train_step", signal_in_step_6)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=1e9)
+    (last,) = ck.glob("*.pt")
+    assert torch.load(last, weights_only=False)["loop"]["done"] == 6
+    calls.clear()
+    status, metrics, series = run_mod.train_run(cfg, "cpu", checkpoint_dir=ck, checkpoint_every=1e9)
+    assert (
+        calls == [] and metrics["resumed_from_step"] == 6 and (status, series) == (want_status, want_series)
+    )
+    assert metrics["accuracy"] == want_metrics["accuracy"]
+
+    # a signal in a step that diverges ends the loop there: it is still acted on, not swallowed
+    monkeypatch.setattr(
+        run_mod,
+        "train_step",
+        lambda *a, **kw: (os.kill(os.getpid(), signal.SIGINT), (float("nan"), "bad step"))[1],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.train_run(cfg, "cpu", checkpoint_dir=tmp_path / "ck4", checkpoint_every=1e9)
+    assert signal.getsignal(signal.SIGINT) is before
+
     # a process that ignores SIGINT (e.g. started in the background by a shell) keeps ignoring it
     monkeypatch.setattr(run_mod, "train_step", signal_in_step_3)
     calls.clear()

@@ -292,8 +292,10 @@ class _StopAtStepEnd:
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._restore()
+        if exc_type is None and self.requested is not None:  # asked during a step that ended the loop
+            self._stop(self.requested)
 
     def _restore(self) -> None:
         for sig, old in self._old.items():
@@ -429,8 +431,8 @@ def train_run(
             if tr["eval_every"] and done % tr["eval_every"] == 0 and done != steps:
                 evaluate(done)
             now = time.perf_counter()
-            due = now - last_save >= checkpoint_every or stop.requested is not None
-            if ck_path is not None and done < steps and due:
+            periodic = done < steps and now - last_save >= checkpoint_every
+            if ck_path is not None and (periodic or stop.requested is not None):  # after the last step too
                 state = {"done": done, "seconds": before + now - t0, "window": list(window), "best": best}
                 state.update(series=copy.deepcopy(series), last_eval=dict(last_eval))
                 _save_checkpoint(ck_path, model, opt, state)
