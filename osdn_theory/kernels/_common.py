@@ -41,7 +41,7 @@ def fma_dots(dtype: torch.dtype) -> bool:
     """Whether the kernels' dots on ``dtype`` inputs are IEEE float32/float64 dots, which Triton lowers to FMA
     loops instead of tensor-core MMAs. Their operand and accumulator tiles need about twice the registers of a
     16-bit MMA's, and with the 16-bit launch rules ptxas fell back to 32 registers and a 5–21 KB stack frame
-    per thread in most stages (sm_90, triton 3.6; ``python -m benchmarks.static_regs``; one such kernel, the
+    per thread in most stages (sm_90, triton 3.6; ``python -m benchmarks.offline_regs``; one such kernel, the
     backward WY stage, took 1.6 ms per call in the recall lab's float32 training on an H100). Their launch
     rules use 8 warps and narrower value blocks, chosen by registers and stack frame; see docs/kernels.md."""
     return dtype in (torch.float32, torch.float64)
@@ -49,7 +49,7 @@ def fma_dots(dtype: torch.dtype) -> bool:
 
 def _stages(dtype: torch.dtype) -> int:
     """Software-pipelining depth of the kernels with a loop: fp32 tiles are twice as large, so one stage."""
-    return 1 if dtype in (torch.float32, torch.float64) else 2
+    return 1 if fma_dots(dtype) else 2
 
 
 def _bv(V: int, progs: int, gpu: bool | None = None) -> int:
