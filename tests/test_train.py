@@ -279,6 +279,57 @@ def test_cli_writes_the_report_after_ctrl_c_and_with_report_only(tmp_path, monke
     assert r.exit_code == 2 and r.output.strip().startswith("error: --report-only: no saved runs")
 
 
+def test_a_rerun_is_compared_run_by_run_with_the_reference(tmp_path):
+    """``--compare-to``: runs are matched by configuration and seed; a changed accuracy, a changed training loss
+    and a divergence are each found (a copy of the committed pilot folder with three records altered), and a
+    folder compared with itself is bit-identical throughout."""
+    import shutil
+
+    from osdn_theory.train import compare_train_results
+
+    ref = SWEEPS.parent / "notebooks" / "data" / "recall_mqar_gpu_pilot_2026-12-05"
+    same = compare_train_results(ref, ref)
+    n = len(load_train_results(ref))
+    assert len(same) == n and same["identical"].all() and same["same_outcome"].all()
+    out = tmp_path / "rerun"
+    shutil.copytree(ref, out)
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    ok = [r for r in recs if r["status"] == "ok"]
+    low = next(r for r in ok if r["metrics"]["accuracy"] < 0.1)
+    low["metrics"]["accuracy"] = 0.9  # now learned: another outcome
+    nudged = next(r for r in ok if r is not low)
+    nudged["metrics"]["train_loss"] += 1e-6  # same accuracy, not bit-identical
+    gone = next(r for r in ok if r is not low and r is not nudged and r["metrics"]["accuracy"] < 0.1)
+    gone["status"] = "diverged"
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (out / "results.parquet").unlink(missing_ok=True)  # a stale table; the store reads results.jsonl
+    m = compare_train_results(out, ref)
+    assert len(m) == n
+    assert int((~m["identical"]).sum()) == 3 and int((~m["same_outcome"]).sum()) == 2
+    assert m.iloc[0]["hash"] == low["hash"] and m.iloc[0]["abs_diff"] == pytest.approx(0.9 - _acc(ref, low))
+    assert m.set_index("hash").loc[gone["hash"], "accuracy"] == 0.0  # a divergence is scored as a failure
+    f = tmp_path / "mqar.toml"
+    f.write_text((SWEEPS / "recall_mqar_gpu.toml").read_text())
+    r = CliRunner().invoke(
+        app, ["train", str(f), "--out", str(out), "--report-only", "--compare-to", str(ref)]
+    )
+    assert r.exit_code == 0, r.output
+    assert f"{n} shared runs: {n - 3} bit-identical, {n - 2} with the same outcome" in r.output
+    assert (out / "compare.md").is_file() and (out / "compare.csv").is_file()
+    r = CliRunner().invoke(
+        app, ["train", str(f), "--out", str(out), "--report-only", "--compare-to", str(tmp_path / "none")]
+    )
+    assert r.exit_code == 2 and r.output.strip().startswith("error: --compare-to: no saved runs")
+
+
+def _acc(folder: Path, record: dict) -> float:
+    return next(
+        json.loads(line)["metrics"]["accuracy"]
+        for line in (folder / "results.jsonl").read_text().splitlines()
+        if json.loads(line)["hash"] == record["hash"]
+    )
+
+
 def test_cli_refuses_bad_file_with_one_line(tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text(SMOKE.replace("seq_len = 8", "seq_len = 3"))

@@ -56,6 +56,14 @@ def register(app: typer.Typer) -> None:
                 "--report-only", help="Run nothing: redraw the summary and the figure from the saved runs."
             ),
         ] = False,
+        compare_to: Annotated[
+            Path | None,
+            typer.Option(
+                "--compare-to",
+                help="A results folder of the same training file (e.g. committed runs): at the end, write "
+                "DIR/compare.md and DIR/compare.csv, run by run, and print whether the runs reproduce.",
+            ),
+        ] = None,
         progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
         threads: Annotated[int, typer.Option(help="Torch threads per run.")] = 1,
         append_different_spec: Annotated[
@@ -79,11 +87,22 @@ def register(app: typer.Typer) -> None:
         from .run import train_batch
         from .spec import load_train_spec
 
+        if compare_to is not None and not (compare_to / "results.jsonl").is_file():
+            typer.echo(
+                f"error: --compare-to: no saved runs in {compare_to} (results.jsonl is missing)", err=True
+            )
+            raise typer.Exit(2)
+
         def report() -> None:
-            from .results import write_report
+            from .results import write_comparison, write_report
 
             for p in write_report(out):
                 typer.echo(str(p))
+            if compare_to is not None:
+                paths, line = write_comparison(out, compare_to)
+                for p in paths:
+                    typer.echo(str(p))
+                typer.echo(f"against {compare_to}: {line}")
 
         if report_only:
             if not (out / "results.jsonl").exists():

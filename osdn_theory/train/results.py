@@ -13,10 +13,12 @@ __all__ = [
     "LEARNED_ACCURACY",
     "REL_CHANGE_FLOOR",
     "best_lr",
+    "compare_train_results",
     "load_train_results",
     "plot_accuracy_vs_pairs",
     "scored",
     "summary_table",
+    "write_comparison",
     "write_report",
 ]
 
@@ -178,6 +180,42 @@ def plot_accuracy_vs_pairs(df, path: str | Path | None = None):
     return fig
 
 
+def compare_train_results(out: str | Path, reference: str | Path):
+    """Run by run, the results folder ``out`` against the folder ``reference`` (e.g. a rerun of a committed
+    sweep against the committed runs): which runs reproduce.
+
+    Runs are matched by their hash (same configuration and seed); runs in only one folder are left out. One row
+    per shared finished run: ``label``-like keys (``task``, ``hidden_size``, ``num_kv_pairs``, ``model``, ``lr``,
+    ``seed``), ``status`` and ``status_ref``, ``accuracy`` and ``accuracy_ref`` (diverged runs as 0, as in
+    :func:`scored`), ``abs_diff``, ``learned`` and ``learned_ref`` (accuracy ≥ :data:`LEARNED_ACCURACY`),
+    ``same_outcome`` (same status and same learned verdict), ``identical`` (bit-identical final accuracy and
+    training loss), ``device_name`` and ``device_name_ref``. Sorted with the largest ``abs_diff`` first."""
+    import pandas as pd
+
+    a, b = scored(load_train_results(out)), scored(load_train_results(reference))
+    keys = ["task", "hidden_size", "num_kv_pairs", "seq_len", "model", "lr", "seed"]
+    cols = ["hash", *keys, "status", "accuracy", "train_loss", "device_name"]
+    for name, df in (("out", a), ("reference", b)):
+        missing = [c for c in cols if c not in df]
+        if missing and not df.empty:
+            raise ValueError(
+                f"{name}: the runs of this folder lack {missing}; is it an osdn train results folder?"
+            )
+    if a.empty or b.empty:
+        return pd.DataFrame(columns=[*keys])
+    m = a[cols].merge(
+        b[["hash", "status", "accuracy", "train_loss", "device_name"]], on="hash", suffixes=("", "_ref")
+    )
+    m["abs_diff"] = (m["accuracy"] - m["accuracy_ref"]).abs()
+    m["learned"] = m["accuracy"] >= LEARNED_ACCURACY
+    m["learned_ref"] = m["accuracy_ref"] >= LEARNED_ACCURACY
+    m["same_outcome"] = (m["status"] == m["status_ref"]) & (m["learned"] == m["learned_ref"])
+    m["identical"] = (m["accuracy"] == m["accuracy_ref"]) & (
+        (m["train_loss"] == m["train_loss_ref"]) | (m["train_loss"].isna() & m["train_loss_ref"].isna())
+    )
+    return m.sort_values(["abs_diff", *keys], ascending=[False] + [True] * len(keys)).reset_index(drop=True)
+
+
 def _cell(x) -> str:
     if isinstance(x, float):
         return "–" if x != x else f"{x:.4g}"
@@ -217,3 +255,48 @@ def write_report(out: str | Path) -> list[Path]:
     fig = plot_accuracy_vs_pairs(df, fig_path)
     plt.close(fig)
     return [csv, md, fig_path]
+
+
+def write_comparison(out: str | Path, reference: str | Path) -> tuple[list[Path], str]:
+    """Write ``compare.csv`` (:func:`compare_train_results`) and ``compare.md`` into ``out``: per shared run the
+    two accuracies, and per cell the two seed means at the cell's learning rates; returns the paths and a one-line
+    verdict (shared runs, bit-identical, same outcome, largest accuracy difference)."""
+    out, reference = Path(out), Path(reference)
+    m = compare_train_results(out, reference)
+    if m.empty:
+        return [], f"no run of {out} is in {reference} (runs are matched by configuration and seed)"
+    csv = out / "compare.csv"
+    m.to_csv(csv, index=False)
+    worst = m.iloc[0]
+    line = (
+        f"{len(m)} shared runs: {int(m['identical'].sum())} bit-identical, {int(m['same_outcome'].sum())} with the "
+        f"same outcome (status and learned >= {LEARNED_ACCURACY}), largest accuracy difference "
+        f"{worst['abs_diff']:.4f} ({worst['model']}, width {worst['hidden_size']}, {worst['num_kv_pairs']} pairs, "
+        f"lr {worst['lr']:g}, seed {worst['seed']})"
+    )
+    keys = ["task", "hidden_size", "num_kv_pairs", "seq_len", "model", "lr"]
+    cells = m.groupby(keys)[["accuracy", "accuracy_ref"]].mean().reset_index()
+    cells["diff"] = cells["accuracy"] - cells["accuracy_ref"]
+    devs = sorted(set(m["device_name"].astype(str))), sorted(set(m["device_name_ref"].astype(str)))
+    lines = [
+        f"# {out.name} against {reference.name}",
+        "",
+        f"Runs matched by configuration and seed. Devices: {', '.join(devs[0])} against {', '.join(devs[1])}. "
+        "Diverged runs count as accuracy 0.",
+        "",
+        line + ".",
+        "",
+        "## Per cell (mean over the shared seeds)",
+        "",
+        "| " + " | ".join([*keys, "accuracy", "reference", "diff"]) + " |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in cells.itertuples(index=False)]
+    runs = ["model", "hidden_size", "num_kv_pairs", "lr", "seed", "status", "status_ref", "accuracy",
+            "accuracy_ref", "abs_diff", "identical"]  # fmt: skip
+    lines += ["", "## Per run (largest difference first)", "", "| " + " | ".join(runs) + " |"]
+    lines += ["|" + "---|" * len(runs)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in m[runs].itertuples(index=False)]
+    md = out / "compare.md"
+    md.write_text("\n".join(lines) + "\n")
+    return [csv, md], line
