@@ -3,7 +3,8 @@
 Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
 
 - forward with a given ``d``: default (``validate=True``) and unchecked (``validate=False``): target 1 of
-  issue #10 is default / unchecked ≤ 1.05;
+  issue #10 is default / unchecked ≤ 1.05; then the default call with ``d`` checked at the two other
+  placements (``Launch(d_check="rows")``, ``Launch(d_check="pass")``; the default is ``"tile"``);
 - forward with the d rule with the segment-parallel scan (``DRule(segment_chunks="auto")``) and with the
   sequential scan (``DRule()``, the default), both default calls;
 - forward+backward with the d rule (gradients through it), segment-parallel and sequential;
@@ -39,6 +40,8 @@ def checked_stage_times(x, device="cuda") -> dict:
     here."""
     from osdn_theory.kernels import stages
     from osdn_theory.kernels.chunk import chunk_tables
+    from osdn_theory.kernels.config import Launch
+    from osdn_theory.kernels.d_check import check_d
 
     B, T, H, K = x["k"].shape
     C = 64
@@ -50,8 +53,15 @@ def checked_stage_times(x, device="cuda") -> dict:
     w, u = stages.wy_factors(k, v, beta, None, ai, bounds, C)
     h, vnew, _ = stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False)
     del w, u
+    rows, pss = Launch(d_check="rows"), Launch(d_check="pass")
     calls = {
         "gram_solve": lambda f: stages.gram_solve(k, d, beta, None, bounds, None, C, flag=f),
+        "gram_solve_rows": lambda f: stages.gram_solve(
+            k, d, beta, None, bounds, None, C, flag=f, launch=rows
+        ),
+        # the "pass" placement: the pass alone (its unchecked twin does nothing) and stage 1 without the d check
+        "check_d_pass": lambda f: check_d(d, f) if f is not None else None,
+        "gram_solve_pass": lambda f: stages.gram_solve(k, d, beta, None, bounds, None, C, flag=f, launch=pss),
         "wy_factors": lambda f: stages.wy_factors(k, v, beta, None, ai, bounds, C, flag=f),
         "output": lambda f: stages.output(q, kt, vnew, h, None, bounds, 1.0, C, flag=f),
     }
@@ -67,6 +77,7 @@ def checked_stage_times(x, device="cuda") -> dict:
 
 def bench_shape(B, T, H, D) -> dict:
     from osdn_theory.kernels import DRule, check_values, chunk_osdn, d_ratio_scan
+    from osdn_theory.kernels.config import Launch
 
     x = _inputs(B, T, H, D)
     seg, seq = DRule(c=0.5, segment_chunks="auto"), DRule(c=0.5, segment_chunks=None)
@@ -90,6 +101,8 @@ def bench_shape(B, T, H, D) -> dict:
     calls = {
         "fwd_d_default": lambda: ours(x),
         "fwd_d_unchecked": lambda: ours(x, validate=False),
+        "fwd_d_default_rows": lambda: ours(x, launch=Launch(d_check="rows")),
+        "fwd_d_default_pass": lambda: ours(x, launch=Launch(d_check="pass")),
         "fwd_drule_seg": lambda: ours(x, d=False, d_rule=seg),
         "fwd_drule_seq": lambda: ours(x, d=False, d_rule=seq),
         "fwdbwd_d_default": _fwd_bwd(ours, x, names + ["d"]),
@@ -120,6 +133,8 @@ def bench_shape(B, T, H, D) -> dict:
     res["forward_stages_checked_vs_unchecked"] = checked_stage_times(x)
     res["derived"] = {
         "default_over_unchecked_fwd": res["fwd_d_default"] / res["fwd_d_unchecked"],
+        "default_rows_over_unchecked_fwd": res["fwd_d_default_rows"] / res["fwd_d_unchecked"],
+        "default_pass_over_unchecked_fwd": res["fwd_d_default_pass"] / res["fwd_d_unchecked"],
         "drule_fwd_seg_over_seq": res["fwd_drule_seg"] / res["fwd_drule_seq"],
         "drule_fwdbwd_seg_over_seq": res["fwdbwd_drule_seg"] / res["fwdbwd_drule_seq"],
         "drule_fwd_over_given_d_fwd": res["fwd_drule_seg"] / res["fwd_d_default"],
@@ -132,6 +147,7 @@ def _row(r) -> str:
     dv = r["derived"]
     return (
         f"| {s} | {r['fwd_d_default']:.3f} | {r['fwd_d_unchecked']:.3f} | {dv['default_over_unchecked_fwd']:.2f} "
+        f"| {dv['default_rows_over_unchecked_fwd']:.2f} / {dv['default_pass_over_unchecked_fwd']:.2f} "
         f"| {r['fwd_drule_seg']:.3f} / {r['fwd_drule_seq']:.3f} | {r['fwdbwd_drule_seg']:.3f} / "
         f"{r['fwdbwd_drule_seq']:.3f} | {r['rule_alone_fwd_seg']:.3f} / {r['rule_alone_fwd_seq']:.3f} "
         f"| {r['rule_alone_fwdbwd_seg']:.3f} / {r['rule_alone_fwdbwd_seq']:.3f} "
@@ -140,10 +156,11 @@ def _row(r) -> str:
 
 
 HEADER = [
-    "| B, T, H, D | fwd d, default | fwd d, unchecked | default / unchecked | fwd d rule: segments / sequential "
+    "| B, T, H, D | fwd d, default | fwd d, unchecked | default / unchecked | same, d checked by rows / by a pass "
+    "| fwd d rule: segments / sequential "
     "| fwd+bwd d rule: seg / seq | rule alone fwd: seg / seq | rule alone fwd+bwd: seg / seq "
     "| rule ‖d − d_fp32‖ / ‖d_fp32‖: seg / seq |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 

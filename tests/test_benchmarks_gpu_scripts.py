@@ -72,7 +72,15 @@ def test_checked_stage_times_calls_every_stage_both_ways(monkeypatch):
     x["beta"] = torch.sigmoid(torch.randn(B, T, H, generator=g, dtype=torch.float64))
     x["d"] = torch.exp(0.3 * torch.randn(B, T, H, D, generator=g, dtype=torch.float64))
     out = bench_ours.checked_stage_times(x, device="cpu")
-    assert set(out) == {"gram_solve", "wy_factors", "output"}  # no "flag_bits": nothing flagged
+    stages_timed = {
+        "gram_solve",
+        "gram_solve_rows",
+        "check_d_pass",
+        "gram_solve_pass",
+        "wy_factors",
+        "output",
+    }
+    assert set(out) == stages_timed  # no "flag_bits": nothing flagged
     assert all(set(v) == {"unchecked", "checked"} for v in out.values())
     x["q"][0, 3, 0, 0] = float("nan")  # the checked output stage must see it (the flag is really passed)
     from osdn_theory.kernels import stages
@@ -190,17 +198,21 @@ def test_value_checks_add_no_spills_to_stage_1():
 
 
 def test_every_stage_compiles_for_the_gpu():
-    """Every kernel of the pipeline (forward with the value checks, backward, gated, the d rule sequential and
-    segment-parallel) compiled for sm_90a without a GPU at K = 128, bf16, as the public call launches them:
+    """Every kernel of the pipeline (forward with the value checks at each placement of the d check, backward,
+    gated, the d rule sequential and segment-parallel) compiled for sm_90a without a GPU at K = 128, bf16, as the public call launches them:
     each assembles (ptxas reports its registers). The GPU-side check that the interpreter cannot give."""
     rows = _offline_regs(
         "rows = []\n"
         "for kw in (dict(gated=True), dict(d_rule='sequential'), dict(d_rule='segments')):\n"
         "    rows += o.table(o.call_kernels(1, 1024, 2, 128, torch.bfloat16, backward=True, **kw))\n"
+        "from osdn_theory.kernels.config import Launch\n"
+        "for where in ('rows', 'pass'):  # the other placements of the d check (forward only)\n"
+        "    rows += o.table(o.call_kernels(1, 1024, 2, 128, torch.bfloat16, launch=Launch(d_check=where)))\n"
         "print(json.dumps(rows))\n"
     )
     names = {r["kernel"] for r in rows}
-    stages_ = {*STAGE_NAMES, "d_prep"}  # every stage of the launch configuration, and the rule's preparation
+    # every stage of the launch configuration, the rule's preparation and the d check's own pass
+    stages_ = {*STAGE_NAMES, "d_prep", "check_d"}
     assert {f"_{s}_kernel" for s in stages_} <= names, sorted(names)
     assert all(isinstance(r["regs"], int) and r["regs"] > 0 for r in rows), rows
 

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from osdn_theory.kernels import DRule, ValueCheckError, chunk_osdn, d_ratio_scan, reference, stages
 from osdn_theory.kernels.chunk import _chunk_tables
-from osdn_theory.kernels.config import Launch, LaunchConfig
+from osdn_theory.kernels.config import D_CHECKS, Launch, LaunchConfig
 from osdn_theory.recurrences import delta_rule_recurrent, osdn_recurrent
 from osdn_theory.tolerances import (
     EXACT_FLOAT64,
@@ -599,20 +599,52 @@ def test_each_bad_value_is_reported(name, bad, validate):
     chunk_osdn(**args, chunk_size=16, validate=False)  # unchecked: runs
 
 
-@pytest.mark.parametrize("token", [0, 17, 50, 66, 69])
-@pytest.mark.parametrize("bad", [0.0, -1e-30, NAN, INF])
-def test_bad_d_is_reported_in_every_row_block_and_chunk(token, bad):
-    """``d`` is checked by stage 1 on the tile it loads for the write key, one 16-row block at a time: a bad entry
-    in any row block of any chunk (64-token chunks; tokens 17, 50 sit in row blocks 1 and 3 of chunk 0, 66 and
-    69 in chunk 1, the last one partial) and in the last key column is reported, ungated and gated."""
+@pytest.mark.parametrize(
+    "d_check, token, bad",
+    # every bad kind at the default placement; the others (each about 5 s under the interpreter) with two
+    [("tile", t, b) for t in (0, 17, 50, 66, 69) for b in (0.0, -1e-30, NAN, INF)]
+    + [(c, t, b) for c in D_CHECKS[1:] for t in (0, 17, 50, 66, 69) for b in (-1e-30, NAN)],
+)
+def test_bad_d_is_reported_in_every_row_block_and_chunk(token, bad, d_check):
+    """``d`` is checked by stage 1 on the tile it loads for the write key, one 16-row block at a time (or, with
+    ``Launch(d_check="pass")``, by a pass of its own): a bad entry in any row block of any chunk (64-token chunks;
+    tokens 17, 50 sit in row blocks 1 and 3 of chunk 0, 66 and 69 in chunk 1, the last one partial) and in the
+    last key column is reported, ungated and gated, wherever the check sits."""
     x = make_inputs(82, T=70, H=1, K=4, V=4)
+    launch = Launch(d_check=d_check)
     for names in (["d"], ["d", "alpha"]):
         args = _pick(x, names)
         args["d"] = args["d"].clone()
         args["d"][0, token, 0, 3] = bad
         with pytest.raises(ValueCheckError, match=r"^d: expected .*got"):
-            chunk_osdn(**args, chunk_size=64)
-        chunk_osdn(**args, chunk_size=64, validate=False)  # unchecked: runs
+            chunk_osdn(**args, chunk_size=64, launch=launch)
+        chunk_osdn(**args, chunk_size=64, validate=False, launch=launch)  # unchecked: runs
+        args["d"][0, token, 0, 3] = 1.0
+        chunk_osdn(**args, chunk_size=64, launch=launch)  # and a good d raises nothing
+
+
+@pytest.mark.parametrize("pos", [0, 15, 16, 47, 99])
+def test_the_d_pass_checks_every_program_and_the_partial_last_one(pos):
+    """``check_d`` (``d_check="pass"``) with 16 entries a program over 100 entries: a bad entry in the first,
+    a middle and the partial last program sets the bit, as its torch twin says; a good ``d`` sets nothing."""
+    from osdn_theory.kernels.d_check import check_d, check_d_ref
+
+    d = torch.rand(100, dtype=torch.float64) + 0.1
+    flag = torch.zeros(1, dtype=torch.int32)
+    check_d(d, flag, block=16)
+    assert int(flag) == 0 == check_d_ref(d)
+    for bad in (0.0, -2.0, NAN, INF):
+        d[pos], flag[0] = bad, 0
+        check_d(d, flag, block=16)
+        assert int(flag) == stages.BAD_D.value == check_d_ref(d)
+        d[pos] = 0.5
+
+
+def test_launch_d_check_is_validated():
+    with pytest.raises(
+        ValueError, match=r"^d_check: expected one of \('tile', 'rows', 'pass'\), got 'stage2'"
+    ):
+        Launch(d_check="stage2")
 
 
 @pytest.mark.parametrize("name, bad", [("k", NAN), ("beta", 0.0), ("beta", 2.0)])

@@ -22,6 +22,7 @@ from ._common import wide_dtype
 from .bwd_dqk import bwd_dqk
 from .bwd_wy import bwd_wy
 from .config import Launch, check_launch
+from .d_check import check_d
 from .dh_pass import dh_pass
 from .drule import DRule
 from .dv_local import dv_local
@@ -45,6 +46,8 @@ class _ChunkOSDN(torch.autograd.Function):
         ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state, flag, launch
     ):
         cu, offs, bounds, NC = tables
+        if flag is not None and d is not None and launch.d_check == "pass":
+            check_d(d, flag)
         kt, c, g, ai = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag, launch=launch)
         w, u = wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, launch=launch)
         h, vnew, ht = state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state, launch=launch)

@@ -18,7 +18,7 @@ import torch
 
 from ._common import INTERPRET, acc_dtype
 
-__all__ = ["STAGE_NAMES", "DEFAULT_LAUNCH", "Launch", "LaunchConfig", "check_launch"]
+__all__ = ["D_CHECKS", "STAGE_NAMES", "DEFAULT_LAUNCH", "Launch", "LaunchConfig", "check_launch"]
 
 #: Stage names, in pipeline order: forward, backward, then the d rule's kernels.
 STAGE_NAMES = (
@@ -40,6 +40,12 @@ STAGE_NAMES = (
 )
 
 _PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+#: Where the default call checks ``d`` (finite, > 0): ``"tile"`` in stage 1, on the tile it loads for the write
+#: key, reduced over each 16-row block; ``"rows"`` in stage 1, reduced over K per row and over the rows once at
+#: the end; ``"pass"`` in a separate streaming kernel before stage 1 (one more read of ``d``). Which costs least
+#: is a GPU timing question (``benchmarks/bench_ours.py`` times all three); every one reports every bad value.
+D_CHECKS = ("tile", "rows", "pass")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class Launch:
             ``True``/``False`` force one (the tests run the GPU's choices under the interpreter this way).
         record: a caller-owned dict; each launch writes ``record[name] = {"config": {…}, "regs_spills":
             (registers, spill bytes) or None}`` (registers only on a GPU). ``None``: nothing is recorded.
+        d_check: where a checked call checks ``d`` (one of :data:`D_CHECKS`; default ``"tile"``).
     """
 
     gram_solve: LaunchConfig = LaunchConfig()
@@ -111,6 +118,7 @@ class Launch:
     d_bwd_grads: LaunchConfig = LaunchConfig()
     gpu_rules: bool | None = None
     record: dict | None = field(default=None, compare=False, hash=False, repr=False)
+    d_check: str = "tile"
 
     def __post_init__(self):
         for name in STAGE_NAMES:
@@ -118,6 +126,8 @@ class Launch:
                 raise ValueError(f"{name}: expected a LaunchConfig, got {type(getattr(self, name)).__name__}")
         if self.gpu_rules is not None and not isinstance(self.gpu_rules, bool):
             raise ValueError(f"gpu_rules: expected a bool or None, got {self.gpu_rules!r}")
+        if self.d_check not in D_CHECKS:
+            raise ValueError(f"d_check: expected one of {D_CHECKS}, got {self.d_check!r}")
 
     def with_stage(self, name: str, cfg: LaunchConfig | dict) -> Launch:
         """A copy with stage ``name``'s configuration replaced (a dict is turned into a :class:`LaunchConfig`)."""

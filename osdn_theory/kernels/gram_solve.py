@@ -57,12 +57,15 @@ def _keys16(
     k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, sb, g_carry, i_h, flag, code,
     H, K, s_max,
     BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr, ACC: tl.constexpr,
-    CHECK: tl.constexpr,
+    CHECK: tl.constexpr, DCHECK: tl.constexpr,
 ):  # fmt: skip
     """Rows ``16·sb … 16·sb + 15`` of a chunk: read key, write key ``c·d⊙k`` (stored), β and the in-chunk
     cumulative log-decay ``g`` (stored; continues from ``g_carry``, the value at the previous row). With
-    ``CHECK``, the value-check bit of ``log α`` of these rows goes straight to ``*flag``, and that of ``d`` is
-    ORed into the scalar ``code`` (returned; the kernel issues it once, at the end).
+    ``CHECK``, the value-check bit of ``log α`` of these rows goes straight to ``*flag``. The check bits of
+    ``d`` are ORed into ``code`` (returned; the kernel issues it once, at the end): with ``DCHECK = 1``
+    (``Launch.d_check = "tile"``) ``code`` is a scalar and each row block's tile is reduced whole; with
+    ``DCHECK = 2`` (``"rows"``) ``code`` is a 16-vector, each block is reduced over K only and the rows are
+    reduced once at the end; ``DCHECK = 0``: ``d`` is not checked here.
 
     Where the checks sit. ``d`` is checked here, on the tile already loaded for the write key. Checking it in
     stage 2 took a second read of ``d``, which was all of stage 2's check cost (H100, 2026-12-05, K = 128:
@@ -84,9 +87,12 @@ def _keys16(
     if HAS_D:
         dd = _rows(d, t, rmask, K, ok, K, ACC)
         kt = kk * dd
-        if CHECK:  # d > 0 and finite, on the tile already loaded for the write key
-            bad = rmask[:, None] & (ok[None, :] < K) & ~((dd > 0) & (dd < float("inf")))
-            code |= _or_all(tl.where(bad, BAD_D, 0))
+        if DCHECK > 0:  # d > 0 and finite, on the tile already loaded for the write key
+            bad = tl.where(rmask[:, None] & (ok[None, :] < K) & ~((dd > 0) & (dd < float("inf"))), BAD_D, 0)
+            if DCHECK == 1:
+                code |= _or_all(bad)
+            else:
+                code |= tl.reduce(bad, 1, _or)
     if CLIP:
         s_raw = b * tl.sum(kk * kt, 1)
         c = tl.where(s_raw > s_max, s_max / tl.where(s_raw > s_max, s_raw, 1.0), 1.0)
@@ -127,7 +133,7 @@ def _gram_solve_kernel(
     H, K, s_max,
     C: tl.constexpr, BK: tl.constexpr, HAS_D: tl.constexpr, CLIP: tl.constexpr, GATED: tl.constexpr,
     SOLVE: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr, PREC: tl.constexpr, NEWTON: tl.constexpr,
-    CHECK: tl.constexpr,
+    CHECK: tl.constexpr, DCHECK: tl.constexpr,
 ):  # fmt: skip
     """Stage 1 in 16-row blocks: ``A⁻¹`` by inverting the 16×16 diagonal blocks (product form plus one Newton
     step, :func:`_unit_lower_inverse16`; the four are independent) and assembling the rest with
@@ -140,28 +146,31 @@ def _gram_solve_kernel(
     o16 = tl.arange(0, 16)
     Z = tl.zeros([16, 16], dtype=ACC)
     gz = tl.sum(tl.zeros([16], dtype=ACC), 0)
-    code = tl.sum(tl.zeros([16], dtype=tl.int32), 0)  # scalar 0: the check bits of d, out once at the end
+    # the check bits of d, out once at the end: a scalar ("tile") or one per row of a block ("rows")
+    code = tl.zeros([16], dtype=tl.int32)
+    if DCHECK != 2:
+        code = tl.sum(code, 0)
     # Each Gram block is formed as soon as its two key blocks are loaded, so that only the earlier write keys
     # stay live (not all four key blocks of both kinds).
     kk0, kt0, b0, g0, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 0, gz, i_h, flag,
-                                         code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
+                                         code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK, DCHECK)  # fmt: skip
     if SOLVE:
         L00 = _lblock(kk0, kt0, b0, g0, g0, True, GATED, DT, ACC, IEEE)
     if NB >= 2:
         kk1, kt1, b1, g1, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 1, gc, i_h,
-                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
+                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK, DCHECK)  # fmt: skip
         if SOLVE:
             L11 = _lblock(kk1, kt1, b1, g1, g1, True, GATED, DT, ACC, IEEE)
             L10 = _lblock(kk1, kt0, b1, g1, g0, False, GATED, DT, ACC, IEEE)
     if NB >= 4:
         kk2, kt2, b2, g2, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 2, gc, i_h,
-                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
+                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK, DCHECK)  # fmt: skip
         if SOLVE:
             L22 = _lblock(kk2, kt2, b2, g2, g2, True, GATED, DT, ACC, IEEE)
             L20 = _lblock(kk2, kt0, b2, g2, g0, False, GATED, DT, ACC, IEEE)
             L21 = _lblock(kk2, kt1, b2, g2, g1, False, GATED, DT, ACC, IEEE)
         kk3, kt3, b3, g3, gc, code = _keys16(k, d, beta, log_alpha, kt_out, c_out, g_out, t0, nv, 3, gc, i_h,
-                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK)  # fmt: skip
+                                             flag, code, H, K, s_max, BK, HAS_D, CLIP, GATED, ACC, CHECK, DCHECK)  # fmt: skip
         if SOLVE:
             L33 = _lblock(kk3, kt3, b3, g3, g3, True, GATED, DT, ACC, IEEE)
             L30 = _lblock(kk3, kt0, b3, g3, g0, False, GATED, DT, ACC, IEEE)
@@ -208,8 +217,13 @@ def _gram_solve_kernel(
             _store_rows(ai_out, X31, t, m, C, 16 + o16, C)
             _store_rows(ai_out, X32, t, m, C, 32 + o16, C)
             _store_rows(ai_out, X33, t, m, C, 48 + o16, C)
-    if CHECK:
+    if DCHECK == 1:
         _flag(flag, code)
+    if DCHECK == 2:
+        _flag(flag, tl.reduce(code, 0, _or))
+
+
+_D_CHECK_IN_STAGE = ("tile", "rows")  # Launch.d_check values checked here, as DCHECK = 1, 2
 
 
 def gram_solve(
@@ -219,7 +233,9 @@ def gram_solve(
     token, end of its sequence). Returns ``(kt [N,H,K], c [N,H] fp32 or None, g [N,H] fp32 or None,
     Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. With ``flag`` (an int32 ``[1]`` tensor) the
     values of ``log α ∈ (−inf, 0]`` and of ``d`` (finite and positive) are checked as they are loaded
-    (:data:`BAD_ALPHA`, :data:`BAD_D`; ``k``, ``β`` and ``v`` are checked by :func:`wy_factors`)."""
+    (:data:`BAD_ALPHA`, :data:`BAD_D`; ``k``, ``β`` and ``v`` are checked by :func:`wy_factors`); ``d`` only
+    where ``launch.d_check`` is ``"tile"`` or ``"rows"`` (``"pass"``: the caller checks it with
+    :func:`.d_check.check_d`)."""
     N, H, K = k.shape
     NC = bounds.shape[0]
     f = wide_dtype(k.dtype)
@@ -239,12 +255,15 @@ def gram_solve(
     cfg = launch.cfg("gram_solve", k.dtype, num_warps=warps, PREC="ieee", NEWTON=wide)
     if wide:
         cfg["PREC"] = "ieee"  # tf32 variants only for 16-bit inputs (fp32 promises IEEE dots)
+    checked_here = flag is not None and d is not None and launch.d_check in _D_CHECK_IN_STAGE
+    dcheck = 1 + _D_CHECK_IN_STAGE.index(launch.d_check) if checked_here else 0
     _c = _gram_solve_kernel[(NC, H)](
         k, d if d is not None else k, beta, log_alpha if log_alpha is not None else beta, kt,
         c if c is not None else ai, g if g is not None else ai, ai, bounds, flag if flag is not None else bounds,
         H, K, float(s_max) if s_max is not None else 1.0,
         C=C, BK=_block(K), HAS_D=d is not None, CLIP=s_max is not None,
-        GATED=log_alpha is not None, SOLVE=solve, CHECK=flag is not None, **cfg,
+        GATED=log_alpha is not None, SOLVE=solve, CHECK=flag is not None,
+        DCHECK=dcheck, **cfg,
     )  # fmt: skip
     launch.note("gram_solve" if solve else "gram_keys_only", _c, cfg)
     return kt, c, g, (ai if solve else None)

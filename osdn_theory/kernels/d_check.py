@@ -1,0 +1,43 @@
+"""The value check of ``d`` as a pass of its own (``Launch(d_check="pass")``): one streaming read of ``d``,
+before stage 1, instead of checking it inside stage 1 (``"tile"``, ``"rows"``; see :mod:`.gram_solve`).
+
+Kernel, launcher :func:`check_d` and its torch twin :func:`check_d_ref`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import BAD_D, _flag, _or, _warps
+
+__all__ = ["check_d", "check_d_ref"]
+
+#: Elements per program: 8192 bf16 values are 16 KB, enough for a streaming read to reach the card's
+#: bandwidth with a few programs per multiprocessor (not tuned).
+_BLOCK = 8192
+
+
+@triton.jit
+def _check_d_kernel(d, flag, n, BLOCK: tl.constexpr):
+    """OR :data:`BAD_D` into ``*flag`` if any of the ``BLOCK`` entries of ``d`` (flat) that this program reads
+    is not finite and positive (one atomic per program, issued only when set)."""
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = o < n
+    x = tl.load(d + o, mask=m, other=1.0)
+    bad = tl.where(m & ~((x > 0) & (x < float("inf"))), BAD_D, 0)
+    _flag(flag, tl.reduce(bad, 0, _or))
+
+
+def check_d(d: torch.Tensor, flag: torch.Tensor, block: int = _BLOCK) -> None:
+    """Check every entry of the contiguous ``d`` (finite, > 0) into the int32 ``flag [1]`` (no synchronisation).
+    ``block``: entries per program (a power of two; small values keep interpreter tests fast)."""
+    n = d.numel()
+    _check_d_kernel[(triton.cdiv(n, block),)](d, flag, n, BLOCK=block, num_warps=_warps(8))
+
+
+def check_d_ref(d: torch.Tensor) -> int:
+    """Twin: the bit :func:`check_d` sets (``BAD_D`` or 0)."""
+    ok = torch.isfinite(d) & (d > 0)
+    return 0 if bool(ok.all()) else int(BAD_D.value)
