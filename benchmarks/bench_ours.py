@@ -6,7 +6,9 @@ Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
   issue #10 is default / unchecked ≤ 1.05; then the default call with ``d`` checked at the two other
   placements (``Launch(d_check="rows")``, ``Launch(d_check="pass")``; the default is ``"tile"``);
 - forward with the d rule with the segment-parallel scan (``DRule(segment_chunks="auto")``) and with the
-  sequential scan (``DRule()``, the default), both default calls;
+  sequential scan (``DRule()``, the default), both default calls, and the sequential scan with chunks of 64
+  (``DRule(chunk_size=64)``: half as many sequential steps; the default 32 was chosen at B·H = 64, where
+  the scan is not the bottleneck);
 - forward+backward with the d rule (gradients through it), segment-parallel and sequential;
 - the d rule alone (``d_ratio_scan``), forward and forward+backward, both scans, and its normwise deviation
   from the same rule computed from float32 keys with the sequential scan (a precision check of the
@@ -81,6 +83,7 @@ def bench_shape(B, T, H, D) -> dict:
 
     x = _inputs(B, T, H, D)
     seg, seq = DRule(c=0.5, segment_chunks="auto"), DRule(c=0.5, segment_chunks=None)
+    seq64 = DRule(c=0.5, segment_chunks=None, chunk_size=64)
 
     def ours(xs, d=True, **kw):
         return chunk_osdn(xs["q"], xs["k"], xs["v"], xs["beta"], xs["d"] if d else None, **kw)[0]
@@ -105,6 +108,7 @@ def bench_shape(B, T, H, D) -> dict:
         "fwd_d_default_pass": lambda: ours(x, launch=Launch(d_check="pass")),
         "fwd_drule_seg": lambda: ours(x, d=False, d_rule=seg),
         "fwd_drule_seq": lambda: ours(x, d=False, d_rule=seq),
+        "fwd_drule_seq_c64": lambda: ours(x, d=False, d_rule=seq64),
         "fwdbwd_d_default": _fwd_bwd(ours, x, names + ["d"]),
         "fwdbwd_drule_seg": _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=seg), x, names),
         "fwdbwd_drule_seq": _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=seq), x, names),
@@ -136,6 +140,7 @@ def bench_shape(B, T, H, D) -> dict:
         "default_rows_over_unchecked_fwd": res["fwd_d_default_rows"] / res["fwd_d_unchecked"],
         "default_pass_over_unchecked_fwd": res["fwd_d_default_pass"] / res["fwd_d_unchecked"],
         "drule_fwd_seg_over_seq": res["fwd_drule_seg"] / res["fwd_drule_seq"],
+        "drule_fwd_c64_over_c32": res["fwd_drule_seq_c64"] / res["fwd_drule_seq"],
         "drule_fwdbwd_seg_over_seq": res["fwdbwd_drule_seg"] / res["fwdbwd_drule_seq"],
         "drule_fwd_over_given_d_fwd": res["fwd_drule_seg"] / res["fwd_d_default"],
     }
@@ -148,7 +153,8 @@ def _row(r) -> str:
     return (
         f"| {s} | {r['fwd_d_default']:.3f} | {r['fwd_d_unchecked']:.3f} | {dv['default_over_unchecked_fwd']:.2f} "
         f"| {dv['default_rows_over_unchecked_fwd']:.2f} / {dv['default_pass_over_unchecked_fwd']:.2f} "
-        f"| {r['fwd_drule_seg']:.3f} / {r['fwd_drule_seq']:.3f} | {r['fwdbwd_drule_seg']:.3f} / "
+        f"| {r['fwd_drule_seg']:.3f} / {r['fwd_drule_seq']:.3f} / {r['fwd_drule_seq_c64']:.3f} "
+        f"| {r['fwdbwd_drule_seg']:.3f} / "
         f"{r['fwdbwd_drule_seq']:.3f} | {r['rule_alone_fwd_seg']:.3f} / {r['rule_alone_fwd_seq']:.3f} "
         f"| {r['rule_alone_fwdbwd_seg']:.3f} / {r['rule_alone_fwdbwd_seq']:.3f} "
         f"| {r['rule_rel_dev_vs_fp32_seg']:.1e} / {r['rule_rel_dev_vs_fp32_seq']:.1e} |"
@@ -157,7 +163,7 @@ def _row(r) -> str:
 
 HEADER = [
     "| B, T, H, D | fwd d, default | fwd d, unchecked | default / unchecked | same, d checked by rows / by a pass "
-    "| fwd d rule: segments / sequential "
+    "| fwd d rule: segments / sequential / sequential, chunks of 64 "
     "| fwd+bwd d rule: seg / seq | rule alone fwd: seg / seq | rule alone fwd+bwd: seg / seq "
     "| rule ‖d − d_fp32‖ / ‖d_fp32‖: seg / seq |",
     "|---|---|---|---|---|---|---|---|---|---|",

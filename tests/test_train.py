@@ -288,6 +288,8 @@ def test_a_rerun_is_compared_run_by_run_with_the_reference(tmp_path):
     from osdn_theory.train import compare_train_results
 
     ref = SWEEPS.parent / "notebooks" / "data" / "recall_mqar_gpu_pilot_2026-12-05"
+    with pytest.raises(ValueError, match=r"^reference: expected a results folder with results.jsonl"):
+        compare_train_results(ref, tmp_path)
     same = compare_train_results(ref, ref)
     n = len(load_train_results(ref))
     assert len(same) == n and same["identical"].all() and same["same_outcome"].all()

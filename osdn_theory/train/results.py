@@ -192,6 +192,9 @@ def compare_train_results(out: str | Path, reference: str | Path):
     training loss), ``device_name`` and ``device_name_ref``. Sorted with the largest ``abs_diff`` first."""
     import pandas as pd
 
+    for name, folder in (("out", out), ("reference", reference)):
+        if not (Path(folder) / "results.jsonl").is_file():
+            raise ValueError(f"{name}: expected a results folder with results.jsonl, got {str(folder)!r}")
     a, b = scored(load_train_results(out)), scored(load_train_results(reference))
     keys = ["task", "hidden_size", "num_kv_pairs", "seq_len", "model", "lr", "seed"]
     cols = ["hash", *keys, "status", "accuracy", "train_loss", "device_name"]
