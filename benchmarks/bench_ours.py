@@ -15,7 +15,8 @@ Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
   segment maps' tf32 products).
 
 Then each forward stage alone without and with its value checks (``forward_stages_checked_vs_unchecked``
-in the JSON), to locate the default call's extra cost.
+in the JSON), to locate the default call's extra cost, and the d rule's parallel part and sequential scan
+alone at chunks of 32 and 64 (``d_rule_parts``).
 
 Ratios to fla are not in this file (see ``bench_kernels.py``, which times fla in the same run).
 
@@ -77,6 +78,27 @@ def checked_stage_times(x, device="cuda") -> dict:
     return out
 
 
+def rule_stage_times(x, device="cuda", chunks=(32, 64)) -> dict:
+    """The d rule's forward in its two parts, in ms, per scan chunk size: the parallel part (``factors``: the
+    preparation pass and stages 1–2 on ``û``) and the sequential scan over the chunks (``scan``). Where the
+    rule's time goes at each shape (issue #10 item 2)."""
+    from osdn_theory.kernels.chunk import chunk_tables
+    from osdn_theory.kernels.d_scan import rule_factors, scan_chunks
+
+    B, T, H, K = x["k"].shape
+    k, beta = x["k"].reshape(B * T, H, K), x["beta"].reshape(B * T, H).contiguous()
+    h0 = torch.ones(B, H, K, dtype=torch.float32 if k.dtype != torch.float64 else k.dtype, device=device)
+    out = {}
+    for C in chunks:
+        tables = chunk_tables(None, B, T, C, device)
+        factors = functools.partial(rule_factors, k, beta, 0.5, C, tables, None)
+        uhat, w, ut, _, _ = factors()
+        scan = functools.partial(scan_chunks, uhat, w, ut, h0, 1e-4, C, tables, False)
+        _warm(factors, scan)
+        out[f"C{C}"] = {"factors": _bench(factors), "scan": _bench(scan)}
+    return out
+
+
 def bench_shape(B, T, H, D) -> dict:
     from osdn_theory.kernels import DRule, check_values, chunk_osdn, d_ratio_scan
     from osdn_theory.kernels.config import Launch
@@ -135,6 +157,7 @@ def bench_shape(B, T, H, D) -> dict:
     except ValueError as e:
         res["value_checks"] = f"FALSE ALARM: {e}"
     res["forward_stages_checked_vs_unchecked"] = checked_stage_times(x)
+    res["d_rule_parts"] = rule_stage_times(x)
     res["derived"] = {
         "default_over_unchecked_fwd": res["fwd_d_default"] / res["fwd_d_unchecked"],
         "default_rows_over_unchecked_fwd": res["fwd_d_default_rows"] / res["fwd_d_unchecked"],

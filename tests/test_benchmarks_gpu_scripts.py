@@ -88,6 +88,31 @@ def test_checked_stage_times_calls_every_stage_both_ways(monkeypatch):
     assert bench_ours.checked_stage_times(x, device="cpu")["flag_bits"] == stages.BAD_Q.value
 
 
+def test_rule_stage_times_runs_both_parts(monkeypatch):
+    """``bench_ours.rule_stage_times`` runs the d rule's parallel part and its scan at each chunk size on a tiny
+    float64 problem under the interpreter (timing replaced by a plain call), and the two parts give the rule's
+    ``d`` (the same as ``d_ratio_scan``)."""
+    from benchmarks import bench_ours
+    from osdn_theory.kernels import d_ratio_scan
+    from osdn_theory.kernels.chunk import chunk_tables
+    from osdn_theory.kernels.d_scan import rule_factors, scan_chunks
+
+    monkeypatch.setattr(bench_ours, "_bench", lambda fn: (fn(), 0.0)[1])
+    monkeypatch.setattr(bench_ours, "_warm", lambda *fns: [f() for f in fns])
+    g = torch.Generator().manual_seed(2)
+    B, T, H, D = 1, 40, 2, 16
+    k = F.normalize(torch.randn(B, T, H, D, generator=g, dtype=torch.float64), dim=-1)
+    beta = torch.sigmoid(torch.randn(B, T, H, generator=g, dtype=torch.float64))
+    out = bench_ours.rule_stage_times({"k": k, "beta": beta}, device="cpu", chunks=(16, 32))
+    assert set(out) == {"C16", "C32"} and all(set(v) == {"factors", "scan"} for v in out.values())
+    tables = chunk_tables(None, B, T, 16, "cpu")
+    parts = rule_factors(k.reshape(T, H, D), beta.reshape(T, H), 0.5, 16, tables, None)
+    h0 = torch.ones(B, H, D, dtype=torch.float64)
+    d = scan_chunks(*parts[:3], h0, 1e-4, 16, tables, False)[0]
+    ref = d_ratio_scan(k, beta, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=16, detach=True)
+    torch.testing.assert_close(d.reshape(B, T, H, D), ref, rtol=0, atol=0)
+
+
 def test_default_results_path():
     p = default_out("kernels", {"card": "NVIDIA H200", "date_utc": "2026-11-27 15:48"})
     assert p.name == "kernels_nvidia_h200_2026-11-27_1548.json" and p.parent.name == "results"

@@ -29,7 +29,7 @@ from .config import DEFAULT_LAUNCH, Launch
 from .gram_solve import gram_solve
 from .wy_factors import wy_factors
 
-__all__ = ["scan_forward", "seg_carry", "d_scan_ref"]
+__all__ = ["rule_factors", "scan_chunks", "scan_forward", "seg_carry", "d_scan_ref"]
 
 
 _VPAD = 16
@@ -242,20 +242,12 @@ def _seg_starts(uhat, w, ut, h0, segs, C, launch: Launch):
     return seg_carry(m, r, h0, seg_offs, False, launch)
 
 
-def scan_forward(
-    k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep: bool, launch: Launch = DEFAULT_LAUNCH,
-    segs=None,
-):  # fmt: skip
-    """The launches of the rule on packed ``k: [N, H, K]``, ``beta: [N, H]``, ``h0: [S, H, K]`` (wide dtype).
-    With ``segs`` (:func:`.tables.segment_tables`) the scan runs segment-parallel: each segment's affine map
-    (parallel), the state carried across the segments (one program per sequence·head, ``K × K`` matrix-vector
-    products), then the chunk scan restarted in every segment (parallel). Returns ``d`` and, with ``keep``,
-    what the backward needs: ``(A⁻¹, unfloored d, U)``."""
+def rule_factors(k, beta, c: float, C: int, tables, flag, launch: Launch = DEFAULT_LAUNCH):
+    """The parallel part of the rule on packed ``k: [N, H, K]``, ``beta: [N, H]``: one pass over the keys forms
+    the scan's key ``û``, strength and value (in the dtype of ``k``, so the dots use the tensor cores for
+    bf16/fp16), then stages 1–2 on them. Returns ``(û, W, Ũ, A⁻¹, c)`` (``c`` as a one-element tensor)."""
     N, H, K = k.shape
-    S = h0.shape[0]
     f = wide_dtype(k.dtype)
-    # One pass over the keys forms the scan's key, strength and value (in the dtype of k, so the scan's dots
-    # use the tensor cores for bf16/fp16); the carried d is accumulated in fp32 (fp64) inside the scan kernel.
     uhat = torch.empty_like(k)
     strength = torch.empty(N, H, dtype=k.dtype, device=k.device)
     vals = torch.empty(N, H, _VPAD, dtype=k.dtype, device=k.device)
@@ -266,24 +258,48 @@ def scan_forward(
         BR=32, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), CHECK=flag is not None,
         num_warps=_warps(4),
     )  # fmt: skip
-    cu, _, bounds, _ = tables
+    _, _, bounds, _ = tables
     _, _, _, ai = gram_solve(uhat, None, strength, None, bounds, None, C, launch=launch)
     w, ut = wy_factors(uhat, vals, strength, None, ai, bounds, C, launch=launch)
-    d = torch.empty(N, H, K, dtype=k.dtype, device=k.device)
+    return uhat, w, ut, ai, c_t
+
+
+def scan_chunks(uhat, w, ut, h0, d_min: float, C: int, tables, keep: bool, launch: Launch = DEFAULT_LAUNCH,
+                segs=None):  # fmt: skip
+    """The sequential part: the scan over the chunks (segment-parallel with ``segs``) of the factors of
+    :func:`rule_factors`. Returns ``(d, unfloored d, U, d_min)`` (the middle two only with ``keep``)."""
+    N, H, K = uhat.shape
+    f = h0.dtype
+    d = torch.empty(N, H, K, dtype=uhat.dtype, device=uhat.device)
     # the unfloored d in the wide dtype: its rounding would enter the gradient through b − ûᵀd (cancelling)
-    h_raw = torch.empty(N, H, K, dtype=f, device=k.device) if keep else d
-    ucoef = torch.empty(N, H, dtype=f, device=k.device) if keep else d
-    d_min_t = torch.full((1,), d_min, dtype=f, device=k.device)
+    h_raw = torch.empty(N, H, K, dtype=f, device=uhat.device) if keep else d
+    ucoef = torch.empty(N, H, dtype=f, device=uhat.device) if keep else d
+    d_min_t = torch.full((1,), d_min, dtype=f, device=uhat.device)
+    cu, S = tables[0], h0.shape[0]
     if segs is not None:  # restart the scan in every segment from its entering state
         h0 = _seg_starts(uhat, w, ut, h0, segs, C, launch)
         cu, S = segs[0], segs[3]
-    cfg = launch.cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(k.dtype))
+    cfg = launch.cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(uhat.dtype))
     _c = _d_scan_kernel[(S * H,)](
         uhat, w, ut, h0, d, cu, d_min_t, h_raw, ucoef, H, K,
         C=C, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), STORE_H=keep,
         **cfg,
     )  # fmt: skip
     launch.note("d_scan", _c, cfg)
+    return d, h_raw, ucoef, d_min_t
+
+
+def scan_forward(
+    k, beta, h0, c: float, d_min: float, C: int, tables, flag, keep: bool, launch: Launch = DEFAULT_LAUNCH,
+    segs=None,
+):  # fmt: skip
+    """The launches of the rule on packed ``k: [N, H, K]``, ``beta: [N, H]``, ``h0: [S, H, K]`` (wide dtype):
+    :func:`rule_factors`, then :func:`scan_chunks`. With ``segs`` (:func:`.tables.segment_tables`) the scan runs
+    segment-parallel: each segment's affine map (parallel), the state carried across the segments (one program
+    per sequence·head, ``K × K`` matrix-vector products), then the chunk scan restarted in every segment
+    (parallel). Returns ``d`` and, with ``keep``, what the backward needs: ``(A⁻¹, unfloored d, U, c, d_min)``."""
+    uhat, w, ut, ai, c_t = rule_factors(k, beta, c, C, tables, flag, launch)
+    d, h_raw, ucoef, d_min_t = scan_chunks(uhat, w, ut, h0, d_min, C, tables, keep, launch, segs)
     return d, ((ai, h_raw, ucoef, c_t, d_min_t) if keep else None)
 
 
