@@ -80,9 +80,11 @@ def checked_stage_times(x, device="cuda") -> dict:
 
 def rule_stage_times(x, device="cuda", chunks=(32, 64)) -> dict:
     """The d rule's forward in its two parts, in ms, per scan chunk size: the parallel part (``factors``: the
-    preparation pass and stages 1–2 on ``û``) and the sequential scan over the chunks (``scan``). Where the
-    rule's time goes at each shape (issue #10 item 2)."""
+    preparation pass and stages 1–2 on ``û``) and the sequential scan over the chunks (``scan``; and
+    ``scan_separate_readout``: the scan with its read-out of ``d`` apart, ``Launch(rule_readout="separate")``).
+    Where the rule's time goes at each shape (issue #10 item 2)."""
     from osdn_theory.kernels.chunk import chunk_tables
+    from osdn_theory.kernels.config import Launch
     from osdn_theory.kernels.d_scan import rule_factors, scan_chunks
 
     B, T, H, K = x["k"].shape
@@ -94,8 +96,15 @@ def rule_stage_times(x, device="cuda", chunks=(32, 64)) -> dict:
         factors = functools.partial(rule_factors, k, beta, 0.5, C, tables, None)
         uhat, w, ut, _, _ = factors()
         scan = functools.partial(scan_chunks, uhat, w, ut, h0, 1e-4, C, tables, False)
-        _warm(factors, scan)
-        out[f"C{C}"] = {"factors": _bench(factors), "scan": _bench(scan)}
+        sep = functools.partial(
+            scan_chunks, uhat, w, ut, h0, 1e-4, C, tables, False, Launch(rule_readout="separate")
+        )
+        _warm(factors, scan, sep)
+        out[f"C{C}"] = {
+            "factors": _bench(factors),
+            "scan": _bench(scan),
+            "scan_separate_readout": _bench(sep),
+        }
     return out
 
 
@@ -106,6 +115,7 @@ def bench_shape(B, T, H, D) -> dict:
     x = _inputs(B, T, H, D)
     seg, seq = DRule(c=0.5, segment_chunks="auto"), DRule(c=0.5, segment_chunks=None)
     seq64 = DRule(c=0.5, segment_chunks=None, chunk_size=64)
+    separate = Launch(rule_readout="separate")
 
     def ours(xs, d=True, **kw):
         return chunk_osdn(xs["q"], xs["k"], xs["v"], xs["beta"], xs["d"] if d else None, **kw)[0]
@@ -131,6 +141,8 @@ def bench_shape(B, T, H, D) -> dict:
         "fwd_drule_seg": lambda: ours(x, d=False, d_rule=seg),
         "fwd_drule_seq": lambda: ours(x, d=False, d_rule=seq),
         "fwd_drule_seq_c64": lambda: ours(x, d=False, d_rule=seq64),
+        "fwd_drule_seq_separate": lambda: ours(x, d=False, d_rule=seq, launch=separate),
+        "fwd_drule_seq_c64_separate": lambda: ours(x, d=False, d_rule=seq64, launch=separate),
         "fwdbwd_d_default": _fwd_bwd(ours, x, names + ["d"]),
         "fwdbwd_drule_seg": _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=seg), x, names),
         "fwdbwd_drule_seq": _fwd_bwd(lambda xs: ours(xs, d=False, d_rule=seq), x, names),
@@ -164,6 +176,7 @@ def bench_shape(B, T, H, D) -> dict:
         "default_pass_over_unchecked_fwd": res["fwd_d_default_pass"] / res["fwd_d_unchecked"],
         "drule_fwd_seg_over_seq": res["fwd_drule_seg"] / res["fwd_drule_seq"],
         "drule_fwd_c64_over_c32": res["fwd_drule_seq_c64"] / res["fwd_drule_seq"],
+        "drule_fwd_separate_over_fused": res["fwd_drule_seq_separate"] / res["fwd_drule_seq"],
         "drule_fwdbwd_seg_over_seq": res["fwdbwd_drule_seg"] / res["fwdbwd_drule_seq"],
         "drule_fwd_over_given_d_fwd": res["fwd_drule_seg"] / res["fwd_d_default"],
     }
@@ -177,6 +190,7 @@ def _row(r) -> str:
         f"| {s} | {r['fwd_d_default']:.3f} | {r['fwd_d_unchecked']:.3f} | {dv['default_over_unchecked_fwd']:.2f} "
         f"| {dv['default_rows_over_unchecked_fwd']:.2f} / {dv['default_pass_over_unchecked_fwd']:.2f} "
         f"| {r['fwd_drule_seg']:.3f} / {r['fwd_drule_seq']:.3f} / {r['fwd_drule_seq_c64']:.3f} "
+        f"/ {r['fwd_drule_seq_separate']:.3f} / {r['fwd_drule_seq_c64_separate']:.3f} "
         f"| {r['fwdbwd_drule_seg']:.3f} / "
         f"{r['fwdbwd_drule_seq']:.3f} | {r['rule_alone_fwd_seg']:.3f} / {r['rule_alone_fwd_seq']:.3f} "
         f"| {r['rule_alone_fwdbwd_seg']:.3f} / {r['rule_alone_fwdbwd_seq']:.3f} "
@@ -186,7 +200,7 @@ def _row(r) -> str:
 
 HEADER = [
     "| B, T, H, D | fwd d, default | fwd d, unchecked | default / unchecked | same, d checked by rows / by a pass "
-    "| fwd d rule: segments / sequential / sequential, chunks of 64 "
+    "| fwd d rule: segments / sequential / sequential, chunks of 64 / read-out separate, 32 / 64 "
     "| fwd+bwd d rule: seg / seq | rule alone fwd: seg / seq | rule alone fwd+bwd: seg / seq "
     "| rule ‖d − d_fp32‖ / ‖d_fp32‖: seg / seq |",
     "|---|---|---|---|---|---|---|---|---|---|",

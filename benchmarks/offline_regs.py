@@ -216,12 +216,12 @@ def table(calls, arch: int = 90) -> list[dict]:
     return rows
 
 
-def _launch(items, d_check="tile"):
+def _launch(items, d_check="tile", rule_readout="fused"):
     import dataclasses
 
     from osdn_theory.kernels.config import DEFAULT_LAUNCH
 
-    launch = dataclasses.replace(DEFAULT_LAUNCH, d_check=d_check)
+    launch = dataclasses.replace(DEFAULT_LAUNCH, d_check=d_check, rule_readout=rule_readout)
     for item in items or []:
         try:
             stage, kv = item.split(":", 1)
@@ -248,6 +248,9 @@ def main(argv=None):
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--override", action="append", help="STAGE:key=value,...  e.g. bwd_wy:num_warps=8,BV=32")
     ap.add_argument("--d-check", default="tile", choices=["tile", "rows", "pass"], help="Launch.d_check")
+    ap.add_argument(
+        "--rule-readout", default="fused", choices=["fused", "separate"], help="Launch.rule_readout"
+    )
     ap.add_argument("--out", default=None, help="JSON file for the table")
     a = ap.parse_args(argv)
     if not _ptxas().exists():
@@ -258,7 +261,8 @@ def main(argv=None):
         raise SystemExit(f"offline_regs: --shape expects four integers B,T,H,K, got {a.shape!r}") from None
     calls = call_kernels(
         B, T, H, K, DTYPES[a.dtype], backward=a.backward, gated=a.gated, d_rule=a.d_rule,
-        validate=not a.unchecked, launch=_launch(a.override, a.d_check), chunk_size=a.chunk_size,
+        validate=not a.unchecked, launch=_launch(a.override, a.d_check, a.rule_readout),
+        chunk_size=a.chunk_size,
     )  # fmt: skip
     print(f"triton {triton.__version__}, sm_90a, {a.dtype}, B,T,H,K = {B},{T},{H},{K}")
     rows = table(calls)

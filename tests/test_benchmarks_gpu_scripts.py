@@ -104,7 +104,8 @@ def test_rule_stage_times_runs_both_parts(monkeypatch):
     k = F.normalize(torch.randn(B, T, H, D, generator=g, dtype=torch.float64), dim=-1)
     beta = torch.sigmoid(torch.randn(B, T, H, generator=g, dtype=torch.float64))
     out = bench_ours.rule_stage_times({"k": k, "beta": beta}, device="cpu", chunks=(16, 32))
-    assert set(out) == {"C16", "C32"} and all(set(v) == {"factors", "scan"} for v in out.values())
+    assert set(out) == {"C16", "C32"}
+    assert all(set(v) == {"factors", "scan", "scan_separate_readout"} for v in out.values())
     tables = chunk_tables(None, B, T, 16, "cpu")
     parts = rule_factors(k.reshape(T, H, D), beta.reshape(T, H), 0.5, 16, tables, None)
     h0 = torch.ones(B, H, D, dtype=torch.float64)
@@ -224,7 +225,7 @@ def test_value_checks_add_no_spills_to_stage_1():
 
 def test_every_stage_compiles_for_the_gpu():
     """Every kernel of the pipeline (forward with the value checks at each placement of the d check, backward,
-    gated, the d rule sequential and segment-parallel) compiled for sm_90a without a GPU at K = 128, bf16, as the public call launches them:
+    gated, the d rule sequential (read-out fused and separate) and segment-parallel) compiled for sm_90a without a GPU at K = 128, bf16, as the public call launches them:
     each assembles (ptxas reports its registers). The GPU-side check that the interpreter cannot give."""
     rows = _offline_regs(
         "rows = []\n"
@@ -233,6 +234,8 @@ def test_every_stage_compiles_for_the_gpu():
         "from osdn_theory.kernels.config import Launch\n"
         "for where in ('rows', 'pass'):  # the other placements of the d check (forward only)\n"
         "    rows += o.table(o.call_kernels(1, 1024, 2, 128, torch.bfloat16, launch=Launch(d_check=where)))\n"
+        "sep = Launch(rule_readout='separate')  # the d rule's scan with its read-out apart\n"
+        "rows += o.table(o.call_kernels(1, 1024, 2, 128, torch.bfloat16, backward=True, d_rule='sequential', launch=sep))\n"
         "print(json.dumps(rows))\n"
     )
     names = {r["kernel"] for r in rows}

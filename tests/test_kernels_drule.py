@@ -465,3 +465,103 @@ def test_segment_chunks_auto_rule():
     for a, b in zip(uni[:3], packed[:3], strict=True):
         assert a.tolist() == b.tolist()
     assert uni[3] == packed[3] == 3 * 4
+
+
+# ------------------------------------------------------------------------------- separate read-out
+
+
+@pytest.mark.parametrize("C", [16, 32])
+@pytest.mark.parametrize("packed", [False, True])
+def test_separate_readout_equals_the_fused_scan(C, packed):
+    """``Launch(rule_readout="separate")`` (the sequential scan stores each chunk's entering state and ``U``; a
+    parallel read-out writes ``d``) does the fused scan's arithmetic: ``d`` and the gradients to ``k``, ``β`` and
+    ``d_init`` are bit-identical (float64, interpreter; packed: three sequences with tail chunks and their own
+    ``d_init`` rows), and both agree with float64 autograd of the token loop."""
+    from osdn_theory.kernels.config import Launch
+
+    lens = [C * 3 + 3, C + 1, C * 2] if packed else [C * 4 + 5]
+    k, beta = _keys(60 + C, B=1, T=sum(lens), H=2, K=20)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()]) if packed else None
+    d0 = torch.rand(len(lens), 2, 20, generator=_gen(61), dtype=F64) + 0.5
+    if not packed:
+        d0 = d0[0]
+    w = torch.randn(k.shape, generator=_gen(62), dtype=F64)
+
+    def run(readout):
+        launch = Launch(rule_readout=readout)
+        return _grads(
+            lambda a, b, c0: d_ratio_scan(
+                a, b, c=0.7, d_init=c0, d_min=0.9, cu_seqlens=cu, chunk_size=C, launch=launch
+            ),
+            k, beta, d0, w,
+        )  # fmt: skip
+
+    fused, separate = run("fused"), run("separate")
+    for name, a, b in zip(["d", "k", "beta", "d_init"], fused, separate, strict=True):
+        assert torch.equal(a, b), (name, rel_err(b, a))
+    starts = torch.tensor([0, *lens]).cumsum(0).tolist()
+
+    def ref_fn(a, b, c0):
+        parts = [
+            _rule_autograd64(a[:, s:e], b[:, s:e], 0.7, c0[i] if packed else c0, 0.9)
+            for i, (s, e) in enumerate(zip(starts[:-1], starts[1:], strict=True))
+        ]
+        return torch.cat(parts, 1)
+
+    ref = _grads(ref_fn, k, beta, d0, w)
+    for name, g, r in zip(["d", "k", "beta", "d_init"], separate, ref, strict=True):
+        assert rel_err(g, r) < rtol(F64), (name, rel_err(g, r))
+    # without gradients (the scan does not keep U for the backward, the read-out still needs it)
+    plain = d_ratio_scan(
+        k,
+        beta,
+        c=0.7,
+        d_init=d0,
+        d_min=0.9,
+        cu_seqlens=cu,
+        chunk_size=C,
+        launch=Launch(rule_readout="separate"),
+    )
+    assert torch.equal(plain, fused[0])
+
+
+def test_separate_readout_needs_each_chunks_own_state(monkeypatch):
+    """Negative control: a read-out that starts every chunk from the sequence's first state (``h_chunks`` not
+    indexed by chunk) gives a wrong ``d``."""
+    from osdn_theory.kernels.config import Launch
+
+    k, beta = _keys(63, B=1, T=16 * 4 + 5, H=2, K=20)
+    good = d_ratio_scan(
+        k, beta, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=16, launch=Launch(rule_readout="separate")
+    )
+    real = d_scan._d_readout_kernel
+
+    class FirstState:
+        def __getitem__(self, grid):
+            def launch(uhat, u_in, h_chunks, *a, **kw):
+                return real[grid](uhat, u_in, h_chunks[:1].expand_as(h_chunks).contiguous(), *a, **kw)
+
+            return launch
+
+    monkeypatch.setattr(d_scan, "_d_readout_kernel", FirstState())
+    bad = d_ratio_scan(
+        k, beta, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=16, launch=Launch(rule_readout="separate")
+    )
+    assert rel_err(bad, good) >= NEG_CONTROL_SEPARATION * KERNEL_INTERP_FLOAT64
+
+
+def test_separate_readout_errors():
+    from osdn_theory.kernels.config import Launch
+
+    with pytest.raises(
+        ValueError, match=r"^rule_readout: expected one of \('fused', 'separate'\), got 'split'"
+    ):
+        Launch(rule_readout="split")
+    k, beta = _keys(64, T=40)
+    with pytest.raises(
+        ValueError, match=r"^launch: rule_readout='separate' does not combine with the segment"
+    ):
+        d_ratio_scan(
+            k, beta, c=0.5, d_init=1.0, d_min=1e-4, chunk_size=16, segment_chunks=2,
+            launch=Launch(rule_readout="separate"),
+        )  # fmt: skip

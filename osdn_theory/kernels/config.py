@@ -18,7 +18,15 @@ import torch
 
 from ._common import INTERPRET, acc_dtype
 
-__all__ = ["D_CHECKS", "STAGE_NAMES", "DEFAULT_LAUNCH", "Launch", "LaunchConfig", "check_launch"]
+__all__ = [
+    "D_CHECKS",
+    "D_READOUTS",
+    "STAGE_NAMES",
+    "DEFAULT_LAUNCH",
+    "Launch",
+    "LaunchConfig",
+    "check_launch",
+]
 
 #: Stage names, in pipeline order: forward, backward, then the d rule's kernels.
 STAGE_NAMES = (
@@ -31,6 +39,8 @@ STAGE_NAMES = (
     "bwd_dqk",
     "bwd_wy",
     "d_scan",
+    "d_hscan",
+    "d_readout",
     "d_seg_map",
     "d_seg_carry",
     "d_bwd_local",
@@ -46,6 +56,12 @@ _PRECISIONS = ("ieee", "tf32", "tf32x3")
 #: the end; ``"pass"`` in a separate streaming kernel before stage 1 (one more read of ``d``). Which costs least
 #: is a GPU timing question (``benchmarks/bench_ours.py`` times all three); every one reports every bad value.
 D_CHECKS = ("tile", "rows", "pass")
+
+#: How the d rule's scan writes ``d``: ``"fused"`` (default) in the sequential scan itself (an exclusive
+#: cumulative sum over each chunk's rows and a ``C × K`` store on the sequential path); ``"separate"``: the
+#: sequential scan stores only each chunk's entering state and the per-token coefficients, and a parallel
+#: read-out (one program per chunk and head) writes ``d``. Same arithmetic, same values; only speed differs.
+D_READOUTS = ("fused", "separate")
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,8 @@ class Launch:
         record: a caller-owned dict; each launch writes ``record[name] = {"config": {…}, "regs_spills":
             (registers, spill bytes) or None}`` (registers only on a GPU). ``None``: nothing is recorded.
         d_check: where a checked call checks ``d`` (one of :data:`D_CHECKS`; default ``"tile"``).
+        rule_readout: how the d rule's scan writes ``d`` (one of :data:`D_READOUTS`; default ``"fused"``;
+            the segment-parallel scan takes only ``"fused"``).
     """
 
     gram_solve: LaunchConfig = LaunchConfig()
@@ -110,6 +128,8 @@ class Launch:
     bwd_dqk: LaunchConfig = LaunchConfig()
     bwd_wy: LaunchConfig = LaunchConfig()
     d_scan: LaunchConfig = LaunchConfig()
+    d_hscan: LaunchConfig = LaunchConfig()
+    d_readout: LaunchConfig = LaunchConfig()
     d_seg_map: LaunchConfig = LaunchConfig()
     d_seg_carry: LaunchConfig = LaunchConfig()
     d_bwd_local: LaunchConfig = LaunchConfig()
@@ -119,6 +139,7 @@ class Launch:
     gpu_rules: bool | None = None
     record: dict | None = field(default=None, compare=False, hash=False, repr=False)
     d_check: str = "tile"
+    rule_readout: str = "fused"
 
     def __post_init__(self):
         for name in STAGE_NAMES:
@@ -128,6 +149,8 @@ class Launch:
             raise ValueError(f"gpu_rules: expected a bool or None, got {self.gpu_rules!r}")
         if self.d_check not in D_CHECKS:
             raise ValueError(f"d_check: expected one of {D_CHECKS}, got {self.d_check!r}")
+        if self.rule_readout not in D_READOUTS:
+            raise ValueError(f"rule_readout: expected one of {D_READOUTS}, got {self.rule_readout!r}")
 
     def with_stage(self, name: str, cfg: LaunchConfig | dict) -> Launch:
         """A copy with stage ``name``'s configuration replaced (a dict is turned into a :class:`LaunchConfig`)."""

@@ -134,6 +134,63 @@ def _d_scan_kernel(
 
 
 @triton.jit
+def _d_hscan_kernel(
+    uhat, w, ut, h0, cu_seqlens, chunk_offs, h_chunks, u_out,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """The scan with a separate read-out (``Launch(rule_readout="separate")``), part 1: one program per (sequence,
+    head) carries ``h`` through the chunks as :func:`_d_scan_kernel` does (``U = Ũ₀ − W h``, ``h ← h + Σ_i U_i
+    û_i``), but stores only the state entering each chunk (``h_chunks: [NC, H, K]``, in the chunk numbering of
+    :func:`.tables.chunk_tables`) and ``U`` (``u_out: [tokens, H]``), leaving the per-token ``d`` (an exclusive
+    cumulative sum over the rows and a ``C × K`` store per chunk) off the sequential path, to
+    :func:`_d_readout_kernel`."""
+    i_nh = tl.program_id(0)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
+    c0 = tl.load(chunk_offs + i_n).to(tl.int64)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    h = tl.load(h0 + i_nh.to(tl.int64) * K + ok, mask=ok < K, other=0.0).to(ACC)
+    W, uu, u0 = _d_scan_tiles(uhat, w, ut, bos, Tn, 0, i_h, H, K, C, BK, VP)
+    for n in range(tl.cdiv(Tn, C)):
+        W1, uu1, u01 = _d_scan_tiles(uhat, w, ut, bos, Tn, n + 1, i_h, H, K, C, BK, VP)  # next chunk
+        tl.store(h_chunks + ((c0 + n) * H + i_h) * K + ok, h, mask=ok < K)
+        U = u0.to(ACC) - tl.sum(W.to(ACC) * h[None, :], 1)  # 0 on masked rows
+        tl.store(u_out + (bos + n * C + oc) * H + i_h, U.to(u_out.dtype.element_ty), mask=oc < Tn - n * C)
+        h += tl.sum(U[:, None] * uu.to(ACC), 0)
+        W, uu, u0 = W1, uu1, u01
+
+
+@triton.jit
+def _d_readout_kernel(
+    uhat, u_in, h_chunks, bounds, d_out, d_min_ptr, h_out,
+    H, K,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, STORE_H: tl.constexpr = False,
+):  # fmt: skip
+    """Part 2, one program per chunk and head, all in parallel: ``d_r = h + Σ_{i<r} U_i û_i`` from the chunk's
+    entering state and the ``U`` of part 1, stored floored at ``d_min`` (and unfloored in ``h_out`` with
+    ``STORE_H``), the same arithmetic as :func:`_d_scan_kernel`."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    rmask = oc < nv
+    t = (t0 + oc) * H + i_h
+    h = tl.load(h_chunks + (i_c.to(tl.int64) * H + i_h) * K + ok, mask=ok < K, other=0.0).to(ACC)
+    uu = _rows(uhat, t, rmask, K, ok, K, ACC)
+    U = tl.load(u_in + t, mask=rmask, other=0.0).to(ACC)
+    inc = U[:, None] * uu
+    D = h[None, :] + tl.cumsum(inc, 0) - inc
+    d_min = tl.load(d_min_ptr).to(ACC)
+    _store_rows(d_out, tl.maximum(D, d_min), t, rmask, K, ok, K)
+    if STORE_H:
+        _store_rows(h_out, D, t, rmask, K, ok, K)
+
+
+@triton.jit
 def _seg_update(M, r, X, Y, z, ACC: tl.constexpr, IEEE: tl.constexpr):
     """One chunk of a segment map: ``M ← M − Xᵀ (Y M)`` (a ``[BK, BV]`` block of the ``K × K`` map) and
     ``r ← r − Xᵀ (Y r) + z`` (``X, Y: [C, BK]`` and ``M`` in ``ACC``; dots in ``ACC``, i.e. tf32 for 16-bit
@@ -276,6 +333,28 @@ def scan_chunks(uhat, w, ut, h0, d_min: float, C: int, tables, keep: bool, launc
     ucoef = torch.empty(N, H, dtype=f, device=uhat.device) if keep else d
     d_min_t = torch.full((1,), d_min, dtype=f, device=uhat.device)
     cu, S = tables[0], h0.shape[0]
+    if launch.rule_readout == "separate":
+        if segs is not None:
+            raise ValueError(
+                "launch: rule_readout='separate' does not combine with the segment-parallel scan "
+                "(segment_chunks); use one or the other"
+            )
+        _, offs, bounds, NC = tables
+        h_chunks = torch.empty(NC, H, K, dtype=f, device=uhat.device)
+        # U in the wide dtype whether or not the backward keeps it: the read-out reads it back
+        u_run = ucoef if keep else torch.empty(N, H, dtype=f, device=uhat.device)
+        cfg = launch.cfg("d_hscan", num_warps=_SCAN_WARPS[C], num_stages=_stages(uhat.dtype))
+        _c = _d_hscan_kernel[(S * H,)](
+            uhat, w, ut, h0, cu, offs, h_chunks, u_run, H, K, C=C, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), **cfg
+        )  # fmt: skip
+        launch.note("d_hscan", _c, cfg)
+        cfg = launch.cfg("d_readout", num_warps=_warps(4))
+        _c = _d_readout_kernel[(NC, H)](
+            uhat, u_run, h_chunks, bounds, d, d_min_t, h_raw, H, K, C=C, BK=_block(K), ACC=acc_dtype(f),
+            STORE_H=keep, **cfg,
+        )  # fmt: skip
+        launch.note("d_readout", _c, cfg)
+        return d, h_raw, ucoef, d_min_t
     if segs is not None:  # restart the scan in every segment from its entering state
         h0 = _seg_starts(uhat, w, ut, h0, segs, C, launch)
         cu, S = segs[0], segs[3]

@@ -206,6 +206,11 @@ def d_ratio_scan(
     d_init = _check_d_init(d_init)
     chunk_size = check_chunk_size(chunk_size)
     segment_chunks = check_segment_chunks(segment_chunks)
+    if segment_chunks is not None and launch.rule_readout != "fused":
+        raise ValueError(
+            f"launch: rule_readout={launch.rule_readout!r} does not combine with the segment-parallel scan "
+            f"(segment_chunks={segment_chunks!r}); use one or the other"
+        )
     cu_seqlens, N = check_cu_seqlens(cu_seqlens, B, T, k.device)
     if isinstance(d_init, torch.Tensor):
         try:
