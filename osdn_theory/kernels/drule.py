@@ -26,6 +26,13 @@ The scan runs in four launches (kernels in :mod:`.d_scan`), six when it runs seg
    inter-chunk recurrence needs no ``[K, V]`` tile and no dot; the state pass and the read-out that it
    replaces ran as two launches and wrote every chunk's state to memory.
 
+   With ``Launch(rule_readout="separate")`` (opt-in, not yet timed on a GPU) the scan is split in two: the
+   sequential ``_d_hscan_kernel`` computes ``U`` and carries ``h`` but stores only each chunk's entering state
+   and ``U``, and ``_d_readout_kernel`` (one program per chunk and head, in parallel) forms ``d_r`` from them.
+   The exclusive cumulative sum over the rows and the ``C × K`` store leave the sequential path, which is
+   what limits the rule at long sequences with few heads (16 programs at ``(2, 16384, 8, 128)``). Same
+   arithmetic: ``d`` and its gradients are bit-identical to the fused scan's under the interpreter.
+
 **Segment-parallel scan** (``segment_chunks``; default ``None``, the sequential scan: the segment-parallel
 kernels are verified under the Triton interpreter; timed on an H200 on 2026-12-05 they gave no gain: 1–3 %
 faster at T = 16384 and 65536 with B·H = 16, 2.5× slower at B·H = 64 (``docs/kernels.md``), because
