@@ -359,6 +359,57 @@ def test_gpu_bad_values_are_reported(name, bad):
     assert bool(torch.isfinite(o).all())
 
 
+@pytest.mark.parametrize("where", ["rows", "pass"])
+@pytest.mark.parametrize("bad", [0.0, float("nan"), float("inf")])
+def test_gpu_bad_d_is_reported_at_the_other_placements(where, bad):
+    """``Launch(d_check="rows")`` and ``Launch(d_check="pass")`` (the default is ``"tile"``, tested above): a bad
+    ``d`` in the last row block of a partial chunk and in the last key column is reported by ``check_values()``
+    at K = 128 (bf16, the GPU's launch rules), and a good ``d`` raises nothing."""
+    from osdn_theory.kernels import check_values
+    from osdn_theory.kernels.config import Launch
+
+    check_values()
+    launch = Launch(d_check=where)
+    x = make(14, 2, 1000, 2, 128, 128, torch.bfloat16)
+    good = _pick(x, ["d"])
+    chunk_osdn(**good, launch=launch)
+    check_values()
+    badx = dict(good, d=good["d"].clone())
+    badx["d"][1, 999, 1, 127] = bad
+    chunk_osdn(**badx, launch=launch)
+    with pytest.raises(ValueError, match=r"^d: expected"):
+        check_values()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_d_rule_separate_readout_equals_fused(dtype):
+    """``Launch(rule_readout="separate")`` on the GPU: ``d`` and the gradients to ``k`` and ``β`` equal the fused
+    scan's to the dtype's rounding (the cumulative sums may run in another order), at a long sequence with few
+    heads (the case it is for), packed into two sequences."""
+    from osdn_theory.kernels import d_ratio_scan
+    from osdn_theory.kernels.config import Launch
+
+    x = make(16, 1, 3000, 2, 128, 128, dtype)
+    cu = torch.tensor([0, 1234, 3000], device="cuda", dtype=torch.int32)
+    w = torch.randn(x["k"].shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    out = {}
+    for readout in ("fused", "separate"):
+        k = x["k"].detach().clone().requires_grad_(True)
+        b = x["beta"].detach().clone().requires_grad_(True)
+        d = d_ratio_scan(
+            k, b, c=0.5, d_init=1.0, d_min=1e-4, cu_seqlens=cu, chunk_size=32,
+            launch=Launch(rule_readout=readout),
+        )  # fmt: skip
+        (d.float() * w).sum().backward()
+        out[readout] = (d.detach(), k.grad, b.grad)
+    bf16 = dtype == torch.bfloat16
+    tols = [KERNEL_BF16_OUT if bf16 else rtol(torch.float32)] + [
+        KERNEL_BF16_GRAD if bf16 else rtol(torch.float32)
+    ] * 2
+    for name, a, b, tol in zip(["d", "k", "beta"], out["fused"], out["separate"], tols, strict=True):
+        assert rel_err(b, a) < tol, (name, rel_err(b, a))
+
+
 # ------------------------------------------------------------------------------ the d rule's gradients
 
 
