@@ -69,7 +69,7 @@ def _run_scan_kernel(uhat, w, ut, h0, cu, C, d_min):
     N, H, K = uhat.shape
     d = torch.empty(N, H, K, dtype=F64)
     d_scan._d_scan_kernel[((cu.numel() - 1) * H,)](
-        uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=F64), d, d, H, K,
+        uhat, w, ut, h0, d, cu, torch.full((1,), d_min, dtype=F64), d, d, cu, d, H, K,
         C=C, BK=32, VP=ut.shape[-1], ACC=stages.acc_dtype(F64), num_warps=1,
     )  # fmt: skip
     return d
@@ -239,6 +239,21 @@ def _rule_autograd64(k, beta, c, d_init, d_min):
     return torch.stack(rows, 1).clamp_min(d_min)
 
 
+def _packed_rule_autograd64(lens, packed, c, d_min):
+    """:func:`_rule_autograd64` over packed sequences of lengths ``lens`` (their own ``d_init`` rows when
+    ``packed``), as a function of ``(k, β, d_init)``."""
+    starts = torch.tensor([0, *lens]).cumsum(0).tolist()
+
+    def ref_fn(a, b, c0):
+        parts = [
+            _rule_autograd64(a[:, s:e], b[:, s:e], c, c0[i] if packed else c0, d_min)
+            for i, (s, e) in enumerate(zip(starts[:-1], starts[1:], strict=True))
+        ]
+        return torch.cat(parts, 1)
+
+    return ref_fn
+
+
 def _grads(fn, k, beta, d0, w):
     """``(d, dk, dβ, dd_init)`` of ``Σ w ⊙ fn(k, β, d0)``."""
     k, beta, d0 = (t.detach().clone().requires_grad_(True) for t in (k, beta, d0))
@@ -386,16 +401,7 @@ def test_segment_parallel_scan_values_and_gradients(G, packed):
         ),
         k, beta, d0, w,
     )  # fmt: skip
-    starts = torch.tensor([0, *lens]).cumsum(0).tolist()
-
-    def ref_fn(a, b, c0):
-        parts = [
-            _rule_autograd64(a[:, s:e], b[:, s:e], 0.7, c0[i] if packed else c0, 0.9)
-            for i, (s, e) in enumerate(zip(starts[:-1], starts[1:], strict=True))
-        ]
-        return torch.cat(parts, 1)
-
-    ref = _grads(ref_fn, k, beta, d0, w)
+    ref = _grads(_packed_rule_autograd64(lens, packed, 0.7, 0.9), k, beta, d0, w)
     for name, g, r in zip(["d", "k", "beta", "d_init"], got, ref, strict=True):
         assert rel_err(g, r) < rtol(F64), (name, G, rel_err(g, r))
 
@@ -499,16 +505,7 @@ def test_separate_readout_equals_the_fused_scan(C, packed):
     fused, separate = run("fused"), run("separate")
     for name, a, b in zip(["d", "k", "beta", "d_init"], fused, separate, strict=True):
         assert torch.equal(a, b), (name, rel_err(b, a))
-    starts = torch.tensor([0, *lens]).cumsum(0).tolist()
-
-    def ref_fn(a, b, c0):
-        parts = [
-            _rule_autograd64(a[:, s:e], b[:, s:e], 0.7, c0[i] if packed else c0, 0.9)
-            for i, (s, e) in enumerate(zip(starts[:-1], starts[1:], strict=True))
-        ]
-        return torch.cat(parts, 1)
-
-    ref = _grads(ref_fn, k, beta, d0, w)
+    ref = _grads(_packed_rule_autograd64(lens, packed, 0.7, 0.9), k, beta, d0, w)
     for name, g, r in zip(["d", "k", "beta", "d_init"], separate, ref, strict=True):
         assert rel_err(g, r) < rtol(F64), (name, rel_err(g, r))
     # without gradients (the scan does not keep U for the backward, the read-out still needs it)

@@ -39,7 +39,6 @@ STAGE_NAMES = (
     "bwd_dqk",
     "bwd_wy",
     "d_scan",
-    "d_hscan",
     "d_readout",
     "d_seg_map",
     "d_seg_carry",
@@ -128,7 +127,6 @@ class Launch:
     bwd_dqk: LaunchConfig = LaunchConfig()
     bwd_wy: LaunchConfig = LaunchConfig()
     d_scan: LaunchConfig = LaunchConfig()
-    d_hscan: LaunchConfig = LaunchConfig()
     d_readout: LaunchConfig = LaunchConfig()
     d_seg_map: LaunchConfig = LaunchConfig()
     d_seg_carry: LaunchConfig = LaunchConfig()

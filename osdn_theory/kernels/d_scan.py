@@ -95,9 +95,10 @@ def _d_scan_tiles(uhat, w, ut, bos, Tn, n, i_h, H, K, C: tl.constexpr, BK: tl.co
 
 @triton.jit
 def _d_scan_kernel(
-    uhat, w, ut, h0, d_out, cu_seqlens, d_min_ptr, h_out, u_out,
+    uhat, w, ut, h0, d_out, cu_seqlens, d_min_ptr, h_out, u_out, chunk_offs, h_chunks,
     H, K,
     C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr, STORE_H: tl.constexpr = False,
+    SEPARATE: tl.constexpr = False,
 ):  # fmt: skip
     """One program per (sequence, head): the ``K``-vector state ``h`` (from ``h0: [N, H, K]``) is carried in
     registers through the chunks of the sequence; per chunk ``U = Ũ₀ − W h``, ``d_r = h + Σ_{i<r} U_i û_i``
@@ -109,7 +110,12 @@ def _d_scan_kernel(
     The tiles of chunk ``n + 1`` are loaded before chunk ``n`` is computed (by hand: Triton's pipeliner left
     these loads alone). On an H200 (B=4, T=4096, H=16, K=128, bf16) this took the kernel from 0.315 to 0.223 ms
     at C = 32 with 4 warps, and from 0.263 to 0.232 ms at C = 64 with 8 warps (timed while the design was
-    chosen; not kept in a results file)."""
+    chosen; not kept in a results file).
+
+    With ``SEPARATE`` (``Launch(rule_readout="separate")``) the scan writes no ``d``: it stores the state
+    entering each chunk in ``h_chunks: [NC, H, K]`` (chunk numbering of :func:`.tables.chunk_tables`, the
+    sequence's first chunk in ``chunk_offs``) and ``U`` in ``u_out``, and :func:`_d_readout_kernel` forms ``d``
+    in parallel: the cumulative sum over the rows and the ``C × K`` stores leave the sequential path."""
     i_nh = tl.program_id(0)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
@@ -118,48 +124,24 @@ def _d_scan_kernel(
     ok = tl.arange(0, BK)
     h = tl.load(h0 + i_nh.to(tl.int64) * K + ok, mask=ok < K, other=0.0).to(ACC)
     d_min = tl.load(d_min_ptr).to(ACC)  # from memory: a float argument would arrive rounded to fp32
+    if SEPARATE:
+        c0 = tl.load(chunk_offs + i_n).to(tl.int64)
     W, uu, u0 = _d_scan_tiles(uhat, w, ut, bos, Tn, 0, i_h, H, K, C, BK, VP)
     for n in range(tl.cdiv(Tn, C)):
         W1, uu1, u01 = _d_scan_tiles(uhat, w, ut, bos, Tn, n + 1, i_h, H, K, C, BK, VP)  # next chunk
         U = u0.to(ACC) - tl.sum(W.to(ACC) * h[None, :], 1)  # 0 on masked rows
         inc = U[:, None] * uu.to(ACC)
-        D = h[None, :] + tl.cumsum(inc, 0) - inc
         t = (bos + n * C + oc) * H + i_h
-        _store_rows(d_out, tl.maximum(D, d_min), t, oc < Tn - n * C, K, ok, K)
-        if STORE_H:
-            _store_rows(h_out, D, t, oc < Tn - n * C, K, ok, K)
+        if SEPARATE:
+            tl.store(h_chunks + ((c0 + n) * H + i_h) * K + ok, h, mask=ok < K)
             tl.store(u_out + t, U.to(u_out.dtype.element_ty), mask=oc < Tn - n * C)
+        else:
+            D = h[None, :] + tl.cumsum(inc, 0) - inc
+            _store_rows(d_out, tl.maximum(D, d_min), t, oc < Tn - n * C, K, ok, K)
+            if STORE_H:
+                _store_rows(h_out, D, t, oc < Tn - n * C, K, ok, K)
+                tl.store(u_out + t, U.to(u_out.dtype.element_ty), mask=oc < Tn - n * C)
         h += tl.sum(inc, 0)
-        W, uu, u0 = W1, uu1, u01
-
-
-@triton.jit
-def _d_hscan_kernel(
-    uhat, w, ut, h0, cu_seqlens, chunk_offs, h_chunks, u_out,
-    H, K,
-    C: tl.constexpr, BK: tl.constexpr, VP: tl.constexpr, ACC: tl.constexpr,
-):  # fmt: skip
-    """The scan with a separate read-out (``Launch(rule_readout="separate")``), part 1: one program per (sequence,
-    head) carries ``h`` through the chunks as :func:`_d_scan_kernel` does (``U = Ũ₀ − W h``, ``h ← h + Σ_i U_i
-    û_i``), but stores only the state entering each chunk (``h_chunks: [NC, H, K]``, in the chunk numbering of
-    :func:`.tables.chunk_tables`) and ``U`` (``u_out: [tokens, H]``), leaving the per-token ``d`` (an exclusive
-    cumulative sum over the rows and a ``C × K`` store per chunk) off the sequential path, to
-    :func:`_d_readout_kernel`."""
-    i_nh = tl.program_id(0)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    Tn = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
-    c0 = tl.load(chunk_offs + i_n).to(tl.int64)
-    oc = tl.arange(0, C)
-    ok = tl.arange(0, BK)
-    h = tl.load(h0 + i_nh.to(tl.int64) * K + ok, mask=ok < K, other=0.0).to(ACC)
-    W, uu, u0 = _d_scan_tiles(uhat, w, ut, bos, Tn, 0, i_h, H, K, C, BK, VP)
-    for n in range(tl.cdiv(Tn, C)):
-        W1, uu1, u01 = _d_scan_tiles(uhat, w, ut, bos, Tn, n + 1, i_h, H, K, C, BK, VP)  # next chunk
-        tl.store(h_chunks + ((c0 + n) * H + i_h) * K + ok, h, mask=ok < K)
-        U = u0.to(ACC) - tl.sum(W.to(ACC) * h[None, :], 1)  # 0 on masked rows
-        tl.store(u_out + (bos + n * C + oc) * H + i_h, U.to(u_out.dtype.element_ty), mask=oc < Tn - n * C)
-        h += tl.sum(U[:, None] * uu.to(ACC), 0)
         W, uu, u0 = W1, uu1, u01
 
 
@@ -169,8 +151,9 @@ def _d_readout_kernel(
     H, K,
     C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, STORE_H: tl.constexpr = False,
 ):  # fmt: skip
-    """Part 2, one program per chunk and head, all in parallel: ``d_r = h + Σ_{i<r} U_i û_i`` from the chunk's
-    entering state and the ``U`` of part 1, stored floored at ``d_min`` (and unfloored in ``h_out`` with
+    """The separate read-out (``Launch(rule_readout="separate")``), one program per chunk and head, all in
+    parallel: ``d_r = h + Σ_{i<r} U_i û_i`` from the chunk's entering state and the ``U`` that
+    :func:`_d_scan_kernel` stored with ``SEPARATE``, stored floored at ``d_min`` (and unfloored in ``h_out`` with
     ``STORE_H``), the same arithmetic as :func:`_d_scan_kernel`."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
@@ -333,38 +316,34 @@ def scan_chunks(uhat, w, ut, h0, d_min: float, C: int, tables, keep: bool, launc
     ucoef = torch.empty(N, H, dtype=f, device=uhat.device) if keep else d
     d_min_t = torch.full((1,), d_min, dtype=f, device=uhat.device)
     cu, S = tables[0], h0.shape[0]
-    if launch.rule_readout == "separate":
-        if segs is not None:
-            raise ValueError(
-                "launch: rule_readout='separate' does not combine with the segment-parallel scan "
-                "(segment_chunks); use one or the other"
-            )
-        _, offs, bounds, NC = tables
-        h_chunks = torch.empty(NC, H, K, dtype=f, device=uhat.device)
-        # U in the wide dtype whether or not the backward keeps it: the read-out reads it back
-        u_run = ucoef if keep else torch.empty(N, H, dtype=f, device=uhat.device)
-        cfg = launch.cfg("d_hscan", num_warps=_SCAN_WARPS[C], num_stages=_stages(uhat.dtype))
-        _c = _d_hscan_kernel[(S * H,)](
-            uhat, w, ut, h0, cu, offs, h_chunks, u_run, H, K, C=C, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), **cfg
-        )  # fmt: skip
-        launch.note("d_hscan", _c, cfg)
+    separate = launch.rule_readout == "separate"
+    if separate and segs is not None:
+        raise ValueError(
+            "launch: rule_readout='separate' does not combine with the segment-parallel scan "
+            "(segment_chunks); use one or the other"
+        )
+    _, offs, bounds, NC = tables
+    # the separate read-out: each chunk's entering state, and U in the wide dtype whether or not the backward
+    # keeps it (the read-out reads it back)
+    h_chunks = torch.empty(NC, H, K, dtype=f, device=uhat.device) if separate else d
+    u_run = ucoef if (keep or not separate) else torch.empty(N, H, dtype=f, device=uhat.device)
+    if segs is not None:  # restart the scan in every segment from its entering state
+        h0 = _seg_starts(uhat, w, ut, h0, segs, C, launch)
+        cu, S = segs[0], segs[3]
+    cfg = launch.cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(uhat.dtype))
+    _c = _d_scan_kernel[(S * H,)](
+        uhat, w, ut, h0, d, cu, d_min_t, h_raw, u_run, offs, h_chunks, H, K,
+        C=C, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), STORE_H=keep, SEPARATE=separate,
+        **cfg,
+    )  # fmt: skip
+    launch.note("d_scan", _c, cfg)
+    if separate:
         cfg = launch.cfg("d_readout", num_warps=_warps(4))
         _c = _d_readout_kernel[(NC, H)](
             uhat, u_run, h_chunks, bounds, d, d_min_t, h_raw, H, K, C=C, BK=_block(K), ACC=acc_dtype(f),
             STORE_H=keep, **cfg,
         )  # fmt: skip
         launch.note("d_readout", _c, cfg)
-        return d, h_raw, ucoef, d_min_t
-    if segs is not None:  # restart the scan in every segment from its entering state
-        h0 = _seg_starts(uhat, w, ut, h0, segs, C, launch)
-        cu, S = segs[0], segs[3]
-    cfg = launch.cfg("d_scan", num_warps=_SCAN_WARPS[C], num_stages=_stages(uhat.dtype))
-    _c = _d_scan_kernel[(S * H,)](
-        uhat, w, ut, h0, d, cu, d_min_t, h_raw, ucoef, H, K,
-        C=C, BK=_block(K), VP=_VPAD, ACC=acc_dtype(f), STORE_H=keep,
-        **cfg,
-    )  # fmt: skip
-    launch.note("d_scan", _c, cfg)
     return d, h_raw, ucoef, d_min_t
 
 

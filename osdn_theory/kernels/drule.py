@@ -27,8 +27,8 @@ The scan runs in four launches (kernels in :mod:`.d_scan`), six when it runs seg
    replaces ran as two launches and wrote every chunk's state to memory.
 
    With ``Launch(rule_readout="separate")`` (opt-in, not yet timed on a GPU) the scan is split in two: the
-   sequential ``_d_hscan_kernel`` computes ``U`` and carries ``h`` but stores only each chunk's entering state
-   and ``U``, and ``_d_readout_kernel`` (one program per chunk and head, in parallel) forms ``d_r`` from them.
+   sequential ``_d_scan_kernel`` (with ``SEPARATE``) computes ``U`` and carries ``h`` but stores only each
+   chunk's entering state and ``U``, and ``_d_readout_kernel`` (one program per chunk and head, in parallel) forms ``d_r`` from them.
    The exclusive cumulative sum over the rows and the ``C × K`` store leave the sequential path, which is
    what limits the rule at long sequences with few heads (16 programs at ``(2, 16384, 8, 128)``). Same
    arithmetic: ``d`` and its gradients are bit-identical to the fused scan's under the interpreter.
