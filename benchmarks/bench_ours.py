@@ -3,8 +3,8 @@
 Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
 
 - forward with a given ``d``: default (``validate=True``) and unchecked (``validate=False``): target 1 of
-  issue #10 is default / unchecked ≤ 1.05; then the default call with ``d`` checked at the two other
-  placements (``Launch(d_check="rows")``, ``Launch(d_check="pass")``; the default is ``"tile"``);
+  issue #10 is default / unchecked ≤ 1.05; then the default call with ``d`` checked at the three other
+  placements (``Launch(d_check="rows" | "pass" | "atomic")``; the default is ``"tile"``);
 - forward with the d rule with the segment-parallel scan (``DRule(segment_chunks="auto")``) and with the
   sequential scan (``DRule()``, the default), both default calls, and the sequential scan with chunks of 64
   (``DRule(chunk_size=64)``: half as many sequential steps; the default 32 was chosen at B·H = 64, where
@@ -56,7 +56,7 @@ def checked_stage_times(x, device="cuda") -> dict:
     w, u = stages.wy_factors(k, v, beta, None, ai, bounds, C)
     h, vnew, _ = stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False)
     del w, u
-    rows, pss = Launch(d_check="rows"), Launch(d_check="pass")
+    rows, pss, atom = Launch(d_check="rows"), Launch(d_check="pass"), Launch(d_check="atomic")
     calls = {
         "gram_solve": lambda f: stages.gram_solve(k, d, beta, None, bounds, None, C, flag=f),
         "gram_solve_rows": lambda f: stages.gram_solve(
@@ -65,6 +65,9 @@ def checked_stage_times(x, device="cuda") -> dict:
         # the "pass" placement: the pass alone (its unchecked twin does nothing) and stage 1 without the d check
         "check_d_pass": lambda f: check_d(d, f) if f is not None else None,
         "gram_solve_pass": lambda f: stages.gram_solve(k, d, beta, None, bounds, None, C, flag=f, launch=pss),
+        "gram_solve_atomic": lambda f: stages.gram_solve(
+            k, d, beta, None, bounds, None, C, flag=f, launch=atom
+        ),
         "wy_factors": lambda f: stages.wy_factors(k, v, beta, None, ai, bounds, C, flag=f),
         "output": lambda f: stages.output(q, kt, vnew, h, None, bounds, 1.0, C, flag=f),
     }
@@ -138,6 +141,7 @@ def bench_shape(B, T, H, D) -> dict:
         "fwd_d_unchecked": lambda: ours(x, validate=False),
         "fwd_d_default_rows": lambda: ours(x, launch=Launch(d_check="rows")),
         "fwd_d_default_pass": lambda: ours(x, launch=Launch(d_check="pass")),
+        "fwd_d_default_atomic": lambda: ours(x, launch=Launch(d_check="atomic")),
         "fwd_drule_seg": lambda: ours(x, d=False, d_rule=seg),
         "fwd_drule_seq": lambda: ours(x, d=False, d_rule=seq),
         "fwd_drule_seq_c64": lambda: ours(x, d=False, d_rule=seq64),

@@ -42,6 +42,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from osdn_theory.kernels.config import D_CHECKS  # noqa: E402
+
 _TYPES = {
     torch.float32: "fp32",
     torch.float64: "fp64",
@@ -247,7 +249,7 @@ def main(argv=None):
     ap.add_argument("--unchecked", action="store_true", help="validate=False (no value checks)")
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--override", action="append", help="STAGE:key=value,...  e.g. bwd_wy:num_warps=8,BV=32")
-    ap.add_argument("--d-check", default="tile", choices=["tile", "rows", "pass"], help="Launch.d_check")
+    ap.add_argument("--d-check", default="tile", choices=list(D_CHECKS), help="Launch.d_check")
     ap.add_argument(
         "--rule-readout", default="fused", choices=["fused", "separate"], help="Launch.rule_readout"
     )

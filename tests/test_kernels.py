@@ -642,7 +642,7 @@ def test_the_d_pass_checks_every_program_and_the_partial_last_one(pos):
 
 def test_launch_d_check_is_validated():
     with pytest.raises(
-        ValueError, match=r"^d_check: expected one of \('tile', 'rows', 'pass'\), got 'stage2'"
+        ValueError, match=r"^d_check: expected one of \('tile', 'rows', 'pass', 'atomic'\), got 'stage2'"
     ):
         Launch(d_check="stage2")
 

@@ -359,10 +359,10 @@ def test_gpu_bad_values_are_reported(name, bad):
     assert bool(torch.isfinite(o).all())
 
 
-@pytest.mark.parametrize("where", ["rows", "pass"])
+@pytest.mark.parametrize("where", ["rows", "pass", "atomic"])
 @pytest.mark.parametrize("bad", [0.0, float("nan"), float("inf")])
 def test_gpu_bad_d_is_reported_at_the_other_placements(where, bad):
-    """``Launch(d_check="rows")`` and ``Launch(d_check="pass")`` (the default is ``"tile"``, tested above): a bad
+    """``Launch(d_check="rows" | "pass" | "atomic")`` (the default is ``"tile"``, tested above): a bad
     ``d`` in the last row block of a partial chunk and in the last key column is reported by ``check_values()``
     at K = 128 (bf16, the GPU's launch rules), and a good ``d`` raises nothing."""
     from osdn_theory.kernels import check_values

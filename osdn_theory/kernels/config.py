@@ -52,9 +52,10 @@ _PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 #: Where the default call checks ``d`` (finite, > 0): ``"tile"`` in stage 1, on the tile it loads for the write
 #: key, reduced over each 16-row block; ``"rows"`` in stage 1, reduced over K per row and over the rows once at
-#: the end; ``"pass"`` in a separate streaming kernel before stage 1 (one more read of ``d``). Which costs least
-#: is a GPU timing question (``benchmarks/bench_ours.py`` times all three); every one reports every bad value.
-D_CHECKS = ("tile", "rows", "pass")
+#: the end; ``"pass"`` in a separate streaming kernel before stage 1 (one more read of ``d``); ``"atomic"`` in
+#: stage 1, one predicated atomic per entry of the tile (issued only for a bad one), no reduction. Which costs
+#: least is a GPU timing question (``benchmarks/bench_ours.py`` times all four); every one reports every bad value.
+D_CHECKS = ("tile", "rows", "pass", "atomic")
 
 #: How the d rule's scan writes ``d``: ``"fused"`` (default) in the sequential scan itself (an exclusive
 #: cumulative sum over each chunk's rows and a ``C × K`` store on the sequential path); ``"separate"``: the

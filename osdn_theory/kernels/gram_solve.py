@@ -65,7 +65,9 @@ def _keys16(
     ``d`` are ORed into ``code`` (returned; the kernel issues it once, at the end): with ``DCHECK = 1``
     (``Launch.d_check = "tile"``) ``code`` is a scalar and each row block's tile is reduced whole; with
     ``DCHECK = 2`` (``"rows"``) ``code`` is a 16-vector, each block is reduced over K only and the rows are
-    reduced once at the end; ``DCHECK = 0``: ``d`` is not checked here.
+    reduced once at the end; with ``DCHECK = 3`` (``"atomic"``) each bad entry ORs its bit into ``*flag`` with an
+    atomic of its own, predicated off for good entries (no reduction, no ``code``); ``DCHECK = 0``: ``d`` is
+    not checked here.
 
     Where the checks sit. ``d`` is checked here, on the tile already loaded for the write key. Checking it in
     stage 2 took a second read of ``d``, which was all of stage 2's check cost (H100, 2026-12-05, K = 128:
@@ -91,8 +93,10 @@ def _keys16(
             bad = tl.where(rmask[:, None] & (ok[None, :] < K) & ~((dd > 0) & (dd < float("inf"))), BAD_D, 0)
             if DCHECK == 1:
                 code |= _or_all(bad)
-            else:
+            elif DCHECK == 2:
                 code |= tl.reduce(bad, 1, _or)
+            else:  # one atomic per bad entry, predicated off for good ones: no reduction, nothing kept live
+                tl.atomic_or(flag + tl.zeros([16, BK], dtype=tl.int32), bad, mask=bad != 0)
     if CLIP:
         s_raw = b * tl.sum(kk * kt, 1)
         c = tl.where(s_raw > s_max, s_max / tl.where(s_raw > s_max, s_raw, 1.0), 1.0)
@@ -223,7 +227,7 @@ def _gram_solve_kernel(
         _flag(flag, tl.reduce(code, 0, _or))
 
 
-_D_CHECK_IN_STAGE = ("tile", "rows")  # Launch.d_check values checked here, as DCHECK = 1, 2
+_D_CHECK_IN_STAGE = ("tile", "rows", "atomic")  # Launch.d_check values checked here, as DCHECK = 1, 2, 3
 
 
 def gram_solve(
@@ -234,7 +238,7 @@ def gram_solve(
     Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. With ``flag`` (an int32 ``[1]`` tensor) the
     values of ``log α ∈ (−inf, 0]`` and of ``d`` (finite and positive) are checked as they are loaded
     (:data:`BAD_ALPHA`, :data:`BAD_D`; ``k``, ``β`` and ``v`` are checked by :func:`wy_factors`); ``d`` only
-    where ``launch.d_check`` is ``"tile"`` or ``"rows"`` (``"pass"``: the caller checks it with
+    where ``launch.d_check`` is ``"tile"``, ``"rows"`` or ``"atomic"`` (``"pass"``: the caller checks it with
     :func:`.d_check.check_d`)."""
     N, H, K = k.shape
     NC = bounds.shape[0]
