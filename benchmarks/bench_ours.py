@@ -3,8 +3,9 @@
 Per shape (bf16, median ms of ``do_bench``), first the call as users write it:
 
 - forward with a given ``d``: default (``validate=True``) and unchecked (``validate=False``): target 1 of
-  issue #10 is default / unchecked ≤ 1.05; then the default call with ``d`` checked at the three other
-  placements (``Launch(d_check="rows" | "pass" | "atomic")``; the default is ``"tile"``);
+  issue #10 is default / unchecked ≤ 1.05; then the default call with ``d`` checked at each explicit
+  placement (``Launch(d_check="tile" | "rows" | "pass" | "atomic")``; the default ``"auto"`` is ``"pass"``
+  for K > 64 and ``"tile"`` otherwise);
 - forward with the d rule with the segment-parallel scan (``DRule(segment_chunks="auto")``) and with the
   sequential scan (``DRule()``, the default), both default calls, and the sequential scan with chunks of 64
   (``DRule(chunk_size=64)``: half as many sequential steps; the default 32 was chosen at B·H = 64, where
@@ -56,9 +57,9 @@ def checked_stage_times(x, device="cuda") -> dict:
     w, u = stages.wy_factors(k, v, beta, None, ai, bounds, C)
     h, vnew, _ = stages.state_pass(kt, w, u, None, None, cu, offs, NC, C, False)
     del w, u
-    rows, pss, atom = Launch(d_check="rows"), Launch(d_check="pass"), Launch(d_check="atomic")
+    tile, rows, pss, atom = (Launch(d_check=w) for w in _PLACEMENTS)
     calls = {
-        "gram_solve": lambda f: stages.gram_solve(k, d, beta, None, bounds, None, C, flag=f),
+        "gram_solve": lambda f: stages.gram_solve(k, d, beta, None, bounds, None, C, flag=f, launch=tile),
         "gram_solve_rows": lambda f: stages.gram_solve(
             k, d, beta, None, bounds, None, C, flag=f, launch=rows
         ),
@@ -139,6 +140,7 @@ def bench_shape(B, T, H, D) -> dict:
     calls = {
         "fwd_d_default": lambda: ours(x),
         "fwd_d_unchecked": lambda: ours(x, validate=False),
+        "fwd_d_default_tile": lambda: ours(x, launch=Launch(d_check="tile")),
         "fwd_d_default_rows": lambda: ours(x, launch=Launch(d_check="rows")),
         "fwd_d_default_pass": lambda: ours(x, launch=Launch(d_check="pass")),
         "fwd_d_default_atomic": lambda: ours(x, launch=Launch(d_check="atomic")),
@@ -176,8 +178,10 @@ def bench_shape(B, T, H, D) -> dict:
     res["d_rule_parts"] = rule_stage_times(x)
     res["derived"] = {
         "default_over_unchecked_fwd": res["fwd_d_default"] / res["fwd_d_unchecked"],
-        "default_rows_over_unchecked_fwd": res["fwd_d_default_rows"] / res["fwd_d_unchecked"],
-        "default_pass_over_unchecked_fwd": res["fwd_d_default_pass"] / res["fwd_d_unchecked"],
+        **{
+            f"default_{w}_over_unchecked_fwd": res[f"fwd_d_default_{w}"] / res["fwd_d_unchecked"]
+            for w in _PLACEMENTS
+        },
         "drule_fwd_seg_over_seq": res["fwd_drule_seg"] / res["fwd_drule_seq"],
         "drule_fwd_c64_over_c32": res["fwd_drule_seq_c64"] / res["fwd_drule_seq"],
         "drule_fwd_separate_over_fused": res["fwd_drule_seq_separate"] / res["fwd_drule_seq"],
@@ -187,12 +191,16 @@ def bench_shape(B, T, H, D) -> dict:
     return res
 
 
+#: The explicit placements of the d check, timed in this order (the default, "auto", picks one by K).
+_PLACEMENTS = ("tile", "rows", "pass", "atomic")
+
+
 def _row(r) -> str:
     s = ", ".join(map(str, r["shape"]))
     dv = r["derived"]
     return (
         f"| {s} | {r['fwd_d_default']:.3f} | {r['fwd_d_unchecked']:.3f} | {dv['default_over_unchecked_fwd']:.2f} "
-        f"| {dv['default_rows_over_unchecked_fwd']:.2f} / {dv['default_pass_over_unchecked_fwd']:.2f} "
+        f"| {' / '.join(format(dv[f'default_{w}_over_unchecked_fwd'], '.2f') for w in _PLACEMENTS)} "
         f"| {r['fwd_drule_seg']:.3f} / {r['fwd_drule_seq']:.3f} / {r['fwd_drule_seq_c64']:.3f} "
         f"/ {r['fwd_drule_seq_separate']:.3f} / {r['fwd_drule_seq_c64_separate']:.3f} "
         f"| {r['fwdbwd_drule_seg']:.3f} / "
@@ -203,7 +211,8 @@ def _row(r) -> str:
 
 
 HEADER = [
-    "| B, T, H, D | fwd d, default | fwd d, unchecked | default / unchecked | same, d checked by rows / by a pass "
+    "| B, T, H, D | fwd d, default | fwd d, unchecked | default / unchecked "
+    "| same / unchecked, d checked: tile / rows / pass / atomic "
     "| fwd d rule: segments / sequential / sequential, chunks of 64 / read-out separate, 32 / 64 "
     "| fwd+bwd d rule: seg / seq | rule alone fwd: seg / seq | rule alone fwd+bwd: seg / seq "
     "| rule ‖d − d_fp32‖ / ‖d_fp32‖: seg / seq |",

@@ -233,7 +233,7 @@ def test_every_stage_compiles_for_the_gpu():
         "for kw in (dict(gated=True), dict(d_rule='sequential'), dict(d_rule='segments')):\n"
         "    rows += o.table(o.call_kernels(1, 1024, 2, 128, torch.bfloat16, backward=True, **kw))\n"
         "from osdn_theory.kernels.config import Launch\n"
-        "for where in ('rows', 'pass', 'atomic'):  # the other placements of the d check (forward only)\n"
+        "for where in ('tile', 'rows', 'pass', 'atomic'):  # every explicit placement of the d check (forward only)\n"
         "    rows += o.table(o.call_kernels(1, 1024, 2, 128, torch.bfloat16, launch=Launch(d_check=where)))\n"
         "sep = Launch(rule_readout='separate')  # the d rule's scan with its read-out apart\n"
         "rows += o.table(o.call_kernels(1, 1024, 2, 128, torch.bfloat16, backward=True, d_rule='sequential', launch=sep))\n"

@@ -603,7 +603,13 @@ def test_each_bad_value_is_reported(name, bad, validate):
     "d_check, token, bad",
     # every bad kind at the default placement; the others (each about 5 s under the interpreter) with two
     [("tile", t, b) for t in (0, 17, 50, 66, 69) for b in (0.0, -1e-30, NAN, INF)]
-    + [(c, t, b) for c in D_CHECKS[1:] for t in (0, 17, 50, 66, 69) for b in (-1e-30, NAN)],
+    + [
+        (c, t, b)
+        for c in D_CHECKS
+        if c not in ("auto", "tile")
+        for t in (0, 17, 50, 66, 69)
+        for b in (-1e-30, NAN)
+    ],
 )
 def test_bad_d_is_reported_in_every_row_block_and_chunk(token, bad, d_check):
     """``d`` is checked by stage 1 on the tile it loads for the write key, one 16-row block at a time (or, with
@@ -642,9 +648,29 @@ def test_the_d_pass_checks_every_program_and_the_partial_last_one(pos):
 
 def test_launch_d_check_is_validated():
     with pytest.raises(
-        ValueError, match=r"^d_check: expected one of \('tile', 'rows', 'pass', 'atomic'\), got 'stage2'"
+        ValueError,
+        match=r"^d_check: expected one of \('auto', 'tile', 'rows', 'pass', 'atomic'\), got 'stage2'",
     ):
         Launch(d_check="stage2")
+
+
+@pytest.mark.parametrize("K, where", [(64, "tile"), (65, "pass"), (80, "pass")])
+def test_the_default_d_check_is_a_pass_above_k64_and_reports_bad_d(K, where):
+    """The default placement (``"auto"``) checks ``d`` with its own pass for head dims above 64 and in stage 1
+    at or below (the launch record shows whether the pass ran); either way a bad ``d`` in the last token and
+    column is reported and a good one is not."""
+    from osdn_theory.kernels.config import AUTO_PASS_ABOVE_K
+
+    assert AUTO_PASS_ABOVE_K == 64 and Launch().d_check == "auto" and Launch().d_check_for(K) == where
+    x = make_inputs(83, T=20, H=1, K=K, V=4)
+    args = _pick(x, ["d"])
+    rec: dict = {}
+    chunk_osdn(**args, chunk_size=16, launch=Launch(record=rec))
+    assert ("check_d" in rec) == (where == "pass"), sorted(rec)
+    args["d"] = args["d"].clone()
+    args["d"][0, 19, 0, K - 1] = -1.0
+    with pytest.raises(ValueCheckError, match=r"^d: expected .*got"):
+        chunk_osdn(**args, chunk_size=16)
 
 
 @pytest.mark.parametrize("name, bad", [("k", NAN), ("beta", 0.0), ("beta", 2.0)])

@@ -46,8 +46,8 @@ class _ChunkOSDN(torch.autograd.Function):
         ctx, q, k, v, beta, d, log_alpha, h0, scale, s_max, C, tables, output_final_state, flag, launch
     ):
         cu, offs, bounds, NC = tables
-        if flag is not None and d is not None and launch.d_check == "pass":
-            check_d(d, flag)
+        if flag is not None and d is not None and launch.d_check_for(k.shape[-1]) == "pass":
+            check_d(d, flag, launch=launch)
         kt, c, g, ai = gram_solve(k, d, beta, log_alpha, bounds, s_max, C, flag=flag, launch=launch)
         w, u = wy_factors(k, v, beta, g, ai, bounds, C, flag=flag, launch=launch)
         h, vnew, ht = state_pass(kt, w, u, g, h0, cu, offs, NC, C, output_final_state, launch=launch)

@@ -19,6 +19,7 @@ import torch
 from ._common import INTERPRET, acc_dtype
 
 __all__ = [
+    "AUTO_PASS_ABOVE_K",
     "D_CHECKS",
     "D_READOUTS",
     "STAGE_NAMES",
@@ -50,12 +51,19 @@ STAGE_NAMES = (
 
 _PRECISIONS = ("ieee", "tf32", "tf32x3")
 
-#: Where the default call checks ``d`` (finite, > 0): ``"tile"`` in stage 1, on the tile it loads for the write
+#: Where the default call checks ``d`` (finite, > 0): ``"auto"`` (default) is ``"pass"`` for head dims K > 64 and
+#: ``"tile"`` otherwise (:meth:`Launch.d_check_for`; chosen from one H200 run, 2026-12-06, docs/kernels.md: the
+#: default call over the unchecked one was 1.03 with the pass against 1.18 with the tile check at K = 128, where
+#: stage 1's tile check spills, and 1.09 with the tile check against 1.23 with the pass at K = 64);
+#: ``"tile"`` in stage 1, on the tile it loads for the write
 #: key, reduced over each 16-row block; ``"rows"`` in stage 1, reduced over K per row and over the rows once at
 #: the end; ``"pass"`` in a separate streaming kernel before stage 1 (one more read of ``d``); ``"atomic"`` in
 #: stage 1, one predicated atomic per entry of the tile (issued only for a bad one), no reduction. Which costs
 #: least is a GPU timing question (``benchmarks/bench_ours.py`` times all four); every one reports every bad value.
-D_CHECKS = ("tile", "rows", "pass", "atomic")
+D_CHECKS = ("auto", "tile", "rows", "pass", "atomic")
+
+#: ``"auto"`` checks ``d`` with a pass of its own above this head dim, in stage 1 (``"tile"``) at or below it.
+AUTO_PASS_ABOVE_K = 64
 
 #: How the d rule's scan writes ``d``: ``"fused"`` (default) in the sequential scan itself (an exclusive
 #: cumulative sum over each chunk's rows and a ``C × K`` store on the sequential path); ``"separate"``: the
@@ -114,7 +122,8 @@ class Launch:
             ``True``/``False`` force one (the tests run the GPU's choices under the interpreter this way).
         record: a caller-owned dict; each launch writes ``record[name] = {"config": {…}, "regs_spills":
             (registers, spill bytes) or None}`` (registers only on a GPU). ``None``: nothing is recorded.
-        d_check: where a checked call checks ``d`` (one of :data:`D_CHECKS`; default ``"tile"``).
+        d_check: where a checked call checks ``d`` (one of :data:`D_CHECKS`; default ``"auto"``, see
+            :meth:`d_check_for`).
         rule_readout: how the d rule's scan writes ``d`` (one of :data:`D_READOUTS`; default ``"fused"``;
             the segment-parallel scan takes only ``"fused"``).
     """
@@ -137,7 +146,7 @@ class Launch:
     d_bwd_grads: LaunchConfig = LaunchConfig()
     gpu_rules: bool | None = None
     record: dict | None = field(default=None, compare=False, hash=False, repr=False)
-    d_check: str = "tile"
+    d_check: str = "auto"
     rule_readout: str = "fused"
 
     def __post_init__(self):
@@ -158,6 +167,14 @@ class Launch:
         return dataclasses.replace(
             self, **{name: cfg if isinstance(cfg, LaunchConfig) else LaunchConfig(**cfg)}
         )
+
+    def d_check_for(self, K: int) -> str:
+        """The placement of the ``d`` check for head dim ``K``: :attr:`d_check` itself, or for ``"auto"``
+        ``"pass"`` when ``K > AUTO_PASS_ABOVE_K`` and ``"tile"`` otherwise (the same under the interpreter, so
+        that the tests run what a GPU runs)."""
+        if self.d_check != "auto":
+            return self.d_check
+        return "pass" if K > AUTO_PASS_ABOVE_K else "tile"
 
     def gpu(self) -> bool:
         """Whether the GPU's block rules apply."""

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ._common import BAD_D, _flag, _or, _warps
+from .config import DEFAULT_LAUNCH, Launch
 
 __all__ = ["check_d", "check_d_ref"]
 
@@ -30,11 +31,16 @@ def _check_d_kernel(d, flag, n, BLOCK: tl.constexpr):
     _flag(flag, tl.reduce(bad, 0, _or))
 
 
-def check_d(d: torch.Tensor, flag: torch.Tensor, block: int = _BLOCK) -> None:
+def check_d(
+    d: torch.Tensor, flag: torch.Tensor, block: int = _BLOCK, launch: Launch = DEFAULT_LAUNCH
+) -> None:
     """Check every entry of the contiguous ``d`` (finite, > 0) into the int32 ``flag [1]`` (no synchronisation).
-    ``block``: entries per program (a power of two; small values keep interpreter tests fast)."""
+    ``block``: entries per program (a power of two; small values keep interpreter tests fast). The launch is
+    noted as ``"check_d"`` in ``launch.record``."""
     n = d.numel()
-    _check_d_kernel[(triton.cdiv(n, block),)](d, flag, n, BLOCK=block, num_warps=_warps(8))
+    cfg = {"BLOCK": block, "num_warps": _warps(8)}
+    _c = _check_d_kernel[(triton.cdiv(n, block),)](d, flag, n, **cfg)
+    launch.note("check_d", _c, cfg)
 
 
 def check_d_ref(d: torch.Tensor) -> int:

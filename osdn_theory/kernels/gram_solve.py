@@ -238,7 +238,7 @@ def gram_solve(
     Ai [N,H,C] fp32/fp64 or None when ``solve`` is False)``. With ``flag`` (an int32 ``[1]`` tensor) the
     values of ``log α ∈ (−inf, 0]`` and of ``d`` (finite and positive) are checked as they are loaded
     (:data:`BAD_ALPHA`, :data:`BAD_D`; ``k``, ``β`` and ``v`` are checked by :func:`wy_factors`); ``d`` only
-    where ``launch.d_check`` is ``"tile"``, ``"rows"`` or ``"atomic"`` (``"pass"``: the caller checks it with
+    where ``launch.d_check_for(K)`` is ``"tile"``, ``"rows"`` or ``"atomic"`` (``"pass"``: the caller checks it with
     :func:`.d_check.check_d`)."""
     N, H, K = k.shape
     NC = bounds.shape[0]
@@ -259,8 +259,9 @@ def gram_solve(
     cfg = launch.cfg("gram_solve", k.dtype, num_warps=warps, PREC="ieee", NEWTON=wide)
     if wide:
         cfg["PREC"] = "ieee"  # tf32 variants only for 16-bit inputs (fp32 promises IEEE dots)
-    checked_here = flag is not None and d is not None and launch.d_check in _D_CHECK_IN_STAGE
-    dcheck = 1 + _D_CHECK_IN_STAGE.index(launch.d_check) if checked_here else 0
+    where = launch.d_check_for(K)
+    checked_here = flag is not None and d is not None and where in _D_CHECK_IN_STAGE
+    dcheck = 1 + _D_CHECK_IN_STAGE.index(where) if checked_here else 0
     _c = _gram_solve_kernel[(NC, H)](
         k, d if d is not None else k, beta, log_alpha if log_alpha is not None else beta, kt,
         c if c is not None else ai, g if g is not None else ai, ai, bounds, flag if flag is not None else bounds,
