@@ -601,7 +601,8 @@ def test_each_bad_value_is_reported(name, bad, validate):
 
 @pytest.mark.parametrize(
     "d_check, token, bad",
-    # every bad kind at the default placement; the others (each about 5 s under the interpreter) with two
+    # every bad kind at "tile" (what the default "auto" runs at K <= 64); the others (each about 5 s under the
+    # interpreter) with two
     [("tile", t, b) for t in (0, 17, 50, 66, 69) for b in (0.0, -1e-30, NAN, INF)]
     + [
         (c, t, b)

@@ -359,11 +359,11 @@ def test_gpu_bad_values_are_reported(name, bad):
     assert bool(torch.isfinite(o).all())
 
 
-@pytest.mark.parametrize("where", ["tile", "rows", "pass", "atomic"])
+@pytest.mark.parametrize("where", ["auto", "tile", "rows", "pass", "atomic"])
 @pytest.mark.parametrize("bad", [0.0, float("nan"), float("inf")])
 def test_gpu_bad_d_is_reported_at_every_placement(where, bad):
-    """Every explicit placement, ``Launch(d_check="tile" | "rows" | "pass" | "atomic")`` (the default ``"auto"``
-    is tested above, a pass at this K): a bad
+    """Every placement, ``Launch(d_check="auto" | "tile" | "rows" | "pass" | "atomic")`` (the default ``"auto"``
+    is a pass at this K; the test above runs it at K = 32, where it is ``"tile"``): a bad
     ``d`` in the last row block of a partial chunk and in the last key column is reported by ``check_values()``
     at K = 128 (bf16, the GPU's launch rules), and a good ``d`` raises nothing."""
     from osdn_theory.kernels import check_values
