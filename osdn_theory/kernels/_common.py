@@ -158,17 +158,24 @@ def _mmf(a, b, ACC: tl.constexpr, PREC: tl.constexpr = "ieee"):
 
 
 @triton.jit
+def _chunk_rows(bounds, i_c, i_h, H, C: tl.constexpr):
+    """Rows of chunk ``i_c`` for head ``i_h`` (``bounds``: chunk start token, end of its sequence): ``oc``
+    (0 … C−1), ``rmask`` (rows inside the sequence), the packed row index ``t = token · H + head`` and the
+    number of valid rows ``nv``."""
+    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
+    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc = tl.arange(0, C)
+    return oc, oc < nv, (t0 + oc) * H + i_h, nv
+
+
+@triton.jit
 def _chunk_scores(q, kt, g, i_c, i_h, bounds, H, K,
                   C: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr,
                   ACC: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
     """Rows of one chunk and its masked intra-chunk scores ``Γ ⊙ tril₀(Q K̃ᵀ)`` (shared by output and dv)."""
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc, rmask, t, _ = _chunk_rows(bounds, i_c, i_h, H, C)
     DT: tl.constexpr = q.dtype.element_ty
-    oc = tl.arange(0, C)
     ok = tl.arange(0, BK)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
     qq = _rows(q, t, rmask, K, ok, K, DT)  # dot operands stay in the input dtype
     ktc = _rows(kt, t, rmask, K, ok, K, DT)
     P = _mm(qq, tl.trans(ktc), DT, ACC, IEEE)

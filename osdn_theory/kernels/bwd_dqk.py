@@ -10,6 +10,7 @@ import triton.language as tl
 
 from ._common import (
     _block,
+    _chunk_rows,
     _decay,
     _last,
     _mm,
@@ -35,13 +36,9 @@ def _bwd_dqk_kernel(
     ACC: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc, rmask, t, nv = _chunk_rows(bounds, i_c, i_h, H, C)
     DT: tl.constexpr = q.dtype.element_ty
-    oc = tl.arange(0, C)
     ok = tl.arange(0, BK)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
     hb = (i_c.to(tl.int64) * H + i_h) * K * V
     dQ = tl.zeros([C, BK], dtype=ACC)  # dO Mᵀ
     dKe = tl.zeros([C, BK], dtype=ACC)  # U dM'ᵀ  (gradient w.r.t. the decayed write key)

@@ -11,6 +11,7 @@ import triton.language as tl
 from ._common import (
     INTERPRET,
     _block,
+    _chunk_rows,
     _decay,
     _mm,
     _rows,
@@ -38,12 +39,8 @@ def _bwd_wy_kernel(
     the ``C×C`` products over K, the solve/Gram gradients are ``C×C``, (pass 2 forms the clip's row sum of
     ``dk̃ ⊙ d ⊙ k``,) and the last pass writes ``dk`` and ``dd`` block by block."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc, rmask, t, _ = _chunk_rows(bounds, i_c, i_h, H, C)
     DT: tl.constexpr = k.dtype.element_ty
-    oc = tl.arange(0, C)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
     b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
     Ai = _rows(ai, t, rmask, C, oc, C, ACC)
     Tm = Ai * b[None, :]

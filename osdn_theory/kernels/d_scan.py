@@ -13,6 +13,7 @@ from ._common import (
     BAD_BETA,
     BAD_K,
     _block,
+    _chunk_rows,
     _flag,
     _mm,
     _nonfinite,
@@ -156,12 +157,8 @@ def _d_readout_kernel(
     :func:`_d_scan_kernel` stored with ``SEPARATE``, stored floored at ``d_min`` (and unfloored in ``h_out`` with
     ``STORE_H``), the same arithmetic as :func:`_d_scan_kernel`."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
-    oc = tl.arange(0, C)
+    oc, rmask, t, _ = _chunk_rows(bounds, i_c, i_h, H, C)
     ok = tl.arange(0, BK)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
     h = tl.load(h_chunks + (i_c.to(tl.int64) * H + i_h) * K + ok, mask=ok < K, other=0.0).to(ACC)
     uu = _rows(uhat, t, rmask, K, ok, K, ACC)
     U = tl.load(u_in + t, mask=rmask, other=0.0).to(ACC)

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _block, _rows, _stages, _store_rows, _warps, acc_dtype
+from ._common import _block, _chunk_rows, _rows, _stages, _store_rows, _warps, acc_dtype
 from .config import DEFAULT_LAUNCH, Launch
 from .d_scan import _SCAN_WARPS, _seg_init, _seg_store, _seg_update, seg_carry
 
@@ -62,12 +62,8 @@ def _d_bwd_local_kernel(
     ``λ_start = λ_C + g₀ − Ûᵀ diag(c) P λ_C`` with ``P = A⁻ᵀ Û`` (stored per token) and
     ``g₀ = Σ_i G̃_i − Ûᵀ diag(c) A⁻ᵀ r``, ``r_i = û_iᵀ Σ_{j>i} G̃_j`` (stored per chunk)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
-    oc = tl.arange(0, C)
+    oc, rmask, t, _ = _chunk_rows(bounds, i_c, i_h, H, C)
     ok = tl.arange(0, BK)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
     c = tl.load(c_ptr).to(ACC)
     d_min = tl.load(d_min_ptr).to(ACC)
     kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex = _bwd_chunk(
@@ -157,12 +153,8 @@ def _d_bwd_grads_kernel(
     ``∂L/∂û_i = U_i λ_{i+1} − c x_i h_i`` (``U_i`` the forward's update coefficient), and through
     ``û = u/‖u‖``, ``b = 1/(β‖u‖)``, ``u = k⊙k`` to ``k`` and ``β``."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
-    oc = tl.arange(0, C)
+    oc, rmask, t, _ = _chunk_rows(bounds, i_c, i_h, H, C)
     ok = tl.arange(0, BK)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
     c = tl.load(c_ptr).to(ACC)
     d_min = tl.load(d_min_ptr).to(ACC)
     kk, uh, safe, pos, bt, bval, cs, hr, G, Ai, S_ex = _bwd_chunk(

@@ -14,6 +14,7 @@ from ._common import (
     BAD_K,
     BAD_V,
     _block,
+    _chunk_rows,
     _flag,
     _mm,
     _nonfinite,
@@ -37,12 +38,8 @@ def _wy_kernel(
     ACC: tl.constexpr, IEEE: tl.constexpr, CHECK: tl.constexpr,
 ):  # fmt: skip
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(bounds + 2 * i_c).to(tl.int64)
-    nv = tl.minimum(tl.load(bounds + 2 * i_c + 1).to(tl.int64) - t0, C)
+    oc, rmask, t, _ = _chunk_rows(bounds, i_c, i_h, H, C)
     DT: tl.constexpr = k.dtype.element_ty
-    oc = tl.arange(0, C)
-    rmask = oc < nv
-    t = (t0 + oc) * H + i_h
     b = tl.load(beta + t, mask=rmask, other=0.0).to(ACC)
     code = tl.sum(tl.zeros([16], dtype=tl.int32), 0)  # scalar 0
     if CHECK:
