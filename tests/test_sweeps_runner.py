@@ -612,3 +612,95 @@ def test_a_worker_whose_pool_owner_died_during_its_start_exits():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r.stderr[-2000:]
     assert time.time() - t0 < 25
+
+
+def test_ctrl_c_is_taken_between_the_pool_waits_not_inside_one(tmp_path, monkeypatch):
+    """SIGINT arriving while the main process of a pool sweep waits for a result: the wait itself must end
+    normally (a ``KeyboardInterrupt`` raised inside ``concurrent.futures``' locking once turned an interruption
+    into ``RuntimeError: release unlocked lock``, recorded as an error), and the sweep then stops as
+    interrupted. Negative control: with the guard off, the interrupt is raised inside the wait."""
+    from osdn_theory.sweeps import runner
+    from osdn_theory.sweeps.executors import LocalExecutor
+
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=(0, 1, 2, 3))
+    slow = _eval_module(tmp_path, monkeypatch, 0.3).slow
+    real = LocalExecutor.first_completed
+
+    def go(guarded: bool):
+        waits = []
+
+        def first_completed(self, futures, timeout=None):
+            if not waits:
+                os.kill(os.getpid(), signal.SIGINT)  # delivered in the middle of the first wait
+            waits.append("in")
+            fut = real(self, futures, timeout)
+            waits.append("out")
+            return fut
+
+        monkeypatch.setattr(LocalExecutor, "first_completed", first_completed)
+        if not guarded:
+            monkeypatch.setattr(runner._InterruptsBetweenWaits, "__enter__", lambda self: self)
+        out = tmp_path / f"o{guarded}"
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(f, out, executor="local", workers=2, batch_size=1, progress=False, evaluate=slow)
+        return waits, json.loads((out / "manifest.json").read_text())["sessions"][-1]
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    waits, session = go(guarded=True)
+    assert waits == ["in", "out"] and session["state"] == "interrupted" and session["error"] is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    waits, session = go(guarded=False)
+    assert "out" not in waits  # the negative control: interrupted inside the wait
+
+
+def test_the_interrupt_guard_defers_one_sigint_and_not_a_second():
+    from osdn_theory.sweeps.runner import _InterruptsBetweenWaits
+
+    with _InterruptsBetweenWaits(active=True) as g:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert g.asked
+        with pytest.raises(KeyboardInterrupt):
+            g.check()
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C acts at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:  # an ignored SIGINT stays ignored
+        with _InterruptsBetweenWaits(active=True) as g:
+            assert not g.active and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_a_sigint_to_the_pool_workers_alone_breaks_nothing(tmp_path, monkeypatch):
+    """Ctrl-C reaches the pool workers too. A worker that died of it broke the pool: every run in flight failed
+    with ``BrokenProcessPool`` (recorded as failed, so not rerun on resume) and the pool killed the other
+    workers. Workers ignore SIGINT; the main process decides. Here only the workers get it: the sweep ends with
+    every run ok."""
+    import psutil
+
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=tuple(range(6)))
+    slow = _eval_module(tmp_path, monkeypatch, 0.5).slow
+    real, hit = ResultsStore.append, []
+
+    def append_then_signal_the_workers(self, record):
+        real(self, record)
+        if not hit:
+            kids = [
+                p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
+            ]
+            for p in kids:
+                p.send_signal(signal.SIGINT)
+            hit.append(len(kids))
+
+    monkeypatch.setattr(ResultsStore, "append", append_then_signal_the_workers)
+    try:
+        s = run_sweep(
+            f, tmp_path / "o", executor="local", workers=2, batch_size=1, progress=False, evaluate=slow
+        )
+    except KeyboardInterrupt:  # a worker's run died of it and handed it back (not to abort the test session)
+        pytest.fail("a SIGINT sent to the pool workers only interrupted the sweep")
+    assert hit == [2]
+    assert s.failed == 0 and s.executed == 6, [r.get("error") for r in _lines(tmp_path / "o")]

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -277,6 +281,49 @@ def test_cli_writes_the_report_after_ctrl_c_and_with_report_only(tmp_path, monke
     assert summary.read_text().count("| mqar |") == 1
     r = CliRunner().invoke(app, ["train", str(f), "--out", str(tmp_path / "none"), "--report-only"])
     assert r.exit_code == 2 and r.output.strip().startswith("error: --report-only: no saved runs")
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_pool_training_sweep_saves_every_run_in_flight(tmp_path):
+    """Ctrl-C in a terminal reaches the sweep and its pool workers. The workers ignore it and the sweep stops
+    them with SIGTERM, on which each run finishes its step and saves its checkpoint, so nothing trained is lost.
+    (A worker that died of the SIGINT broke the pool, and the pool then killed the other workers, a run in the
+    middle of saving its checkpoint included; once on a GPU machine the main process's own interrupt inside
+    the pool's wait ended as ``RuntimeError: release unlocked lock`` and the session was recorded as an
+    error.)"""
+    import psutil
+
+    long = SMOKE.replace("steps = 2", "steps = 1000000").replace("eval_every = 1", "eval_every = 0")
+    f = tmp_path / "long.toml"
+    f.write_text(long.replace("log_every = 1", "log_every = 1000"))
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "osdn_theory.cli", "train", str(f), "--out", str(out), "--device", "cpu"]
+    cmd += ["--executor", "local", "--workers", "2", "--checkpoint-every", "1e9", "--no-progress"]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    t0 = time.time()
+    while time.time() - t0 < 120 and not (out / "checkpoints").is_dir():  # made when a run starts training
+        time.sleep(0.05)
+    time.sleep(5)  # both runs in flight are training (no periodic checkpoint: every 1e9 s)
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted:" in err and "Traceback" not in err and "warning" not in err
+    session = json.loads((out / "manifest.json").read_text())["sessions"][-1]
+    assert session["state"] == "interrupted" and session["error"] is None and session["failed"] == 0
+    saved = sorted((out / "checkpoints").glob("*.pt"))
+    assert len(saved) == 2, (saved, err[-3000:])  # one per run in flight
+    for pt in saved:
+        assert torch.load(pt, weights_only=False)["loop"]["done"] >= 1
+    _, alive = psutil.wait_procs(kids, timeout=10)
+    assert not alive
 
 
 def test_a_rerun_is_compared_run_by_run_with_the_reference(tmp_path):

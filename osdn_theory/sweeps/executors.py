@@ -2,8 +2,7 @@
 
 Every backend exposes the same two calls used by the runner: ``submit(fn, *args) -> future`` and
 ``as_completed(futures)`` yielding futures as they finish (each with ``.result()``), plus ``shutdown()``;
-``serial`` and ``local`` also ``first_completed(futures)`` (the runner's bounded submission for
-``stop_after``).
+``serial`` and ``local`` also ``first_completed(futures, timeout)`` (the runner's wait for the next result).
 
 - ``serial``: runs each task in the calling process when its result is asked for (debugging, tiny sweeps,
   notebooks).
@@ -67,12 +66,22 @@ def _threaded(threads: int, fn: Callable, *args: Any) -> Any:
 
 
 def _worker_init(threads: int = 1, parent: int | None = None) -> None:
-    """Pool worker set-up: exit when the parent dies (a killed sweep leaves no orphans), then ``threads`` torch
-    threads. ``parent`` is the pool owner's pid, taken in the parent: a worker still starting up (imports take
+    """Pool worker set-up: ignore SIGINT, exit when the parent dies (a killed sweep leaves no orphans), then
+    ``threads`` torch threads.
+
+    SIGINT: Ctrl-C reaches the whole process group. A worker that died of it broke the pool (every run in flight
+    then failed with ``BrokenProcessPool``, and the pool killed the other workers, a training run in the middle
+    of saving its checkpoint included). The sweep's main process decides instead: it stops its workers with
+    SIGTERM, on which a training run finishes its step, saves its checkpoint and exits.
+
+    ``parent`` is the pool owner's pid, taken in the parent: a worker still starting up (imports take
     seconds on a loaded machine) when the sweep is killed has already been handed to another parent, and a
     pid read here would be that one's, so the worker would never notice (seen as a flaky CI failure)."""
+    import signal
     import threading
     import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     parent = os.getppid() if parent is None else parent
 
@@ -132,8 +141,9 @@ class SerialExecutor:
             f.run()
             yield f
 
-    def first_completed(self, futures: list[_Deferred]) -> _Deferred:
-        """Run the first of ``futures`` (submission order) and return it."""
+    def first_completed(self, futures: list[_Deferred], timeout: float | None = None) -> _Deferred:
+        """Run the first of ``futures`` (submission order) and return it (``timeout`` is ignored: the task runs
+        here, and Ctrl-C interrupts it directly)."""
         futures[0].run()
         return futures[0]
 
@@ -162,10 +172,11 @@ class LocalExecutor:
     def as_completed(self, futures: Iterable[cf.Future]) -> Iterator[cf.Future]:
         return cf.as_completed(list(futures))
 
-    def first_completed(self, futures: list[cf.Future]) -> cf.Future:
-        """Wait until one of ``futures`` is done; return the earliest submitted of those done."""
-        done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
-        return next(f for f in futures if f in done)
+    def first_completed(self, futures: list[cf.Future], timeout: float | None = None) -> cf.Future | None:
+        """Wait until one of ``futures`` is done; return the earliest submitted of those done, or ``None`` if
+        none is done after ``timeout`` seconds (the runner polls, so that Ctrl-C is taken between waits)."""
+        done, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return next((f for f in futures if f in done), None)
 
     def shutdown(self, cancel: bool = False) -> None:
         """``cancel=False``: wait for every submitted task. ``cancel=True`` (an interrupt, an error, or the

@@ -23,8 +23,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -493,6 +496,52 @@ def _run_locked(
     )
 
 
+#: How often the main process of a pool sweep looks for Ctrl-C while it waits for results (seconds).
+POLL_S = 0.2
+
+
+class _InterruptsBetweenWaits:
+    """Ctrl-C in the main process of a pool sweep is taken between waits, never inside one.
+
+    That process spends its time in ``concurrent.futures.wait``. Python's default SIGINT handler raises
+    ``KeyboardInterrupt`` wherever the main thread is, inside the pool's locking included; once on a GPU
+    machine the shutdown that followed failed with ``RuntimeError: release unlocked lock``, so the session was
+    recorded as an error instead of an interruption and the report was not redrawn. While active, the first
+    SIGINT only sets :attr:`asked`, which :meth:`check` (called after each wait of at most ``POLL_S``) turns
+    into ``KeyboardInterrupt``; a second SIGINT raises at once. Installed only in the main thread and only over
+    Python's own handler (an ignored SIGINT stays ignored, a caller's handler is left alone); restored on
+    exit."""
+
+    def __init__(self, active: bool):
+        self.active = (
+            active
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        self.asked = False
+        self._installed = False
+
+    def __enter__(self):
+        if self.active:
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.asked:  # asked twice: at once
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def check(self) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+
+
 class _Raised:
     """Stands for a task whose submission raised: ``result()`` raises that error."""
 
@@ -527,7 +576,11 @@ def _execute(
     Without ``stop_after`` every task is submitted at once. With it, at most ``workers + 1`` tasks are out at a
     time and none is submitted once ``stop_after`` seconds have passed (``session["stopped"]`` says so): no
     task is ever cancelled, so a pool that breaks still fails its tasks cleanly (``concurrent.futures`` of
-    Python 3.11 hangs when it breaks holding cancelled futures)."""
+    Python 3.11 hangs when it breaks holding cancelled futures).
+
+    Ctrl-C: in a pool sweep the main process takes it between waits (:class:`_InterruptsBetweenWaits`) and
+    stops the workers with SIGTERM (they ignore SIGINT: a training run then finishes its step, saves its
+    checkpoint and exits); ``KeyboardInterrupt`` is passed on."""
     from tqdm.auto import tqdm
 
     if evaluate is None:
@@ -587,31 +640,35 @@ def _execute(
             total=len(spec.runs),
         )
 
+    guard = _InterruptsBetweenWaits(active=ex.name == "local")
+    pending_out: dict = {}
     try:
-        if stop_after is None:
-            futs = {submit(b): b for b in batches}
-            for fut in ex.as_completed(list(futs)):
-                record(fut, futs[fut])
-            return
-        deadline = time.monotonic() + stop_after
-        window = (ex.workers or 1) + (1 if ex.name == "local" else 0)  # a queued task keeps workers busy
-        todo = iter(batches)
-        left = len(batches)
-        out: dict = {}
-        while True:
-            while left and len(out) < window and time.monotonic() < deadline:
-                b = next(todo)
-                left -= 1
-                try:
-                    out[submit(b)] = b
-                except Exception as err:  # e.g. a pool broken by a crashed worker: the run fails, recorded
-                    record(_Raised(err), b)
-            if not out:
-                break
-            fut = ex.first_completed(list(out))
-            record(fut, out.pop(fut))
-        if left:
-            session["stopped"] = f"stop_after = {stop_after:g} s reached"
+        with guard:
+            if ex.name == "dask":  # its as_completed polls (and watches for lost workers) itself
+                futs = {submit(b): b for b in batches}
+                for fut in ex.as_completed(list(futs)):
+                    record(fut, futs[fut])
+                return
+            deadline = math.inf if stop_after is None else time.monotonic() + stop_after
+            window = len(batches) if stop_after is None else (ex.workers or 1) + (ex.name == "local")
+            todo = iter(batches)  # with stop_after: a queued task keeps the workers busy, and no more
+            left = len(batches)
+            while True:
+                while left and len(pending_out) < window and time.monotonic() < deadline:
+                    b = next(todo)
+                    left -= 1
+                    try:
+                        pending_out[submit(b)] = b
+                    except Exception as err:  # e.g. a pool broken by a crashed worker: recorded as failed
+                        record(_Raised(err), b)
+                if not pending_out:
+                    break
+                fut = ex.first_completed(list(pending_out), timeout=POLL_S)
+                guard.check()
+                if fut is not None:
+                    record(fut, pending_out.pop(fut))
+            if left:
+                session["stopped"] = f"stop_after = {stop_after:g} s reached"
     finally:
         bar.close()
         ex.shutdown(cancel=True)

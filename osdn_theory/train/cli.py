@@ -96,6 +96,8 @@ def register(app: typer.Typer) -> None:
         def report() -> None:
             from .results import write_comparison, write_report
 
+            if not (out / "results.jsonl").exists():  # interrupted before any run finished: nothing to draw
+                return
             for p in write_report(out):
                 typer.echo(str(p))
             if compare_to is not None:
