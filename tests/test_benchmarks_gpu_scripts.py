@@ -28,6 +28,7 @@ pytestmark = pytest.mark.interpreter
         "benchmarks.tune_kernels",
         "benchmarks.bench_ours",
         "benchmarks.bench_train",
+        "benchmarks.bench_d_check",
     ],
 )
 def test_scripts_refuse_without_cuda(module):
@@ -55,6 +56,18 @@ def test_training_step_benchmark_runs_its_cpu_smoke(tmp_path):
         [sys.executable, "-m", "benchmarks.bench_train", "--device", "cpu"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "--tiny" in bad.stderr
+
+
+def test_d_check_benchmark_variants_flag_bad_values(monkeypatch):
+    """Every variant of the ``d`` pass that ``bench_d_check`` times runs under the interpreter, flags nothing on a
+    good ``d`` and flags a planted NaN and 0 (a draft of the script cost device time on a bug)."""
+    from benchmarks import bench_d_check
+
+    monkeypatch.setattr(bench_d_check, "_bench", lambda fn: (fn(), 0.0)[1])
+    row = bench_d_check.bench_shape(1, 40, 2, 16, device="cpu")
+    assert {"shipped", "or B8192 w8", "max B4096 w8", "loop P8 B4096", "copy"} <= set(row["ms"])
+    assert set(row["flags_bad"]) == set(row["ms"]) - {"copy"} and all(row["flags_bad"].values())
+    assert "MISSED" not in bench_d_check._table({}, [row])
 
 
 def test_checked_stage_times_calls_every_stage_both_ways(monkeypatch):
