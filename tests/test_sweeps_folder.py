@@ -25,6 +25,8 @@ from osdn_theory.sweeps.runner import run_sweep
 from osdn_theory.sweeps.spec import DEFAULT_METRICS, load_spec, spec_hash
 from osdn_theory.sweeps.store import MANIFEST, RESULTS, ResultsStore
 
+from ._processes import start
+
 STREAM = {"family": "piecewise", "T": 96, "K": 4, "V": 2, "segment_len": 32, "condition": 10.0, "noise": 0.1}
 SPIKE = {
     "name": "osdn",
@@ -306,14 +308,6 @@ def test_read_only_folder_is_one_error_line(tmp_path):
     assert r.exit_code == 2 and "Permission denied" in _one_error_line(r)
 
 
-def _as_from_a_terminal():
-    """In the child before ``exec``: SIGINT back to its default disposition, as in a command started from a
-    terminal. A background job of a non-interactive shell (``bash -c "pytest ... &"``, ``nohup``) inherits SIGINT
-    *ignored*, and Python then installs no ``KeyboardInterrupt`` handler, so the signal these tests send would
-    be dropped and the sweep would finish (exit 0): a failure of how the tests were started, not of the sweep."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.slow
 def test_sigint_says_how_to_resume_and_the_manifest_says_interrupted(tmp_path):
     methods = [dict(SPIKE, s_max=x) for x in (1.2, 1.5, 1.8)]
@@ -321,9 +315,7 @@ def test_sigint_says_how_to_resume_and_the_manifest_says_interrupted(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "osdn_theory.cli", "sweep", str(f), "--out", str(out)]
     cmd += ["--executor", "serial", "--batch-size", "1", "--no-progress"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal
-    )
+    proc = start(cmd)
     t0 = time.time()
     while time.time() - t0 < 120 and not (
         (out / RESULTS).exists() and (out / RESULTS).read_bytes().count(b"\n") >= 1
@@ -399,14 +391,7 @@ def test_sigint_to_a_pool_sweep_leaves_no_workers_and_a_true_manifest(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "osdn_theory.cli", "sweep", str(f), "--out", str(out), "--workers", "2"]
     cmd += ["--batch-size", "1", "--no-progress"]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_as_from_a_terminal,
-    )
+    proc = start(cmd, new_session=True)
     t0 = time.time()
     while time.time() - t0 < 120 and not (
         (out / RESULTS).exists() and (out / RESULTS).read_bytes().count(b"\n") >= 1

@@ -20,6 +20,8 @@ from osdn_theory.tolerances import rtol
 from osdn_theory.train import load_train_results, lr_at, parse_train_spec, summary_table, train_batch
 from osdn_theory.train.spec import load_train_spec, optim_settings
 
+from ._processes import start
+
 SMOKE = """
 name = "smoke"
 seeds = [0]
@@ -299,14 +301,7 @@ def test_ctrl_c_to_a_pool_training_sweep_saves_every_run_in_flight(tmp_path):
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "osdn_theory.cli", "train", str(f), "--out", str(out), "--device", "cpu"]
     cmd += ["--executor", "local", "--workers", "2", "--checkpoint-every", "1e9", "--no-progress"]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
-    )
+    proc = start(cmd, new_session=True)
     t0 = time.time()
     while time.time() - t0 < 120 and not (out / "checkpoints").is_dir():  # made when a run starts training
         time.sleep(0.05)
@@ -670,7 +665,6 @@ def test_a_signal_saves_a_checkpoint_at_the_end_of_the_step_and_nothing_is_lost(
     only and ends with what an uninterrupted run computes. SIGTERM (how a pool worker is stopped) saves too and
     then ends the process by SIGTERM. The handlers are restored afterwards."""
     import signal
-    import subprocess
     import sys
 
     import tomllib
