@@ -624,20 +624,20 @@ def test_ctrl_c_is_taken_between_the_pool_waits_not_inside_one(tmp_path, monkeyp
 
     f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=(0, 1, 2, 3))
     slow = _eval_module(tmp_path, monkeypatch, 0.3).slow
-    real = LocalExecutor.first_completed
+    real = LocalExecutor.next_done
 
     def go(guarded: bool):
         waits = []
 
-        def first_completed(self, futures, timeout=None):
+        def next_done(self, timeout=None):
             if not waits:
                 os.kill(os.getpid(), signal.SIGINT)  # delivered in the middle of the first wait
             waits.append("in")
-            fut = real(self, futures, timeout)
+            fut = real(self, timeout)
             waits.append("out")
             return fut
 
-        monkeypatch.setattr(LocalExecutor, "first_completed", first_completed)
+        monkeypatch.setattr(LocalExecutor, "next_done", next_done)
         if not guarded:
             monkeypatch.setattr(runner._InterruptsBetweenWaits, "__enter__", lambda self: self)
         out = tmp_path / f"o{guarded}"

@@ -2,7 +2,8 @@
 
 Every backend exposes the same two calls used by the runner: ``submit(fn, *args) -> future`` and
 ``as_completed(futures)`` yielding futures as they finish (each with ``.result()``), plus ``shutdown()``;
-``serial`` and ``local`` also ``first_completed(futures, timeout)`` (the runner's wait for the next result).
+``serial`` and ``local`` also ``next_done(timeout)`` (the runner's wait for the next result: the next task
+to end, or ``None`` after ``timeout`` seconds).
 
 - ``serial``: runs each task in the calling process when its result is asked for (debugging, tiny sweeps,
   notebooks).
@@ -28,9 +29,11 @@ sweep, got wrong (an unreachable scheduler, no live workers).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import queue
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -132,20 +135,27 @@ class SerialExecutor:
 
     def __init__(self, threads: int = 1):
         self.threads = threads
+        self._queue: collections.deque[_Deferred] = collections.deque()
 
     def submit(self, fn: Callable, *args: Any) -> _Deferred:
-        return _Deferred(_threaded, (self.threads, fn, *args))
+        task = _Deferred(_threaded, (self.threads, fn, *args))
+        self._queue.append(task)
+        return task
 
     def as_completed(self, futures: Iterable[_Deferred]) -> Iterator[_Deferred]:
         for f in futures:
             f.run()
             yield f
 
-    def first_completed(self, futures: list[_Deferred], timeout: float | None = None) -> _Deferred:
-        """Run the first of ``futures`` (submission order) and return it (``timeout`` is ignored: the task runs
-        here, and Ctrl-C interrupts it directly)."""
-        futures[0].run()
-        return futures[0]
+    def next_done(self, timeout: float | None = None) -> _Deferred | None:
+        """Run the earliest submitted task not yet returned and return it (``None`` when none is left).
+        ``timeout`` is ignored: the task runs here, and Ctrl-C interrupts it directly."""
+        while self._queue:
+            task = self._queue.popleft()
+            if not task._done:  # not already run by as_completed or result()
+                task.run()
+                return task
+        return None
 
     def shutdown(self, cancel: bool = False) -> None:
         pass
@@ -165,18 +175,24 @@ class LocalExecutor:
             initializer=_worker_init,
             initargs=(threads, os.getpid()),
         )
+        self._done: queue.SimpleQueue[cf.Future] = queue.SimpleQueue()
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
-        return self._pool.submit(fn, *args)
+        fut = self._pool.submit(fn, *args)
+        fut.add_done_callback(self._done.put)  # in the pool's thread, once, when the task ends
+        return fut
 
     def as_completed(self, futures: Iterable[cf.Future]) -> Iterator[cf.Future]:
         return cf.as_completed(list(futures))
 
-    def first_completed(self, futures: list[cf.Future], timeout: float | None = None) -> cf.Future | None:
-        """Wait until one of ``futures`` is done; return the earliest submitted of those done, or ``None`` if
-        none is done after ``timeout`` seconds (the runner polls, so that Ctrl-C is taken between waits)."""
-        done, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        return next((f for f in futures if f in done), None)
+    def next_done(self, timeout: float | None = None) -> cf.Future | None:
+        """The next submitted task to end, in the order they end, or ``None`` if none ends within ``timeout``
+        seconds (the runner polls, so that Ctrl-C is taken between waits). Each task is returned once; the
+        cost does not grow with the number of tasks out."""
+        try:
+            return self._done.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def shutdown(self, cancel: bool = False) -> None:
         """``cancel=False``: wait for every submitted task. ``cancel=True`` (an interrupt, an error, or the

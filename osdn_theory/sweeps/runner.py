@@ -663,7 +663,7 @@ def _execute(
                         record(_Raised(err), b)
                 if not pending_out:
                     break
-                fut = ex.first_completed(list(pending_out), timeout=POLL_S)
+                fut = ex.next_done(timeout=POLL_S)
                 guard.check()
                 if fut is not None:
                     record(fut, pending_out.pop(fut))
