@@ -305,7 +305,7 @@ def test_ctrl_c_to_a_pool_training_sweep_saves_every_run_in_flight(tmp_path):
     t0 = time.time()
     while time.time() - t0 < 120 and not (out / "checkpoints").is_dir():  # made when a run starts training
         time.sleep(0.05)
-    time.sleep(5)  # both runs in flight are training (no periodic checkpoint: every 1e9 s)
+    time.sleep(8)  # both runs in flight are training (no periodic checkpoint: every 1e9 s)
     kids = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
