@@ -290,9 +290,12 @@ def test_ctrl_c_to_a_pool_training_sweep_saves_every_run_in_flight(tmp_path):
     """Ctrl-C in a terminal reaches the sweep and its pool workers. The workers ignore it and the sweep stops
     them with SIGTERM, on which each run finishes its step and saves its checkpoint, so nothing trained is lost.
     (A worker that died of the SIGINT broke the pool, and the pool then killed the other workers, a run in the
-    middle of saving its checkpoint included; once on a GPU machine the main process's own interrupt inside
-    the pool's wait ended as ``RuntimeError: release unlocked lock`` and the session was recorded as an
-    error.)"""
+    middle of saving its checkpoint included: before the fix no run in flight saved at the interrupt; once on a
+    GPU machine the main process's own interrupt inside the pool's wait ended as ``RuntimeError: release
+    unlocked lock`` and the session was recorded as an error.)
+
+    Both runs in flight are known to be training once each has written its first periodic checkpoint (every
+    2 s); the checkpoint left after the interrupt must be a later step than the last periodic one seen."""
     import psutil
 
     long = SMOKE.replace("steps = 2", "steps = 1000000").replace("eval_every = 1", "eval_every = 0")
@@ -300,12 +303,20 @@ def test_ctrl_c_to_a_pool_training_sweep_saves_every_run_in_flight(tmp_path):
     f.write_text(long.replace("log_every = 1", "log_every = 1000"))
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "osdn_theory.cli", "train", str(f), "--out", str(out), "--device", "cpu"]
-    cmd += ["--executor", "local", "--workers", "2", "--checkpoint-every", "1e9", "--no-progress"]
+    cmd += ["--executor", "local", "--workers", "2", "--checkpoint-every", "2", "--no-progress"]
     proc = start(cmd, new_session=True)
+
+    def steps() -> dict[str, int]:
+        found = {}
+        for pt in (out / "checkpoints").glob("*.pt"):  # written to a temporary file, then renamed
+            found[pt.name] = torch.load(pt, weights_only=False)["loop"]["done"]
+        return found
+
     t0 = time.time()
-    while time.time() - t0 < 120 and not (out / "checkpoints").is_dir():  # made when a run starts training
+    while time.time() - t0 < 180 and not ((out / "checkpoints").is_dir() and len(steps()) == 2):
         time.sleep(0.05)
-    time.sleep(8)  # both runs in flight are training (no periodic checkpoint: every 1e9 s)
+    before = steps()
+    assert len(before) == 2, "the two runs in flight did not both start training"
     kids = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -313,10 +324,9 @@ def test_ctrl_c_to_a_pool_training_sweep_saves_every_run_in_flight(tmp_path):
     assert "interrupted:" in err and "Traceback" not in err and "warning" not in err
     session = json.loads((out / "manifest.json").read_text())["sessions"][-1]
     assert session["state"] == "interrupted" and session["error"] is None and session["failed"] == 0
-    saved = sorted((out / "checkpoints").glob("*.pt"))
-    assert len(saved) == 2, (saved, err[-3000:])  # one per run in flight
-    for pt in saved:
-        assert torch.load(pt, weights_only=False)["loop"]["done"] >= 1
+    after = steps()
+    assert set(after) == set(before)
+    assert all(after[n] > before[n] for n in after), (before, after)  # saved at the interrupt
     _, alive = psutil.wait_procs(kids, timeout=10)
     assert not alive
 
