@@ -674,6 +674,16 @@ def test_the_interrupt_guard_defers_one_sigint_and_not_a_second():
         signal.signal(signal.SIGINT, old)
 
 
+def _ignores_sigint(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (Linux: the ``SigIgn`` mask in ``/proc/PID/status``)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((int(x.split()[1], 16) for x in status.splitlines() if x.startswith("SigIgn:")), 0)
+    return bool(mask & (1 << (signal.SIGINT - 1)))
+
+
 def test_a_sigint_to_the_pool_workers_alone_breaks_nothing(tmp_path, monkeypatch):
     """Ctrl-C reaches the pool workers too. A worker that died of it broke the pool: every run in flight failed
     with ``BrokenProcessPool`` (recorded as failed, so not rerun on resume) and the pool killed the other
@@ -681,8 +691,8 @@ def test_a_sigint_to_the_pool_workers_alone_breaks_nothing(tmp_path, monkeypatch
     every run ok."""
     import psutil
 
-    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=tuple(range(6)))
-    slow = _eval_module(tmp_path, monkeypatch, 0.5).slow
+    f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}], seeds=tuple(range(8)))
+    slow = _eval_module(tmp_path, monkeypatch, 1.5).slow  # 6 s of work per worker: some left after the signal
     real, hit = ResultsStore.append, []
 
     def append_then_signal_the_workers(self, record):
@@ -691,6 +701,11 @@ def test_a_sigint_to_the_pool_workers_alone_breaks_nothing(tmp_path, monkeypatch
             kids = [
                 p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
             ]
+            t0 = (
+                time.time()
+            )  # a worker still importing (before its set-up) cannot ignore it yet: wait for that
+            while time.time() - t0 < 2 and not all(_ignores_sigint(p.pid) for p in kids):
+                time.sleep(0.05)
             for p in kids:
                 p.send_signal(signal.SIGINT)
             hit.append(len(kids))
@@ -703,4 +718,4 @@ def test_a_sigint_to_the_pool_workers_alone_breaks_nothing(tmp_path, monkeypatch
     except KeyboardInterrupt:  # a worker's run died of it and handed it back (not to abort the test session)
         pytest.fail("a SIGINT sent to the pool workers only interrupted the sweep")
     assert hit == [2]
-    assert s.failed == 0 and s.executed == 6, [r.get("error") for r in _lines(tmp_path / "o")]
+    assert s.failed == 0 and s.executed == 8, [r.get("error") for r in _lines(tmp_path / "o")]
