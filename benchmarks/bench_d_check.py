@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from benchmarks.bench_kernels import _bench, _versions, default_out
+from benchmarks.bench_kernels import _bench, _versions, default_out, parse_shapes
 from osdn_theory.kernels._common import BAD_D, _flag, _or
 from osdn_theory.kernels.d_check import check_d
 
@@ -144,9 +144,7 @@ def main():
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_d_check: needs a CUDA device (run it on a GPU machine)")
-    shapes = (
-        SHAPES if a.shapes is None else [tuple(int(v) for v in s.split(",")) for s in a.shapes.split(";")]
-    )
+    shapes = parse_shapes(a.shapes, SHAPES)
     meta = _versions()
     out = Path(a.out) if a.out else default_out("d_check_pass", meta)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -273,6 +273,20 @@ def _stage_times(x):
     return t, resources
 
 
+def parse_shapes(text: str | None, default: list[tuple[int, ...]]) -> list[tuple[int, int, int, int]]:
+    """``--shapes "B,T,H,D;B,T,H,D"`` of the GPU benchmarks (``default`` when not given); a malformed value
+    stops the script with a message naming ``--shapes`` before any device time is spent."""
+    if text is None:
+        return list(default)
+    try:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in text.split(";")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 4 or min(s) < 1 for s in shapes):
+        raise SystemExit(f"--shapes: expected 'B,T,H,D' positive integers, ';'-separated, got {text!r}")
+    return shapes
+
+
 def _versions():
     import importlib.metadata as md
 
@@ -394,7 +408,7 @@ def main():
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels: needs a CUDA device")
-    shapes = SHAPES if a.shapes is None else [tuple(map(int, s.split(","))) for s in a.shapes.split(";")]
+    shapes = parse_shapes(a.shapes, SHAPES)
     meta = _versions()
     if a.out is None:
         a.out = default_out("kernels", meta)

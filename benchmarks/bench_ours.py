@@ -34,7 +34,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_kernels import SHAPES, _bench, _fwd_bwd, _inputs, _versions, _warm, default_out
+from benchmarks.bench_kernels import (
+    SHAPES,
+    _bench,
+    _fwd_bwd,
+    _inputs,
+    _versions,
+    _warm,
+    default_out,
+    parse_shapes,
+)
 
 
 def checked_stage_times(x, device="cuda") -> dict:
@@ -227,9 +236,7 @@ def main():
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_ours: needs a CUDA device (run it on a GPU machine)")
-    shapes = (
-        SHAPES if a.shapes is None else [tuple(int(v) for v in s.split(",")) for s in a.shapes.split(";")]
-    )
+    shapes = parse_shapes(a.shapes, SHAPES)
     meta = _versions()
     out = Path(a.out) if a.out else default_out("ours", meta)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_kernels import _bench, _inputs, _versions, default_out
+from benchmarks.bench_kernels import _bench, _inputs, _versions, default_out, parse_shapes
 
 SHAPES = [(4, 4096, 16, 128), (2, 16384, 8, 128), (8, 2048, 16, 64)]
 
@@ -327,7 +327,7 @@ def main():
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("tune_kernels: needs a CUDA device")
-    shapes = SHAPES if a.shapes is None else [tuple(map(int, s.split(","))) for s in a.shapes.split(";")]
+    shapes = parse_shapes(a.shapes, SHAPES)
     names = [n for n in a.stages.split(",") if n]
     res = {"meta": _versions(), "shapes": {}, "precision": []}
     if a.out is None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import tune_kernels
-from benchmarks.bench_kernels import default_out
+from benchmarks.bench_kernels import default_out, parse_shapes
 from osdn_theory.kernels.config import DEFAULT_LAUNCH, STAGE_NAMES
 
 pytestmark = pytest.mark.interpreter
@@ -34,6 +34,14 @@ pytestmark = pytest.mark.interpreter
 def test_scripts_refuse_without_cuda(module):
     r = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "needs a CUDA device" in r.stderr
+
+
+def test_the_shapes_option_is_parsed_and_checked():
+    assert parse_shapes(None, [(1, 2, 3, 4)]) == [(1, 2, 3, 4)]
+    assert parse_shapes("4,4096,16,128;8,2048,16,64", []) == [(4, 4096, 16, 128), (8, 2048, 16, 64)]
+    for bad in ("4,4096,16", "4,4096,16,x", "4,4096,0,128", "", "4,4096,16,128;"):
+        with pytest.raises(SystemExit, match=r"^--shapes: expected 'B,T,H,D'"):
+            parse_shapes(bad, [])
 
 
 def test_training_step_benchmark_runs_its_cpu_smoke(tmp_path):

@@ -54,7 +54,8 @@ _PRECISIONS = ("ieee", "tf32", "tf32x3")
 #: Where the default call checks ``d`` (finite, > 0): ``"auto"`` (default) is ``"pass"`` for head dims K > 64 and
 #: ``"tile"`` otherwise (:meth:`Launch.d_check_for`; chosen from one H200 run, 2026-12-06, docs/kernels.md: the
 #: default call over the unchecked one was 1.03 with the pass against 1.18 with the tile check at K = 128, where
-#: stage 1's tile check spills, and 1.09 with the tile check against 1.23 with the pass at K = 64);
+#: stage 1's tile check spills, and 1.09 with the tile check against 1.23 with the pass at K = 64; on an H100 the
+#: next day the pass changed nothing: 1.09-1.12 at five shapes either way, docs/kernels.md);
 #: ``"tile"`` in stage 1, on the tile it loads for the write
 #: key, reduced over each 16-row block; ``"rows"`` in stage 1, reduced over K per row and over the rows once at
 #: the end; ``"pass"`` in a separate streaming kernel before stage 1 (one more read of ``d``); ``"atomic"`` in
