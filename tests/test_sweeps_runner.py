@@ -719,3 +719,37 @@ def test_a_sigint_to_the_pool_workers_alone_breaks_nothing(tmp_path, monkeypatch
         pytest.fail("a SIGINT sent to the pool workers only interrupted the sweep")
     assert hit == [2]
     assert s.failed == 0 and s.executed == 8, [r.get("error") for r in _lines(tmp_path / "o")]
+
+
+@pytest.mark.slow
+def test_a_stopped_pool_waits_for_its_workers_to_save_however_long_they_take(tmp_path):
+    """``shutdown(cancel=True)`` sends SIGTERM and waits until every worker has ended: a training run then
+    finishes its step and saves its checkpoint, and the sweep's process must not exit before (a worker whose
+    parent is gone exits at once, losing the step and the save). Negative control by construction: the task
+    takes 7 s to stop, longer than the 5 s the executor waited before, which failed this test. A second
+    Ctrl-C during the wait kills the workers at once."""
+    from osdn_theory.sweeps.executors import LocalExecutor
+    from tests._processes import slow_to_stop
+
+    def started(folder):
+        folder.mkdir()
+        ex = LocalExecutor(workers=1)
+        fut = ex.submit(slow_to_stop, str(folder), 7.0)
+        t0 = time.time()
+        while not (folder / "ready").is_file() and time.time() - t0 < 120 and not fut.done():
+            time.sleep(0.05)
+        assert (folder / "ready").is_file(), fut.exception() if fut.done() else "the task never started"
+        return ex, list(ex._pool._processes.values())
+
+    ex, procs = started(tmp_path / "a")
+    told: list[str] = []
+    ex.shutdown(cancel=True, notify=told.append)
+    assert (tmp_path / "a" / "saved").is_file() and not any(p.is_alive() for p in procs)
+    assert len(told) == 1 and told[0].startswith("stopping: waiting for 1 worker(s)"), told
+    # Ctrl-C again while it waits: the workers are killed at once, without their save, and it is passed on
+    ex, procs = started(tmp_path / "b")
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        ex.shutdown(cancel=True, notify=lambda msg: os.kill(os.getpid(), signal.SIGINT))
+    assert time.time() - t0 < 6 and not any(p.is_alive() for p in procs)
+    assert not (tmp_path / "b" / "saved").exists()

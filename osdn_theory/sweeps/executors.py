@@ -157,7 +157,7 @@ class SerialExecutor:
                 return task
         return None
 
-    def shutdown(self, cancel: bool = False) -> None:
+    def shutdown(self, cancel: bool = False, notify: Callable[[str], None] | None = None) -> None:
         pass
 
 
@@ -194,26 +194,49 @@ class LocalExecutor:
         except queue.Empty:
             return None
 
-    def shutdown(self, cancel: bool = False) -> None:
+    def shutdown(self, cancel: bool = False, notify: Callable[[str], None] | None = None) -> None:
         """``cancel=False``: wait for every submitted task. ``cancel=True`` (an interrupt, an error, or the
-        end of a sweep whose results are all in): drop the tasks not started and stop the workers now.
-        ``concurrent.futures`` would otherwise still run the tasks already in its call queue (up to
+        end of a sweep whose results are all in): drop the tasks not started and stop the workers now with
+        SIGTERM. ``concurrent.futures`` would otherwise still run the tasks already in its call queue (up to
         ``workers + 1``) and the interpreter's exit would wait for them: minutes of training runs after a
-        Ctrl-C on a GPU machine."""
+        Ctrl-C on a GPU machine.
+
+        A training run that gets SIGTERM finishes its step and saves its checkpoint before it exits, so this
+        waits for every worker to end, however long the step takes: returning earlier let the sweep's process
+        exit, and a worker whose parent is gone exits at once (:func:`_worker_init`), losing the step and
+        the save (seen as a flaky CI failure on a loaded machine, where the old 5 s wait was too short).
+        ``notify`` is told once when workers are still running after a second. Ctrl-C during the wait kills
+        them at once (losing what they trained since their last checkpoint) and is passed on."""
         if not cancel:
             self._pool.shutdown(wait=True)
             return
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())  # no public way
         terminate = getattr(self._pool, "terminate_workers", None)  # Python >= 3.14
         if terminate is not None:
             terminate()
-            return
-        procs = list((getattr(self._pool, "_processes", None) or {}).values())  # before 3.14: no public way
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
+        else:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+        try:
+            for p in procs:
+                p.join(timeout=1.0)
+            alive = [p for p in procs if p.is_alive()]
+            if alive and notify is not None:
+                notify(
+                    f"stopping: waiting for {len(alive)} worker(s) to finish the step in progress and save "
+                    "(Ctrl-C again stops them at once, losing what they trained since their last checkpoint)"
+                )
+            for p in alive:
+                p.join()
+        except KeyboardInterrupt:
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+            for p in procs:
+                p.join(timeout=5)
+            raise
 
 
 class DaskExecutor:
@@ -304,7 +327,7 @@ class DaskExecutor:
             elif time.monotonic() - last_seen > self.worker_timeout:
                 raise EnvironmentProblem(self._no_workers_message())
 
-    def shutdown(self, cancel: bool = False) -> None:
+    def shutdown(self, cancel: bool = False, notify: Callable[[str], None] | None = None) -> None:
         if self.client is not None:
             self.client.close()
         if self._cluster is not None:

@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -671,4 +672,4 @@ def _execute(
                 session["stopped"] = f"stop_after = {stop_after:g} s reached"
     finally:
         bar.close()
-        ex.shutdown(cancel=True)
+        ex.shutdown(cancel=True, notify=lambda msg: print(msg, file=sys.stderr, flush=True))
