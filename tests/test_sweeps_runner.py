@@ -753,3 +753,20 @@ def test_a_stopped_pool_waits_for_its_workers_to_save_however_long_they_take(tmp
         ex.shutdown(cancel=True, notify=lambda msg: os.kill(os.getpid(), signal.SIGINT))
     assert time.time() - t0 < 6 and not any(p.is_alive() for p in procs)
     assert not (tmp_path / "b" / "saved").exists()
+
+
+def test_a_ctrl_c_reaching_a_worker_still_starting_does_not_break_the_pool():
+    """Ctrl-C reaches every process of the group, a pool worker still importing included (before its set-up
+    ignores SIGINT). The worker must not die of it: that breaks the pool, and every run in flight then fails.
+    The signal is sent to the worker right after it was started. Negative control: without the mask the
+    worker dies and the task fails with ``BrokenProcessPool``."""
+    from osdn_theory.sweeps.executors import LocalExecutor
+
+    ex = LocalExecutor(workers=1)
+    try:
+        fut = ex.submit(pow, 2, 10)
+        (worker,) = ex._pool._processes.values()
+        os.kill(worker.pid, signal.SIGINT)  # within milliseconds of its start: still importing
+        assert fut.result(timeout=120) == 1024
+    finally:
+        ex.shutdown(cancel=True)

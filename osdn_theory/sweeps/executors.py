@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -85,6 +86,8 @@ def _worker_init(threads: int = 1, parent: int | None = None) -> None:
     import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it started us (LocalExecutor.submit)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending one is now dropped
 
     parent = os.getppid() if parent is None else parent
 
@@ -98,6 +101,21 @@ def _worker_init(threads: int = 1, parent: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread, where the platform allows (processes started meanwhile inherit it)."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _Deferred:
@@ -178,7 +196,13 @@ class LocalExecutor:
         self._done: queue.SimpleQueue[cf.Future] = queue.SimpleQueue()
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
-        fut = self._pool.submit(fn, *args)
+        """The pool starts its workers here, in this thread, as tasks come. SIGINT is blocked meanwhile: the
+        signal mask is inherited through ``fork`` and ``exec``, so a Ctrl-C that reaches a worker while it is
+        still importing (before :func:`_worker_init` ignores SIGINT; seconds on a loaded machine) waits,
+        pending, and is then dropped, instead of killing the worker and breaking the pool. A Ctrl-C to this
+        process meanwhile is delivered when ``submit`` returns."""
+        with _sigint_blocked():
+            fut = self._pool.submit(fn, *args)
         fut.add_done_callback(self._done.put)  # in the pool's thread, once, when the task ends
         return fut
 
