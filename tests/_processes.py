@@ -25,21 +25,3 @@ def start(cmd: list[str], *, new_session: bool = False) -> subprocess.Popen:
         start_new_session=new_session,
         preexec_fn=as_from_a_terminal,
     )
-
-
-def slow_to_stop(folder: str, delay: float) -> None:
-    """A pool task that, like a training run, answers SIGTERM by working ``delay`` seconds more (its step, its
-    checkpoint) and then writing ``saved``; it writes ``ready`` once its handler is in place."""
-    import os
-    import time
-    from pathlib import Path
-
-    def on_term(signum, frame) -> None:
-        time.sleep(delay)
-        Path(folder, "saved").write_text("saved")
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, on_term)
-    Path(folder, "ready").write_text("ready")
-    while True:
-        time.sleep(0.05)

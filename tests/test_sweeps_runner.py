@@ -721,15 +721,41 @@ def test_a_sigint_to_the_pool_workers_alone_breaks_nothing(tmp_path, monkeypatch
     assert s.failed == 0 and s.executed == 8, [r.get("error") for r in _lines(tmp_path / "o")]
 
 
+_SLOW_TO_STOP = """
+import os, signal, time
+from pathlib import Path
+
+
+def slow_to_stop(folder, delay):
+    # like a training run, answers SIGTERM by working `delay` seconds more (its step, its checkpoint), then
+    # writes `saved`; writes `ready` once its handler is in place
+    def on_term(signum, frame):
+        time.sleep(delay)
+        Path(folder, "saved").write_text("saved")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    Path(folder, "ready").write_text("ready")
+    while True:
+        time.sleep(0.05)
+"""
+
+
 @pytest.mark.slow
-def test_a_stopped_pool_waits_for_its_workers_to_save_however_long_they_take(tmp_path):
+def test_a_stopped_pool_waits_for_its_workers_to_save_however_long_they_take(tmp_path, monkeypatch):
     """``shutdown(cancel=True)`` sends SIGTERM and waits until every worker has ended: a training run then
     finishes its step and saves its checkpoint, and the sweep's process must not exit before (a worker whose
     parent is gone exits at once, losing the step and the save). Negative control by construction: the task
     takes 7 s to stop, longer than the 5 s the executor waited before, which failed this test. A second
     Ctrl-C during the wait kills the workers at once."""
+    import importlib
+
     from osdn_theory.sweeps.executors import LocalExecutor
-    from tests._processes import slow_to_stop
+
+    name = f"slow_to_stop_{abs(hash(str(tmp_path)))}"  # importable by the spawned workers (see _eval_module)
+    (tmp_path / f"{name}.py").write_text(_SLOW_TO_STOP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    slow_to_stop = importlib.import_module(name).slow_to_stop
 
     def started(folder):
         folder.mkdir()
