@@ -35,6 +35,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -83,7 +84,6 @@ def _worker_init(threads: int = 1, parent: int | None = None) -> None:
     pid read here would be that one's, so the worker would never notice (seen as a flaky CI failure)."""
     import signal
     import threading
-    import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the parent while it started us (LocalExecutor.submit)
@@ -244,8 +244,9 @@ class LocalExecutor:
                 if p.is_alive():
                     p.terminate()
         try:
+            soon = time.monotonic() + 1.0
             for p in procs:
-                p.join(timeout=1.0)
+                p.join(timeout=max(0.0, soon - time.monotonic()))
             alive = [p for p in procs if p.is_alive()]
             if alive and notify is not None:
                 notify(
@@ -333,8 +334,6 @@ class DaskExecutor:
     def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
         """Futures as they finish; raises :class:`EnvironmentProblem` once no live worker has been seen for
         ``worker_timeout`` seconds while tasks are pending."""
-        import time
-
         from dask.distributed import wait
 
         pending = set(futures)
