@@ -574,14 +574,16 @@ def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, monkeypatch):
     """An interrupt must not wait for the runs already handed to the pool: ``concurrent.futures`` keeps running
     the tasks in its call queue (workers + 1) after ``cancel_futures``, and the interpreter's exit waits for
     them (on an H200, minutes of training runs after Ctrl-C). Here the interrupt comes with the first record
-    while each run takes 3 s: the workers must be gone within about a second."""
+    while each run takes 3 s: the sweep must return, its workers gone, well before those runs could end (an
+    evaluation has no SIGTERM handler, so SIGTERM ends it at once; only a training run saves first)."""
     import psutil
 
     f = _toml(tmp_path / "s.toml", [{"name": "deltanet"}, SPIKE], seeds=(0, 1, 2, 3))
-    real = ResultsStore.append
+    real, asked = ResultsStore.append, []
 
     def append_then_interrupt(self, record):
         real(self, record)
+        asked.append(time.time())
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ResultsStore, "append", append_then_interrupt)
@@ -589,8 +591,10 @@ def test_an_interrupted_pool_stops_its_workers_at_once(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_sweep(f, tmp_path / "o", executor="local", workers=2, batch_size=1, progress=False,
                   evaluate=very_slow_evaluate)  # fmt: skip
+    returned = time.time() - asked[0]
     recs = _lines(tmp_path / "o")
     assert len(recs) == 1 and recs[0]["status"] == "ok", recs  # a real run was recorded, not a broken pool
+    assert returned < 2.0, returned  # the runs in flight had at least 3 s left
     t0 = time.time()
     kids = psutil.Process().children(recursive=True)
     kids = [p for p in kids if "spawn_main" in " ".join(p.cmdline())]
@@ -701,9 +705,8 @@ def test_a_sigint_to_the_pool_workers_alone_breaks_nothing(tmp_path, monkeypatch
             kids = [
                 p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
             ]
-            t0 = (
-                time.time()
-            )  # a worker still importing (before its set-up) cannot ignore it yet: wait for that
+            # a worker still importing (before its set-up) cannot ignore it yet: wait for that
+            t0 = time.time()
             while time.time() - t0 < 2 and not all(_ignores_sigint(p.pid) for p in kids):
                 time.sleep(0.05)
             for p in kids:
