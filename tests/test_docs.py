@@ -53,6 +53,7 @@ def test_readme_commands_exist():
     assert "python -m pytest -n 2" in readme and "osdn verify" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -n 2" in ci, ".ci/run must run the README's test command"
+    assert "\nosdn verify " in ci, ".ci/run must run the README's main job (the claims report)"
     for path in re.findall(r"`((?:sweeps|benchmarks|notebooks|docs)/[\w./-]+\.(?:toml|py|md))`", readme):
         assert (ROOT / path).exists(), f"README names {path}, which does not exist"
 
