@@ -4,6 +4,7 @@ torch twin equals the spec's scan, packed sequences stay separate, training lowe
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -221,15 +222,51 @@ def test_bad_model_tables_name_the_key():
     assert ModelConfig(d_mode="none").label() == "deltanet"
 
 
-def test_fla_peer_is_clear_when_missing():
-    try:
-        import fla.layers  # noqa: F401
-    except ImportError:
-        with pytest.raises(PeerUnavailable, match="fla.layers"):
-            RecallLM(16, {"kind": "fla_deltanet", "hidden_size": 32, "num_heads": 2})
-    else:  # pragma: no cover - a machine with fla's layers
-        m = RecallLM(16, {"kind": "fla_gated_deltanet", "hidden_size": 32, "num_heads": 2})
-        assert sum(p.numel() for p in m.parameters()) > 0
+def test_fla_peer_is_clear_when_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fla.layers", None)  # as on a machine with fla-core alone
+    with pytest.raises(PeerUnavailable, match=r"^model\.kind 'fla_deltanet' needs .*fla\.layers"):
+        RecallLM(16, {"kind": "fla_deltanet", "hidden_size": 32, "num_heads": 2})
+
+
+def _n_params(m) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"hidden_size": 32, "num_heads": 2},
+        {"hidden_size": 32, "num_heads": 2, "head_dim": 8, "use_short_conv": False, "use_gate": False},
+        {"hidden_size": 48, "num_heads": 3, "head_dim": 24, "conv_size": 3, "use_gate": False},
+    ],
+)
+def test_fla_peers_are_matched_to_deltanet_in_width(shape):
+    """fla's DeltaNet, built from the same model table, has exactly the parameters of our DeltaNet
+    (``d_mode = "none"``), and fla's GatedDeltaNet those plus its decay gate (a projection to one value per
+    head and two per-head vectors) in each layer: the peers of ``sweeps/recall_mqar_gpu_peers.toml`` are
+    matched in width, heads, head dimension, convolution and gate. The heads and dimensions are read from the
+    built fla layers. (Their forward needs a GPU: ``test_gpu_peer_training_runs``.)"""
+    base = {"num_layers": 2, **shape}
+    ours = RecallLM(16, {**base, "kind": "osdn", "d_mode": "none"})
+    fla_dn = RecallLM(16, {**base, "kind": "fla_deltanet"})
+    fla_gdn = RecallLM(16, {**base, "kind": "fla_gated_deltanet"})
+    h, nh = shape["hidden_size"], shape["num_heads"]
+    dim = shape.get("head_dim", h // nh)
+    for m in (fla_dn, fla_gdn):
+        for block in m.blocks:
+            layer = block.mixer.layer
+            assert (layer.hidden_size, layer.num_heads, layer.head_k_dim, layer.head_v_dim) == (
+                h,
+                nh,
+                dim,
+                dim,
+            )
+            assert layer.use_short_conv == shape.get("use_short_conv", True)
+            assert layer.use_gate == shape.get("use_gate", True)
+    assert _n_params(fla_dn) == _n_params(ours)
+    assert _n_params(fla_gdn) == _n_params(ours) + base["num_layers"] * (h * nh + 2 * nh)
+    other = RecallLM(16, {**base, "kind": "osdn", "d_mode": "none", "head_dim": dim // 2})
+    assert _n_params(other) != _n_params(fla_dn)  # the count tells widths apart
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ training smoke through the command line that resumes after an interruption."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -392,13 +393,8 @@ def test_cli_refuses_bad_file_with_one_line(tmp_path):
     assert r.output.strip().startswith("error: task[0].seq_len:") and len(r.output.strip().splitlines()) == 1
 
 
-def test_missing_peer_is_recorded_as_skipped():
-    try:
-        import fla.layers  # noqa: F401
-
-        pytest.skip("fla's layers are installed here: the peer runs instead")
-    except ImportError:
-        pass
+def test_missing_peer_is_recorded_as_skipped(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fla.layers", None)  # as on a machine with fla-core alone
     spec = parse_train_spec(
         {
             "seeds": [0],
@@ -438,6 +434,26 @@ def test_gpu_training_run_is_repeatable():
         assert a["metrics"]["device"].startswith("cuda")
         assert a["series"]["loss"] == b["series"]["loss"]
         assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
+
+
+@pytest.mark.gpu
+def test_gpu_peer_training_runs():
+    """fla's DeltaNet and GatedDeltaNet layers train in the same grid as ours (a few steps on the GPU, loss
+    finite, accuracy measured): the path of ``sweeps/recall_mqar_gpu_peers.toml``."""
+    spec = parse_train_spec(
+        {
+            "seeds": [0],
+            "train": {"steps": 5, "batch_size": 8, "eval_every": 0, "log_every": 1},
+            "metrics": {"eval_examples": 16},
+            "model": [
+                {"hidden_size": 32, "num_heads": 2, "grid": {"kind": ["fla_deltanet", "fla_gated_deltanet"]}}
+            ],
+            "task": [{"name": "mqar", "vocab_size": 64, "num_kv_pairs": 4, "seq_len": 40}],
+        }
+    )
+    for rec in train_batch([r.to_dict() for r in spec.runs], device="cuda"):
+        assert rec["status"] == "ok", rec.get("traceback") or rec.get("error")
+        assert all(math.isfinite(x) for x in rec["series"]["loss"]) and 0 <= rec["metrics"]["accuracy"] <= 1
 
 
 @pytest.mark.interpreter

@@ -3,7 +3,8 @@
 ``kind = "fla_deltanet"``: ``fla.layers.DeltaNet`` (chunk mode, β, L2-normalized SiLU q/k, short
 convolutions, output gate as configured); ``kind = "fla_gated_deltanet"``: ``fla.layers.GatedDeltaNet``
 (with its decay gate; value expansion 1 so the widths match). Both get the same hidden size, heads, head
-dimension and short-convolution settings as the OSDN layer they are compared with. Where ``fla.layers`` is
+dimension and short-convolution settings as the OSDN layer they are compared with (fla's DeltaNet then has
+exactly the parameters of ``d_mode = "none"``: tested). Where ``fla.layers`` is
 not importable (``fla-core`` alone ships only the ops), :func:`fla_layer` raises :class:`PeerUnavailable`
 with one line saying so; a training run records that as ``status = "skipped"``, and ``osdn train ...
 --retry-failed`` runs it once the package is installed.
