@@ -255,12 +255,8 @@ def test_fla_peers_are_matched_to_deltanet_in_width(shape):
     for m in (fla_dn, fla_gdn):
         for block in m.blocks:
             layer = block.mixer.layer
-            assert (layer.hidden_size, layer.num_heads, layer.head_k_dim, layer.head_v_dim) == (
-                h,
-                nh,
-                dim,
-                dim,
-            )
+            got = (layer.hidden_size, layer.num_heads, layer.head_k_dim, layer.head_v_dim)
+            assert got == (h, nh, dim, dim), type(layer).__name__
             assert layer.use_short_conv == shape.get("use_short_conv", True)
             assert layer.use_gate == shape.get("use_gate", True)
     assert _n_params(fla_dn) == _n_params(ours)
