@@ -799,3 +799,50 @@ def test_a_ctrl_c_reaching_a_worker_still_starting_does_not_break_the_pool():
         assert fut.result(timeout=120) == 1024
     finally:
         ex.shutdown(cancel=True)
+
+
+_TRAIN_LIKE = """
+import time
+from pathlib import Path
+
+from osdn_theory.train.run import _StopAtStepEnd
+
+
+def train_like(folder, name, step_seconds):
+    # the shape of a checkpointed training loop: steps of `step_seconds`; asked to stop, it saves after its step
+    with _StopAtStepEnd(True) as stop:
+        Path(folder, "ready-" + name).write_text("")
+        while True:
+            time.sleep(step_seconds)
+            if stop.requested is not None:
+                Path(folder, "saved-" + name).write_text("")
+            stop.stop_if_requested()
+"""
+
+
+@pytest.mark.slow
+def test_every_worker_of_a_stopped_pool_saves_when_one_ends_first(tmp_path, monkeypatch):
+    """Two training runs in a stopped pool, one with short steps and one with a long step in progress. The
+    first saves and exits at once; the pool then finds a worker gone, calls itself broken and sends SIGTERM
+    to the others again (Python's ``concurrent.futures``). That second SIGTERM must not stop the run whose
+    step is still going before it saves (it did: the CI failure of the Ctrl-C training test, seen twice)."""
+    import importlib
+
+    from osdn_theory.sweeps.executors import LocalExecutor
+
+    name = f"train_like_{abs(hash(str(tmp_path)))}"
+    (tmp_path / f"{name}.py").write_text(_TRAIN_LIKE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    train_like = importlib.import_module(name).train_like
+    ex = LocalExecutor(workers=2)
+    futs = [
+        ex.submit(train_like, str(tmp_path), "short", 0.05),
+        ex.submit(train_like, str(tmp_path), "long", 4.0),
+    ]
+    t0 = time.time()
+    while time.time() - t0 < 120 and not all((tmp_path / f"ready-{n}").is_file() for n in ("short", "long")):
+        assert not any(f.done() for f in futs), [f.exception() for f in futs if f.done()]
+        time.sleep(0.05)
+    ex.shutdown(cancel=True)
+    assert (tmp_path / "saved-short").is_file()
+    assert (tmp_path / "saved-long").is_file()  # its step ended after the other worker was gone

@@ -805,3 +805,24 @@ def test_a_failed_run_leaves_no_checkpoint(tmp_path, monkeypatch):
     (rec,) = run_mod.train_batch([cfg], "cpu", checkpoint_dir=ck, checkpoint_every=0)
     assert rec["status"] == "failed" and "a bug" in rec["error"]
     assert not list(ck.glob("*.pt"))
+
+
+def test_the_step_end_guard_takes_a_second_sigint_at_once_and_ignores_a_second_sigterm():
+    """Ctrl-C twice stops a checkpointed run at once; SIGTERM twice does not, because a process pool sends
+    it again to every worker once one has exited (``test_every_worker_of_a_stopped_pool_saves_when_one_ends_
+    first`` in test_sweeps_runner.py has the pool itself). Before, the second SIGTERM ended the process: here,
+    pytest's own."""
+    from osdn_theory.train.run import _StopAtStepEnd
+
+    with _StopAtStepEnd(True) as g:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # already stopping: ignored
+        assert g.requested == signal.SIGTERM
+        g.requested = None  # leave without ending this process
+    with pytest.raises(KeyboardInterrupt), _StopAtStepEnd(True) as g:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert g.requested == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+        time.sleep(5)
+        pytest.fail("a second SIGINT did not stop the run at once")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

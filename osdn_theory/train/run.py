@@ -33,7 +33,7 @@ a GPU this is not tested). A checkpoint that cannot be read is set aside
 (renamed ``.bad``) and the run starts over; so does a run that failed (its checkpoint is removed with the
 failure, so that ``--retry-failed`` after a fix does not resume from a faulty state). A SIGINT or SIGTERM
 during a checkpointed run saves a checkpoint at the end of the current step before the run stops, so an
-interrupted run loses no training (a second signal stops at once).
+interrupted run loses no training (a second Ctrl-C stops at once; a repeated SIGTERM is ignored).
 """
 
 from __future__ import annotations
@@ -273,9 +273,11 @@ def _load_checkpoint(path, model, opt) -> dict | None:
 class _StopAtStepEnd:
     """While a checkpointed run trains: SIGINT (Ctrl-C, ``timeout -s INT``) and SIGTERM (a pool worker being
     stopped) ask the loop to finish its step, save a checkpoint and then stop, so that an interrupted run loses
-    no training instead of up to ``checkpoint_every`` seconds of it. A second signal acts at once (a step
-    stuck in compilation can still be interrupted). After the save, SIGINT raises ``KeyboardInterrupt`` and
-    SIGTERM ends the process as SIGTERM does. Handlers are only installed in the main thread (Python allows
+    no training instead of up to ``checkpoint_every`` seconds of it. A second SIGINT acts at once (a step
+    stuck in compilation can still be interrupted); a second SIGTERM does not: once one worker of a stopped
+    pool has saved and exited, ``concurrent.futures`` calls the pool broken and sends SIGTERM to every other
+    worker again, which stopped a run still in its step before it saved (seen in CI). SIGKILL stops at once.
+    After the save, SIGINT raises ``KeyboardInterrupt`` and SIGTERM ends the process as SIGTERM does. Handlers are only installed in the main thread (Python allows
     no other), not for a signal the process ignores, and are restored on exit."""
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -303,9 +305,11 @@ class _StopAtStepEnd:
         self._old = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested is not None:  # asked twice: stop now, without the save
-            self._restore()
-            self._stop(signum)
+        if self.requested is not None:
+            if signum == signal.SIGINT:  # Ctrl-C twice: stop now, without the save
+                self._restore()
+                self._stop(signum)
+            return  # SIGTERM again: already stopping (a process pool resends it, see the class docstring)
         self.requested = signum
 
     def stop_if_requested(self) -> None:
