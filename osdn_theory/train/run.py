@@ -277,8 +277,9 @@ class _StopAtStepEnd:
     stuck in compilation can still be interrupted); a second SIGTERM does not: once one worker of a stopped
     pool has saved and exited, ``concurrent.futures`` calls the pool broken and sends SIGTERM to every other
     worker again, which stopped a run still in its step before it saved (seen in CI). SIGKILL stops at once.
-    After the save, SIGINT raises ``KeyboardInterrupt`` and SIGTERM ends the process as SIGTERM does. Handlers are only installed in the main thread (Python allows
-    no other), not for a signal the process ignores, and are restored on exit."""
+    After the save, SIGINT raises ``KeyboardInterrupt`` and SIGTERM ends the process as SIGTERM does. Handlers
+    are only installed in the main thread (Python allows no other), not for a signal the process ignores, and
+    are restored on exit."""
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
