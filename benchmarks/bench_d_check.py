@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-from benchmarks.bench_kernels import _bench, _versions, default_out, parse_shapes
+from benchmarks.bench_kernels import _bench, start_gpu_run
 from osdn_theory.kernels._common import BAD_D, _flag, _or
 from osdn_theory.kernels.d_check import check_d
 
@@ -142,12 +141,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--shapes", default=None, help='e.g. "4,4096,16,128;8,2048,16,64"')
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_d_check: needs a CUDA device (run it on a GPU machine)")
-    shapes = parse_shapes(a.shapes, SHAPES)
-    meta = _versions()
-    out = Path(a.out) if a.out else default_out("d_check_pass", meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    shapes, meta, out = start_gpu_run("bench_d_check", a.shapes, SHAPES, a.out, "d_check_pass")
     rows = []
     for shape in shapes:
         rows.append(bench_shape(*shape))

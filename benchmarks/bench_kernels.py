@@ -287,6 +287,19 @@ def parse_shapes(text: str | None, default: list[tuple[int, ...]]) -> list[tuple
     return shapes
 
 
+def start_gpu_run(script: str, shapes: str | None, default_shapes, out, stem: str):
+    """The start shared by the GPU benchmark scripts: refuse without CUDA (naming ``script``), parse
+    ``--shapes`` (``default_shapes`` when not given), take the versions, and the results path (``out``, or
+    :func:`default_out` of ``stem``) with its folder made. Returns ``(shapes, meta, out)``."""
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{script}: needs a CUDA device (run it on a GPU machine)")
+    shapes = parse_shapes(shapes, default_shapes)
+    meta = _versions()
+    out = Path(out) if out else default_out(stem, meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return shapes, meta, out
+
+
 def _versions():
     import importlib.metadata as md
 
@@ -406,16 +419,10 @@ def main():
         help="time fla's precond op (long autotuning) at no shape (default), the first, or every shape",
     )
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_kernels: needs a CUDA device")
-    shapes = parse_shapes(a.shapes, SHAPES)
-    meta = _versions()
-    if a.out is None:
-        a.out = default_out("kernels", meta)
+    shapes, meta, a.out = start_gpu_run("bench_kernels", a.shapes, SHAPES, a.out, "kernels")
     rows = []
 
     def write():
-        a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         md_text = _markdown(meta, rows)
         a.out.with_suffix(".md").write_text(md_text)

@@ -30,7 +30,6 @@ import argparse
 import functools
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -39,10 +38,8 @@ from benchmarks.bench_kernels import (
     _bench,
     _fwd_bwd,
     _inputs,
-    _versions,
     _warm,
-    default_out,
-    parse_shapes,
+    start_gpu_run,
 )
 
 
@@ -234,12 +231,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--shapes", default=None, help='e.g. "4,4096,16,128;2,16384,8,128"')
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_ours: needs a CUDA device (run it on a GPU machine)")
-    shapes = parse_shapes(a.shapes, SHAPES)
-    meta = _versions()
-    out = Path(a.out) if a.out else default_out("ours", meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    shapes, meta, out = start_gpu_run("bench_ours", a.shapes, SHAPES, a.out, "ours")
     rows = []
     print(f"{meta['card']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date_utc']} UTC; bf16, ms")
     print("\n".join(HEADER), flush=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_kernels import _bench, _inputs, _versions, default_out, parse_shapes
+from benchmarks.bench_kernels import _bench, _inputs, start_gpu_run
 
 SHAPES = [(4, 4096, 16, 128), (2, 16384, 8, 128), (8, 2048, 16, 64)]
 
@@ -325,16 +325,11 @@ def main():
     ap.add_argument("--no-fla", action="store_true")
     ap.add_argument("--dscan", action="store_true", help="also sweep the d rule at the first shape")
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("tune_kernels: needs a CUDA device")
-    shapes = parse_shapes(a.shapes, SHAPES)
+    shapes, meta, a.out = start_gpu_run("tune_kernels", a.shapes, SHAPES, a.out, "tune")
     names = [n for n in a.stages.split(",") if n]
-    res = {"meta": _versions(), "shapes": {}, "precision": []}
-    if a.out is None:
-        a.out = default_out("tune", res["meta"])
+    res = {"meta": meta, "shapes": {}, "precision": []}
 
     def write():
-        a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=1))
 
     if "gram_solve" in names:
