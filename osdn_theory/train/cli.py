@@ -83,20 +83,22 @@ def register(app: typer.Typer) -> None:
 
         from ..sweeps.cli import run_errors
         from ..sweeps.runner import run_sweep
-        from ..sweeps.store import ResultsStore
+        from ..sweeps.store import RESULTS, ResultsStore
         from .run import train_batch
         from .spec import load_train_spec
 
-        if compare_to is not None and not (compare_to / "results.jsonl").is_file():
-            typer.echo(
-                f"error: --compare-to: no saved runs in {compare_to} (results.jsonl is missing)", err=True
-            )
-            raise typer.Exit(2)
+        def no_saved_runs(option: str, folder: Path) -> None:
+            if not (folder / RESULTS).is_file():
+                typer.echo(f"error: {option}: no saved runs in {folder} ({RESULTS} is missing)", err=True)
+                raise typer.Exit(2)
+
+        if compare_to is not None:
+            no_saved_runs("--compare-to", compare_to)
 
         def report() -> None:
             from .results import write_comparison, write_report
 
-            if not (out / "results.jsonl").exists():  # interrupted before any run finished: nothing to draw
+            if not (out / RESULTS).is_file():  # interrupted before any run finished: nothing to draw
                 return
             for p in write_report(out):
                 typer.echo(str(p))
@@ -107,11 +109,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"against {compare_to}: {line}")
 
         if report_only:
-            if not (out / "results.jsonl").exists():
-                typer.echo(
-                    f"error: --report-only: no saved runs in {out} (results.jsonl is missing)", err=True
-                )
-                raise typer.Exit(2)
+            no_saved_runs("--report-only", out)
             report()
             return
         lost = "the runs in flight resume from their last checkpoint"
@@ -173,7 +171,7 @@ def register(app: typer.Typer) -> None:
         if summary.failed or summary.failed_recorded:
             typer.echo(
                 f"{summary.failed_recorded} run(s) are recorded as failed, with tracebacks, in "
-                f"{out}/results.jsonl (--retry-failed runs them again)",
+                f"{out / RESULTS} (--retry-failed runs them again)",
                 err=True,
             )
             raise typer.Exit(1)

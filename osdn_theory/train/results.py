@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..layers.lm import model_from_dict
-from ..sweeps.store import ResultsStore
+from ..sweeps.store import RESULTS, ResultsStore
 from ..tasks import task_from_dict
 from .spec import optim_settings, train_settings
 
@@ -34,8 +34,8 @@ def load_train_results(out: str | Path, *, finished_only: bool = True):
     import pandas as pd
 
     p = Path(out)
-    if not (p / "results.jsonl").is_file():
-        raise ValueError(f"out: expected a results folder with results.jsonl, got {str(out)!r}")
+    if not (p / RESULTS).is_file():
+        raise ValueError(f"out: expected a results folder with {RESULTS}, got {str(out)!r}")
     rows = []
     for r in ResultsStore(p, repair=False).records.values():
         if finished_only and r["status"] not in ("ok", "diverged"):
@@ -193,8 +193,8 @@ def compare_train_results(out: str | Path, reference: str | Path):
     import pandas as pd
 
     for name, folder in (("out", out), ("reference", reference)):
-        if not (Path(folder) / "results.jsonl").is_file():
-            raise ValueError(f"{name}: expected a results folder with results.jsonl, got {str(folder)!r}")
+        if not (Path(folder) / RESULTS).is_file():
+            raise ValueError(f"{name}: expected a results folder with {RESULTS}, got {str(folder)!r}")
     a, b = scored(load_train_results(out)), scored(load_train_results(reference))
     keys = ["task", "hidden_size", "num_kv_pairs", "seq_len", "model", "lr", "seed"]
     cols = ["hash", *keys, "status", "accuracy", "train_loss", "device_name"]
