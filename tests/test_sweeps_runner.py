@@ -492,16 +492,22 @@ def crash(runs):
 """
 
 
-def _eval_module(tmp_path, monkeypatch, seconds: float = 0.0):
-    """A module with ``slow`` (``evaluate_batch`` after ``seconds`` per task) and ``crash`` (ends the worker
-    process) that the spawned pool workers can import: CI imports test files with ``--import-mode=importlib``,
-    so a function of this file cannot be unpickled there; the workers inherit ``sys.path``."""
+def _importable(tmp_path, monkeypatch, stem: str, source: str):
+    """``source`` as a module in ``tmp_path`` that the spawned pool workers can import: CI imports test files
+    with ``--import-mode=importlib``, so a function of this file cannot be unpickled there; the workers inherit
+    ``sys.path``."""
     import importlib
 
-    name = f"slow_eval_{abs(hash(str(tmp_path)))}"
-    (tmp_path / f"{name}.py").write_text(_SLOW.format(seconds))
+    name = f"{stem}_{abs(hash(str(tmp_path)))}"
+    (tmp_path / f"{name}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     return importlib.import_module(name)
+
+
+def _eval_module(tmp_path, monkeypatch, seconds: float = 0.0):
+    """A pool-importable module with ``slow`` (``evaluate_batch`` after ``seconds`` per task) and ``crash``
+    (ends the worker process)."""
+    return _importable(tmp_path, monkeypatch, "slow_eval", _SLOW.format(seconds))
 
 
 def test_stop_after_with_a_crashing_pool_records_failures_and_returns(tmp_path, monkeypatch):
@@ -751,14 +757,9 @@ def test_a_stopped_pool_waits_for_its_workers_to_save_however_long_they_take(tmp
     parent is gone exits at once, losing the step and the save). Negative control by construction: the task
     takes 7 s to stop, longer than the 5 s the executor waited before, which failed this test. A second
     Ctrl-C during the wait kills the workers at once."""
-    import importlib
-
     from osdn_theory.sweeps.executors import LocalExecutor
 
-    name = f"slow_to_stop_{abs(hash(str(tmp_path)))}"  # importable by the spawned workers (see _eval_module)
-    (tmp_path / f"{name}.py").write_text(_SLOW_TO_STOP)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    slow_to_stop = importlib.import_module(name).slow_to_stop
+    slow_to_stop = _importable(tmp_path, monkeypatch, "slow_to_stop", _SLOW_TO_STOP).slow_to_stop
 
     def started(folder):
         folder.mkdir()
@@ -826,14 +827,9 @@ def test_every_worker_of_a_stopped_pool_saves_when_one_ends_first(tmp_path, monk
     first saves and exits at once; the pool then finds a worker gone, calls itself broken and sends SIGTERM
     to the others again (Python's ``concurrent.futures``). That second SIGTERM must not stop the run whose
     step is still going before it saves (it did: the CI failure of the Ctrl-C training test, seen twice)."""
-    import importlib
-
     from osdn_theory.sweeps.executors import LocalExecutor
 
-    name = f"train_like_{abs(hash(str(tmp_path)))}"
-    (tmp_path / f"{name}.py").write_text(_TRAIN_LIKE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    train_like = importlib.import_module(name).train_like
+    train_like = _importable(tmp_path, monkeypatch, "train_like", _TRAIN_LIKE).train_like
     ex = LocalExecutor(workers=2)
     futs = [
         ex.submit(train_like, str(tmp_path), "short", 0.05),
